@@ -1,0 +1,25 @@
+"""Rank-0 logging with loguru: stderr plus `<output_dir>/log.txt`; other ranks only print warnings."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from engine import dist
+
+
+def setup_logging(output_dir: str | None = None) -> None:
+    logger.remove()
+    fmt = "<green>{time:HH:mm:ss}</green> | <level>{level: <7}</level> | {message}"
+    if dist.is_main():
+        logger.add(sys.stderr, format=fmt, level="INFO")
+        if output_dir:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            logger.add(str(Path(output_dir) / "log.txt"), format="{time:YYYY-MM-DD HH:mm:ss} | {level} | {message}",
+                       level="INFO")
+    else:
+        logger.add(sys.stderr, format=f"[rank {dist.rank()}] " + fmt, level="WARNING")
+
+
+__all__ = ["logger", "setup_logging"]

@@ -1,0 +1,37 @@
+"""One entry point: `[torchrun ...] train.py --config X.yaml --mode pretrain|eval|search [key=value ...]`.
+
+Official flags of the AutoNAT/ENAT READMEs (`--gen_steps 8`, `--enc_dec 22 2`, `--pretrained_path ...`) are
+accepted as aliases of config keys (engine/config.py: OFFICIAL_FLAGS).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+MODES = ("pretrain", "eval", "search")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="recipe YAML (configs/...)")
+    p.add_argument("--mode", default="pretrain", choices=MODES)
+    args, rest = p.parse_known_args(argv)
+
+    from engine.config import ConfigError, load_config, split_official_flags
+    try:
+        flags, rest = split_official_flags(rest)
+        stray = [a for a in rest if a.startswith("--")]
+        if stray:
+            raise ConfigError(f"unknown flag {stray[0]} (official flags accepted: see engine/config.py "
+                              f"OFFICIAL_FLAGS; other settings as key=value)")
+        cfg = load_config(args.config, rest, flags)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from engine.runner import run
+    return run(cfg, args.mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
