@@ -61,6 +61,7 @@ def pretrain(cfg) -> dict:
     if int(tc.batch_size) % (world * accum):
         raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by world_size {world} x "
                          f"grad_accum {accum}")
+    torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank and in every run
     model, fam = build_model(cfg)
     model.to(device)
     ema = make_ema(model)

@@ -1,0 +1,192 @@
+"""--mode eval: generate (or reconstruct) images, extract Inception features, compute metrics.
+
+Work is cut into units of `eval.batch_size` consecutive sample indices; ranks take contiguous blocks of units,
+so the rank-major gather of features is global index order (IS splits are then world-size invariant too).
+Every finished unit is saved under `<output_dir>/eval/<tag>/`, where tag hashes everything that determines the
+images; an interrupted eval re-run with the same settings resumes from the saved units.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine import checkpoint as ck
+from engine import dist
+from engine.config import to_container
+from engine.generate import (build_generator, build_strategy, build_tokenizer, decode_tokens, generate_tokens,
+                             model_grid, sample_generators, save_grid, to_uint8)
+from engine.logging import logger, setup_logging
+
+SOURCES = ("samples", "reconstructions", "random_tokens")
+
+
+def eval_labels(cfg, indices, num_classes: int) -> torch.Tensor:
+    if cfg.eval.labels == "balanced":
+        return torch.tensor([i % num_classes for i in indices], dtype=torch.long)
+    if cfg.eval.labels == "random":
+        return torch.tensor([int(torch.randint(num_classes, (1,), generator=g)) for g in
+                             sample_generators(int(cfg.seed) + 777, indices)], dtype=torch.long)
+    raise ValueError(f"eval.labels must be 'balanced' or 'random', got '{cfg.eval.labels}'")
+
+
+def _tag(cfg, weights: str | None) -> str:
+    key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
+           "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
+           "model": to_container(cfg.model), "fid_mode": cfg.eval.fid_mode, "dtype": cfg.eval.inception_dtype,
+           "weights": [weights, os.path.getmtime(weights) if weights and os.path.exists(weights) else None]}
+    h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{cfg.eval.source}_n{int(cfg.eval.n)}_{h}"
+
+
+def my_units(n: int, bs: int) -> list[int]:
+    units = math.ceil(n / bs)
+    return np.array_split(np.arange(units), dist.world_size())[dist.rank()].tolist()
+
+
+class ImageSource:
+    """Produces uint8 images for sample indices: generated samples, reconstructions, or random tokens."""
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device, self.kind = cfg, device, cfg.eval.source
+        if self.kind not in SOURCES:
+            raise ValueError(f"eval.source must be one of {SOURCES}, got '{self.kind}'")
+        self.tok = build_tokenizer(cfg, device)
+        self.weights = None
+        if self.kind == "samples":
+            self.model, self.fam = build_generator(cfg, device)
+            self.weights = cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+            self.strategy = build_strategy(cfg, self.fam.name)
+            self.grid = model_grid(self.model)
+            self.num_classes = self.model.null_label
+        else:
+            from engine.data import build_dataset
+            self.test = build_dataset(cfg, split="test") if self.kind == "reconstructions" else None
+            self.num_classes = int(cfg.data.num_classes)
+
+    @torch.inference_mode()
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        labels = eval_labels(cfg, indices, self.num_classes)
+        if self.kind == "samples":
+            toks = generate_tokens(self.model, self.fam.name, cfg, self.strategy, labels.to(self.device), indices,
+                                   int(cfg.seed))
+            img = decode_tokens(self.tok, toks, self.grid)
+        elif self.kind == "reconstructions":
+            if max(indices) >= len(self.test):
+                raise ValueError(f"eval.n {cfg.eval.n} exceeds the {len(self.test)} test images")
+            b = self.test.get_batch(torch.tensor(indices))
+            labels = b["label"]
+            img = self.tok.decode(self.tok.encode(b["image"].to(self.device)))
+        else:
+            h = w = int(cfg.data.image_size) // self.tok.downsample
+            toks = torch.stack([torch.randint(self.tok.codebook_size, (h * w,), generator=g)
+                                for g in sample_generators(int(cfg.seed), indices)])
+            img = decode_tokens(self.tok, toks, (h, w))
+        return to_uint8(img).cpu(), labels.cpu()
+
+
+def _build_evaluator(cfg, device, ref_stats):
+    from metrics import make_evaluator
+    return make_evaluator(weights=cfg.eval.inception_weights, mode=cfg.eval.fid_mode, metrics=list(cfg.eval.metrics),
+                          ref_stats=ref_stats, device=device, dtype=cfg.eval.inception_dtype)
+
+
+def ensure_ref_stats(cfg, device) -> str | None:
+    """Return eval.ref_stats; make it first from eval.ref_images when it does not exist (cached on disk)."""
+    path = cfg.eval.ref_stats
+    if path is None or Path(path).exists():
+        if path is None and "fid" in cfg.eval.metrics:
+            raise ValueError("eval.ref_stats (--reference_image_path) is not set: FID needs reference statistics")
+        return path
+    if cfg.eval.ref_images != "fmnist-test":
+        raise FileNotFoundError(f"reference statistics not found: {path} (set eval.ref_images=fmnist-test to "
+                                f"make them from the Fashion-MNIST test split, or give an existing .npz)")
+    from datasets.fmnist import load_fmnist
+    from engine.data import build_dataset
+    ds = build_dataset(cfg, split="test")
+    n = min(int(cfg.eval.ref_n), len(ds))
+    ev = _build_evaluator(cfg, device, None)
+    bs = int(cfg.eval.batch_size)
+    units = my_units(n, bs)
+    for u in tqdm(units, disable=not dist.is_main(), desc="reference stats"):
+        idx = torch.arange(u * bs, min(n, (u + 1) * bs))
+        ev.update(to_uint8(ds.get_batch(idx)["image"]))
+    ev.save_reference_stats(path)  # gathers, rank 0 writes atomically
+    dist.barrier()
+    logger.info(f"reference statistics of {n} test images written to {path}")
+    return path
+
+
+def evaluate(cfg) -> dict:
+    device = dist.init_distributed(cfg.device)
+    out = Path(cfg.output_dir)
+    setup_logging(str(out))
+    ref = ensure_ref_stats(cfg, device)
+    src = ImageSource(cfg, device)
+    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
+    tag = _tag(cfg, src.weights)
+    udir = out / "eval" / tag
+    ev = _build_evaluator(cfg, device, ref)
+    units = my_units(n, bs)
+    reused = 0
+    grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
+    for u in tqdm(units, disable=not dist.is_main(), desc=f"eval {src.kind}"):
+        f = udir / f"unit_{u:06d}.pt"
+        idx = list(range(u * bs, min(n, (u + 1) * bs)))
+        if cfg.eval.resume and f.exists():
+            rec = ck.load_file(f)
+            reused += 1
+        else:
+            images, labels = src(idx)
+            feats = ev.features(images)
+            rec = {"feats": feats, "labels": labels}
+            if cfg.eval.save_npz or idx[0] < max(grid_n, int(cfg.eval.save_png)):
+                rec["images"] = images
+            ck.atomic_save(rec, f)
+        ev.add_features(rec["feats"])
+    if reused:
+        logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")
+    result = ev.compute()
+    result = {"source": src.kind, "n": n, **result}
+    dist.barrier()
+    if dist.is_main():
+        _write_outputs(cfg, udir, n, bs, grid_n, result)
+        logger.info("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in result.items()))
+    dist.barrier()
+    return result
+
+
+def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict) -> None:
+    units = math.ceil(n / bs)
+    (udir / "result.json").write_text(json.dumps(result, indent=1))
+    need = max(grid_n, int(cfg.eval.save_png))
+    if cfg.eval.save_npz or need:
+        imgs, labels = [], []
+        for u in range(units if cfg.eval.save_npz else math.ceil(min(need, n) / bs)):
+            rec = ck.load_file(udir / f"unit_{u:06d}.pt")
+            imgs.append(rec["images"])
+            labels.append(rec["labels"])
+        imgs, labels = torch.cat(imgs), torch.cat(labels)
+        if grid_n and len(imgs) >= grid_n:
+            k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
+            order = [c + k * j for c in range(k) for j in range(per)] if cfg.eval.labels == "balanced" else \
+                list(range(grid_n))
+            save_grid(imgs[order], k, Path(cfg.output_dir) / "samples.png")
+        if int(cfg.eval.save_png):
+            from PIL import Image
+            pdir = udir / "png"
+            pdir.mkdir(exist_ok=True)
+            for i in range(min(int(cfg.eval.save_png), len(imgs))):
+                a = imgs[i].permute(1, 2, 0).numpy()
+                Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(pdir / f"{i:06d}.png")
+        if cfg.eval.save_npz:
+            from metrics import save_sample_batch
+            save_sample_batch(udir / "samples.npz", imgs, labels)
