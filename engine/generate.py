@@ -44,8 +44,14 @@ def build_tokenizer(cfg, device):
     t = cfg.tokenizer
     if t.kind is None:
         raise ValueError("tokenizer.kind is not set: generated tokens cannot be decoded to images")
-    from tokenizer import load_tokenizer
-    return load_tokenizer(t.kind, t.ckpt).to(device).eval()
+    if t.kind == "demo_vq":
+        from tokenizer.demo_vq import DemoVQTokenizer
+        if t.ckpt is None:
+            raise ValueError("tokenizer.ckpt is not set: give the demo_vq checkpoint (train it with "
+                             "configs/demo/vq_fmnist.yaml)")
+        return DemoVQTokenizer.from_checkpoint(str(t.ckpt)).to(device).eval()
+    from tokenizer import build_tokenizer as _build
+    return _build(t.kind, ckpt=t.ckpt).to(device).eval()
 
 
 def build_strategy(cfg, family: str):
@@ -54,6 +60,10 @@ def build_strategy(cfg, family: str):
     if str(s.strategy) == "cosine":
         return Strategy.enat_cosine(int(s.gen_steps), float(s.cfg_scale), float(s.mask_temp), float(s.samp_temp))
     return Strategy.from_yaml(s.strategy, gen_steps=int(s.gen_steps))
+
+
+def strategy_uses_guidance(strategy) -> bool:
+    return any(float(c) != 0.0 for c in strategy.cfg)
 
 
 def make_model_fn(model, fam_name: str, cfg):
@@ -69,7 +79,8 @@ def generate_tokens(model, fam_name, cfg, strategy, labels: torch.Tensor, indice
     gens = sample_generators(seed, indices)
     fn = make_model_fn(model, fam_name, cfg)
     return sample(fn, labels, gens, seq_len=model.seq_len, codebook_size=model.codebook_size, strategy=strategy,
-                  null_label=model.null_label, exact_count=fam_name == "enat")
+                  null_label=model.null_label if strategy_uses_guidance(strategy) else None,
+                  rule="exact" if fam_name == "enat" else "ties")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,11 @@ def get_family(name: str) -> Family:
         return Family("enat", enat.FLAVOURS, "tokens", enat.enat_training_loss,
                       extras={"ddp_find_unused": True})
     if name == "demo_vq":
+        import functools
+
         from tokenizer import demo_vq
-        return Family("demo_vq", demo_vq.FLAVOURS, "images", demo_vq.demo_vq_loss)
+        flavours = {k: functools.partial(demo_vq.build_demo_vq, k) for k in demo_vq.DEMO_VQ_FLAVOURS}
+        return Family("demo_vq", flavours, "images", demo_vq.demo_vq_training_loss)
     raise ValueError(f"unknown family '{name}'; known: {', '.join(FAMILY_NAMES)}")
 
 
@@ -49,7 +52,10 @@ def build_model(cfg):
         if bad:
             raise ValueError(f"model.{bad[0]} is not an argument of flavour '{flavour}' of family '{fam.name}' "
                              f"(arguments: {', '.join(params)})")
-    return builder(**kw), fam
+    try:
+        return builder(**kw), fam
+    except TypeError as e:  # an override the constructor does not take
+        raise ValueError(f"model settings {kw} do not fit flavour '{flavour}' of family '{fam.name}': {e}") from None
 
 
 __all__ = ["Family", "TrainContext", "get_family", "build_model", "model_kwargs", "FAMILY_NAMES"]
