@@ -59,10 +59,10 @@ def test_eval_world_size_invariant_and_resumable(tiny_world, tmp_path):
         outs.append((out, *_eval(nproc, out, common, "eval.save_png=6")))
     (o1, r1, u1, t1), (o2, r2, u2, t2) = outs
     assert r1["n"] == r2["n"] == 6
-    assert r1["fid"] == pytest.approx(r2["fid"], rel=1e-6)
+    assert r1["fid"] == pytest.approx(r2["fid"], rel=1e-4)
     for a, b in zip(u1, u2):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
-        assert torch.allclose(a["feats"]["pool3"], b["feats"]["pool3"], atol=1e-5)
+        assert torch.allclose(a["feats"]["pool3"], b["feats"]["pool3"], atol=1e-4)
     assert u1[0]["labels"].tolist() == [0, 1]
     # resume: drop one finished unit, re-run with 2 processes: it is recomputed, the others are read back
     (t2 / "unit_000001.pt").unlink()

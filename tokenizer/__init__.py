@@ -1,0 +1,46 @@
+"""Image tokenizers behind one interface (tokenizer.base.Tokenizer).
+
+`ckpt` names the weights for every kind (a file, or the DC-AE folder); None means the default location.
+build_tokenizer('vqgan_mage', ckpt='assets/vqgan_jax_strongaug.ckpt', config='mage'|'tiny', device=...)
+build_tokenizer('dcae', ckpt='assets/dc-ae-f32c32-sana-1.1-diffusers', dtype=..., decode_one_by_one=..., device=...)
+build_tokenizer('demo_vq', ckpt=<engine checkpoint> | state_dict=..., flavour='demo', device=..., **model_kwargs)
+'vqgan' is accepted as another name of 'vqgan_mage'.
+"""
+from __future__ import annotations
+
+from tokenizer.base import CheckpointMismatchError, Tokenizer
+
+
+def _vqgan(ckpt=None, config="mage", device="cpu"):
+    from tokenizer.vqgan import DEFAULT_CKPT, VQGANTokenizer
+    return VQGANTokenizer.from_checkpoint(str(ckpt or DEFAULT_CKPT), config, device)
+
+
+def _dcae(ckpt=None, dtype=None, decode_one_by_one=False, device="cpu"):
+    import torch
+
+    from tokenizer.dcae import DEFAULT_DCAE_DIR, DCAETokenizer
+    return DCAETokenizer.from_pretrained(str(ckpt or DEFAULT_DCAE_DIR), dtype or torch.float32,
+                                         decode_one_by_one, device)
+
+
+def _demo_vq(ckpt=None, state_dict=None, flavour="demo", device="cpu", key=None, **model_kwargs):
+    from tokenizer.demo_vq import DemoVQTokenizer
+    if (ckpt is None) == (state_dict is None):
+        raise ValueError("build_tokenizer('demo_vq', ...) needs exactly one of ckpt= (a training checkpoint) "
+                         "or state_dict=")
+    if ckpt is not None:
+        return DemoVQTokenizer.from_checkpoint(str(ckpt), key=key, **model_kwargs).to(device)
+    return DemoVQTokenizer.from_state_dict(state_dict, flavour=flavour, **model_kwargs).to(device)
+
+
+TOKENIZERS = {"vqgan_mage": _vqgan, "vqgan": _vqgan, "dcae": _dcae, "demo_vq": _demo_vq}
+
+
+def build_tokenizer(kind: str, **kw) -> Tokenizer:
+    if kind not in TOKENIZERS:
+        raise KeyError(f"unknown tokenizer {kind!r}; known: {sorted(TOKENIZERS)}")
+    return TOKENIZERS[kind](**kw)
+
+
+__all__ = ["Tokenizer", "CheckpointMismatchError", "TOKENIZERS", "build_tokenizer"]

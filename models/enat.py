@@ -1,0 +1,300 @@
+"""ENAT (NeurIPS 2024): encoder-decoder non-autoregressive transformer over VQ tokens, with temporal feature reuse.
+
+Parameter names follow the official `libs.models.DiT` so released EMA weights load strictly
+(`../shared/specs/checkpoints/keys_enat_L_{256,512}.json`).
+
+Per forward (no reuse): visible tokens are encoded alone by the first NE blocks; [MASK] tokens are decoded by the last
+ND blocks with SC-attention over concat[final visible features ; current mask tokens]; the final affine LayerNorm and
+the tied MlmLayer give logits for all L positions.
+
+With `prev` (the state of the previous sampling step): features of the tokens visible at the previous step pass
+through `prev_proj` and stand for those tokens; only newly revealed tokens run through the encoder, attending to the
+projected features (through kv.A) in every encoder layer; the decoder then runs over all masked tokens.
+
+Unlike the official code, rows may have different numbers of masked tokens (ragged sets, see models/enat_blocks.py).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.enat_blocks import ENATBlock, PrevProj, TokenSet, key_padding_mask
+from models.family import Family, TrainContext
+from models.layers import BertEmbeddings, Mlp, MlmLayer
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row (index num_classes) for the null class; train-mode label dropout."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class ENAT(nn.Module):
+    def __init__(self, *, seq_len: int = 256, codebook_size: int = 1024, num_classes: int = 1000,
+                 embed_dim: int = 1024, num_heads: int = 16, enc_dec: Sequence[int] = (22, 2),
+                 mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1, dropout: float = 0.1,
+                 attn_backend: str | None = None):
+        super().__init__()
+        enc_dec = tuple(int(v) for v in enc_dec)
+        if len(enc_dec) != 2 or enc_dec[0] < 1 or enc_dec[1] < 1:
+            raise ValueError(f"enc_dec must be two positive ints (encoder, decoder depth), got {enc_dec}")
+        self.seq_len, self.codebook_size, self.num_classes = int(seq_len), int(codebook_size), int(num_classes)
+        self.embed_dim, self.enc_dec = int(embed_dim), enc_dec
+        self.mask_id, self.null_label = self.codebook_size, self.num_classes
+        d = self.embed_dim
+        vocab = self.codebook_size + 1          # + the [MASK] id (= codebook_size)
+        self.x_embedder = BertEmbeddings(vocab, d, self.seq_len, dropout=dropout)
+        self.y_embedder = LabelEmbedder(self.num_classes, d, class_dropout_prob)
+        # part of the released state dict, never used by the forward pass
+        self.prev_embedder = Mlp(d, 4 * d, approximate="tanh")
+        self.prev_proj = PrevProj(d)
+        self.blocks = nn.ModuleList(ENATBlock(d, num_heads, mlp_ratio, backend=attn_backend)
+                                    for _ in range(sum(enc_dec)))
+        self.norm = nn.LayerNorm(d)
+        self.mlm_layer = MlmLayer(d, d, vocab)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.x_embedder.word_embeddings.weight, std=0.02)
+        nn.init.normal_(self.x_embedder.position_embeddings.weight, std=0.02)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+
+    @property
+    def encoder(self):
+        return self.blocks[:self.enc_dec[0]]
+
+    @property
+    def decoder(self):
+        return self.blocks[self.enc_dec[0]:]
+
+    def _check_inputs(self, ids: torch.Tensor, labels: torch.Tensor, prev: dict | None) -> None:
+        if ids.dim() != 2 or ids.shape[1] != self.seq_len:
+            raise ValueError(f"ENAT: ids must be [B, {self.seq_len}], got {list(ids.shape)}")
+        if labels.shape != ids.shape[:1]:
+            raise ValueError(f"ENAT: labels must be [{ids.shape[0]}], got {list(labels.shape)}")
+        if prev is None:
+            return
+        if not isinstance(prev, dict) or "feat" not in prev or "masking" not in prev:
+            raise ValueError("ENAT: prev must be the state dict {'feat', 'masking'} returned with return_state=True")
+        want = [ids.shape[0], self.seq_len]
+        if list(prev["masking"].shape) != want or list(prev["feat"].shape) != want + [self.embed_dim]:
+            raise ValueError(f"ENAT: prev['masking'] must be {want} and prev['feat'] {want + [self.embed_dim]}, got "
+                             f"{list(prev['masking'].shape)} and {list(prev['feat'].shape)}")
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor, prev: dict | None = None,
+                return_state: bool = False):
+        """ids Long[B, L] (mask id = codebook_size), labels Long[B] (null = num_classes) -> logits [B, L, V];
+        with return_state also {'feat': [B, L, D] pre-final-norm features, 'masking': Bool[B, L]}."""
+        self._check_inputs(ids, labels, prev)
+        # token sets are computed where ids live (their sizes are data-dependent); features may live on `meta`
+        dev = self.x_embedder.word_embeddings.weight.device
+        masking = ids == self.codebook_size
+        x = self.x_embedder(ids.to(dev))
+        c = self.y_embedder(labels.to(dev), self.training)
+        length = ids.shape[1]
+
+        if prev is None:
+            enc_set, ctx_set, ctx = TokenSet.of(~masking, dev), None, None
+        else:
+            prev_visible = ~prev["masking"].to(masking.device)
+            if bool((masking & prev_visible).any()):
+                raise ValueError("ENAT: prev['masking'] does not cover the current masking: reuse needs every token "
+                                 "visible at the previous step to stay visible")
+            enc_set = TokenSet.of(~masking & ~prev_visible, dev)  # newly revealed tokens
+            ctx_set = TokenSet.of(prev_visible, dev)
+            ctx = self.prev_proj(ctx_set.gather(prev["feat"].detach().to(dev))).to(x.dtype) \
+                if ctx_set.size else None
+
+        visible = x  # [B, L, D]; only its visible positions are read below
+        if enc_set.size:
+            h = enc_set.gather(x)
+            mask = key_padding_mask(enc_set, ctx_set if ctx is not None else None)
+            for blk in self.encoder:  # the same reused context in every encoder layer
+                h = blk(h, c, ctx, mask)
+            visible = enc_set.scatter(h, length)
+        if ctx is not None:
+            visible = torch.where(prev_visible.to(dev).unsqueeze(-1), ctx_set.scatter(ctx, length), visible)
+
+        masked_set = TokenSet.of(masking, dev)
+        feat = visible
+        if masked_set.size:
+            vis_set = TokenSet.of(~masking, dev)
+            vis = vis_set.gather(visible)
+            m = masked_set.gather(x)
+            mask = key_padding_mask(masked_set, vis_set)
+            for blk in self.decoder:   # the visible context stays fixed across decoder layers
+                m = blk(m, c, vis, mask)
+            feat = torch.where(masking.to(dev).unsqueeze(-1), masked_set.scatter(m, length), visible)
+
+        logits = self.mlm_layer(self.norm(feat), self.x_embedder.word_embeddings.weight)[..., :self.codebook_size]
+        if return_state:
+            return logits, {"feat": feat, "masking": masking}
+        return logits
+
+
+# ---- flavours -------------------------------------------------------------------------------------------------
+
+_SIZES = {  # (enc_dec, embed_dim, num_heads), paper Tab. 7
+    "S": ((15, 1), 366, 6),
+    "B": ((15, 1), 768, 8),
+    "L": ((22, 2), 1024, 16),
+    # CPU-test size: 4x4 tokens, 32 codes, 10 classes
+    "debug": ((3, 2), 32, 2, dict(seq_len=16, codebook_size=32, num_classes=10)),
+    # Fashion-MNIST demo size (~3.3M params): 8x8 tokens, 512 codes, 10 classes
+    "demo": ((6, 2), 128, 4, dict(seq_len=64, codebook_size=512, num_classes=10)),
+}
+
+
+def _builder(size: str, input_res: int = 256):
+    dflt_enc_dec, dflt_dim, dflt_heads, *rest = _SIZES[size]
+    data = rest[0] if rest else {}
+
+    def build(*, input_res: int = input_res, downsample: int = 16, seq_len: int | None = None,
+              codebook_size: int | None = None, num_classes: int | None = None,
+              enc_dec: Sequence[int] | None = None, embed_dim: int | None = None, num_heads: int | None = None,
+              **kwargs) -> ENAT:
+        """Keyword overrides: input_res/downsample (-> seq_len = (input_res/downsample)^2) or seq_len directly,
+        codebook_size, num_classes (real classes; the null label is num_classes), enc_dec=(NE, ND), embed_dim,
+        num_heads, and any ENAT argument (mlp_ratio, class_dropout_prob, dropout, attn_backend)."""
+        if seq_len is None:
+            seq_len = data.get("seq_len")
+        if seq_len is None:
+            if input_res % downsample:
+                raise ValueError(f"input_res {input_res} is not a multiple of the tokenizer downsample {downsample}")
+            seq_len = (input_res // downsample) ** 2
+        return ENAT(seq_len=seq_len,
+                    codebook_size=codebook_size if codebook_size is not None else data.get("codebook_size", 1024),
+                    num_classes=num_classes if num_classes is not None else data.get("num_classes", 1000),
+                    enc_dec=dflt_enc_dec if enc_dec is None else enc_dec,
+                    embed_dim=embed_dim or dflt_dim, num_heads=num_heads or dflt_heads, **kwargs)
+
+    return build
+
+
+FLAVOURS = {
+    "ENAT_S": _builder("S"),
+    "ENAT_B": _builder("B"),
+    "ENAT_L": _builder("L"),
+    "ENAT_L_512": _builder("L", input_res=512),
+    "debug": _builder("debug"),
+    "demo": _builder("demo"),
+}
+
+
+# ---- training loss ---------------------------------------------------------------------------------------------
+
+LOSS_DEFAULTS = {
+    "beta_alpha_beta": (12.0, 3.0),  # mask ratio r ~ Beta(12, 3)
+    "label_drop": 0.15,              # labels replaced by the null class (the official dataset does this)
+    "label_smoothing": 0.1,
+    "reuse_prob": 0.5,               # probability of a reuse-training batch
+    "per_sample_ratio": True,        # one mask ratio per row (False: one per batch, as the official code)
+}
+
+
+def loss_hparams(cfg) -> dict:
+    section = None
+    if cfg is not None:
+        section = cfg.get("loss", None) if hasattr(cfg, "get") else getattr(cfg, "loss", None)
+    hp = dict(LOSS_DEFAULTS)
+    for key in hp:
+        if section is not None and section.get(key, None) is not None:
+            hp[key] = section.get(key)
+    ab = [float(v) for v in hp["beta_alpha_beta"]]
+    if len(ab) != 2 or min(ab) <= 0:
+        raise ValueError(f"config loss.beta_alpha_beta must be two positive numbers, got {hp['beta_alpha_beta']}")
+    for key in ("label_drop", "reuse_prob"):
+        if not 0.0 <= float(hp[key]) <= 1.0:
+            raise ValueError(f"config loss.{key} must be in [0, 1], got {hp[key]}")
+    if not 0.0 <= float(hp["label_smoothing"]) < 1.0:
+        raise ValueError(f"config loss.label_smoothing must be in [0, 1), got {hp['label_smoothing']}")
+    if not isinstance(hp["per_sample_ratio"], bool):
+        raise ValueError(f"config loss.per_sample_ratio must be true or false, got {hp['per_sample_ratio']!r}")
+    return {"beta_alpha_beta": tuple(ab), "label_drop": float(hp["label_drop"]),
+            "label_smoothing": float(hp["label_smoothing"]), "reuse_prob": float(hp["reuse_prob"]),
+            "per_sample_ratio": hp["per_sample_ratio"]}
+
+
+def _lowest_ranked(n: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Bool[B, L]: n[b] positions of row b drawn uniformly among `allowed` (global torch RNG)."""
+    noise = torch.rand(allowed.shape, device=allowed.device).masked_fill(~allowed, float("inf"))
+    rank = noise.argsort(dim=1).argsort(dim=1)
+    return (rank < n.unsqueeze(1)) & allowed
+
+
+def enat_training_loss(model: nn.Module, batch: dict, ctx: TrainContext) -> tuple[torch.Tensor, dict]:
+    """Masked-token CE with Beta(12, 3) mask ratios, null-label dropout and ENAT reuse training.
+
+    Reuse training (probability loss.reuse_prob per batch): a further round(U·#visible) random visible tokens are
+    masked, the EMA model (eval, no grad) runs on that input, and its state serves as `prev` for the real input,
+    imitating the previous sampling step. Without an EMA in `ctx`, the model itself (eval, no grad) plays that role.
+    """
+    net = model.module if hasattr(model, "module") else model  # attributes only; the forward goes through `model`
+    hp = loss_hparams(getattr(ctx, "cfg", None))
+    tokens, labels = batch["tokens"], batch["label"]
+    if tokens.dim() != 2 or tokens.shape[1] != net.seq_len:
+        raise ValueError(f"batch['tokens'] must be Long[B, {net.seq_len}], got shape {list(tokens.shape)}")
+    b, seq_len = tokens.shape
+    dev = tokens.device
+    rows = b if hp["per_sample_ratio"] else 1
+    ratio = torch.distributions.Beta(*(torch.tensor(v, device=dev) for v in hp["beta_alpha_beta"])).sample((rows,))
+    n_mask = torch.round(ratio * seq_len).long().clamp(1, seq_len - 1).expand(b)
+    mask = _lowest_ranked(n_mask, torch.ones_like(tokens, dtype=torch.bool))
+    inputs = tokens.masked_fill(mask, net.mask_id)
+    drop = torch.rand(labels.shape, device=labels.device) < hp["label_drop"]
+    labels = torch.where(drop, torch.full_like(labels, net.null_label), labels)
+
+    prev = None
+    reuse = bool(torch.rand(()) < hp["reuse_prob"])
+    if reuse:
+        u = torch.rand(rows, device=dev).expand(b)
+        n_extra = torch.round(u * (seq_len - n_mask)).long()
+        prev_inputs = inputs.masked_fill(_lowest_ranked(n_extra, ~mask), net.mask_id)
+        teacher = ctx.ema if getattr(ctx, "ema", None) is not None else net
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            with torch.no_grad():
+                _, prev = teacher(prev_inputs, labels, return_state=True)
+        finally:
+            teacher.train(was_training)
+
+    logits = model(inputs, labels, prev=prev)
+    target = tokens.masked_fill(~mask, -100)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                           label_smoothing=hp["label_smoothing"])
+    with torch.no_grad():
+        acc = (((logits.argmax(-1) == tokens) & mask).sum().float() / mask.sum()).item()
+    return loss, {"loss": loss.item(), "acc": acc, "mask_ratio": n_mask.float().mean().item() / seq_len,
+                  "reuse": float(reuse)}
+
+
+FAMILY = Family(
+    name="enat",
+    flavours=FLAVOURS,
+    data="tokens",
+    training_loss=enat_training_loss,
+    # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
+    extras={"ddp_find_unused": True},
+)

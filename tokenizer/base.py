@@ -1,0 +1,110 @@
+"""The one interface every image tokenizer of the project offers to models, samplers and scripts.
+
+A tokenizer is frozen: it stays in eval mode (``train()`` is a no-op), its parameters need no grad, and
+``encode``/``decode`` run without autograd. Images are float [B, C, H, W] in [-1, 1] on both sides.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Tokenizer(nn.Module):
+    kind: str = "discrete"             # 'discrete' -> Long codes [B, h, w]; 'continuous' -> Float latents [B, c, h, w]
+    codebook_size: int | None = None   # discrete only
+    latent_channels: int | None = None  # continuous only
+    downsample: int = 1
+    in_channels: int = 3
+    scaling_factor: float = 1.0
+
+    def freeze(self) -> "Tokenizer":
+        super().train(False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "Tokenizer":
+        # an engine calling model.train() on a parent module must not switch a frozen tokenizer to training
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.downsample, width // self.downsample
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__}.encode expects images [B, {self.in_channels}, H, W] in [-1, 1], "
+                             f"got shape {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.downsample or w % self.downsample:
+            raise ValueError(f"{type(self).__name__}.encode needs H and W divisible by {self.downsample}, got {h}x{w}")
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_images(images)
+        return self._encode(images)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._decode(z).clamp_(-1.0, 1.0)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _encode")
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _decode")
+
+    def describe(self) -> dict:
+        out = dict(kind=self.kind, downsample=self.downsample, in_channels=self.in_channels,
+                   scaling_factor=self.scaling_factor)
+        out["codebook_size" if self.kind == "discrete" else "latent_channels"] = (
+            self.codebook_size if self.kind == "discrete" else self.latent_channels)
+        return out
+
+
+class CheckpointMismatchError(KeyError):
+    """Raised when a state dict does not match a module; the message lists the offending keys."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and escape its newlines
+        return str(self.args[0]) if self.args else ""
+
+
+def strip_prefixes(state_dict: dict, prefixes=("module.", "_orig_mod.")) -> dict:
+    """Drop wrapper prefixes (DDP, torch.compile) that a training checkpoint may carry."""
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_strict(module: nn.Module, state_dict: dict, source: str) -> None:
+    """load_state_dict(strict=True) with one error that names every missing/unexpected/mis-shaped key."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state_dict)
+                    if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        def _fmt(name, items):
+            if not items:
+                return ""
+            head = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+            return f"\n  {name}: {head}"
+        raise CheckpointMismatchError(f"{source} does not match {type(module).__name__}:"
+                       + _fmt("missing keys", missing) + _fmt("unexpected keys", unexpected)
+                       + _fmt("shape mismatches", shapes))
+    module.load_state_dict(state_dict, strict=True)
