@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import BACKENDS, Mlp, attention
+from models.layers import Mlp, attention, check_attention_args
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -36,10 +36,7 @@ class Multiway(nn.Module):
 class SCAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, backend: str | None = None):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"attention backend must be one of {BACKENDS} or None, got {backend!r}")
+        check_attention_args(dim, num_heads, backend)
         self.num_heads = num_heads
         self.backend = backend
         self.q = nn.Linear(dim, dim)

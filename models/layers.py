@@ -149,15 +149,19 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def check_attention_args(dim: int, num_heads: int, backend: str | None) -> None:
+    if dim % num_heads:
+        raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS} or None, got {backend!r}")
+
+
 class Attention(nn.Module):
     """Self-attention with one fused `qkv` projection and an output `proj`."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, backend: str | None = None):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"attention backend must be one of {BACKENDS} or None, got {backend!r}")
+        check_attention_args(dim, num_heads, backend)
         self.num_heads = num_heads
         self.backend = backend
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)

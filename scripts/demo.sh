@@ -29,7 +29,7 @@ fi
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo
 VQ_STEPS=${VQ_STEPS:-2000}
-NAT_STEPS=${NAT_STEPS:-3000}
+NAT_STEPS=${NAT_STEPS:-800}
 VQ_CKPT=$OUT/vq/checkpoints/step_$(printf %07d "$VQ_STEPS").pt
 
 echo "== 1/5 demo tokenizer (VQ autoencoder, 32x32 -> 8x8 codes)"

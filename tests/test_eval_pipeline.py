@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import read_metrics, run, torchrun_cmd
+from tests.helpers import run, torchrun_cmd
 from tests.test_data import write_idx
 
 
@@ -39,7 +39,6 @@ def tiny_world(tmp_path_factory):
 
 def _eval(nproc, out, common, *extra):
     from engine.checkpoint import load_file
-    import shutil
     run(torchrun_cmd(nproc, *common, "--mode", "eval", f"output_dir={out}", *extra))
     (tag,) = [p for p in (out / "eval").iterdir()]
     import json
@@ -74,7 +73,6 @@ def test_eval_world_size_invariant_and_resumable(tiny_world, tmp_path):
 
 def test_random_token_and_reconstruction_sources(tiny_world, tmp_path):
     import json
-    import shutil
 
     import train
     root, nat, common = tiny_world

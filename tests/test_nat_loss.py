@@ -7,13 +7,6 @@ from torch import nn
 from models.family import TrainContext
 from models.nat import FLAVOURS, loss_hparams, nat_training_loss
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a single thread avoids oversubscription stalls when the 2 cores are shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

@@ -9,13 +9,6 @@ from models.nat import FLAVOURS, UViT
 
 SPEC = Path(__file__).resolve().parents[1] / ".." / "shared" / "specs" / "checkpoints" / "keys_autonat_L.json"
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a single thread avoids oversubscription stalls when the 2 cores are shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

@@ -8,13 +8,6 @@ from samplers.mask_predict import inverse_cdf_sample
 
 RELEASED = Strategy.from_yaml("configs/AutoNAT_L-T8_strategy.yaml")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a single thread avoids oversubscription stalls when the 2 cores are shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

@@ -56,8 +56,6 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
 
 
 def test_checkpoint_of_other_family_is_rejected(tmp_path, capsys):
-    import torch
-
     import train
     from engine.checkpoint import atomic_save
     atomic_save({"model": {}, "ema": {}, "optimizer": {}, "step": 3, "family": "enat", "flavour": "debug",
@@ -68,8 +66,6 @@ def test_checkpoint_of_other_family_is_rejected(tmp_path, capsys):
 
 
 def test_checkpoint_with_missing_keys_is_rejected(tmp_path, capsys):
-    import torch
-
     import train
     from engine.checkpoint import load_file, atomic_save
     assert train.main(["--config", CFG, f"output_dir={tmp_path}", *COMMON, "train.max_steps_this_run=4"]) == 0
