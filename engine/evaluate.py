@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine import checkpoint as ck
 from engine import dist
 from engine.config import to_container
 from engine.generate import (build_generator, build_strategy, build_tokenizer, decode_tokens, generate_tokens,
                              model_grid, sample_generators, save_grid, to_uint8)
-from engine.logging import logger, setup_logging
+from engine.logging import logger, progress, setup_logging
 
 SOURCES = ("samples", "reconstructions", "random_tokens")
 
@@ -126,7 +125,7 @@ def ensure_ref_stats(cfg, device) -> str | None:
     coll = FeatureCollector(_inception(cfg, device), cfg.eval.fid_mode, ("pool3",), device,
                             cfg.eval.inception_dtype, channels_last=True)
     bs = int(cfg.eval.batch_size)
-    for u in tqdm(my_units(n, bs), disable=not dist.is_main(), desc="reference stats"):
+    for u in progress(iterable=my_units(n, bs), desc="reference stats"):
         idx = torch.arange(u * bs, min(n, (u + 1) * bs))
         coll.update(to_uint8(ds.get_batch(idx)["image"]), index=idx)
     st = features_to_stats(coll.gather())
@@ -150,7 +149,7 @@ def evaluate(cfg) -> dict:
     units = my_units(n, bs)
     reused, feats, index = 0, [], []
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
-    for u in tqdm(units, disable=not dist.is_main(), desc=f"eval {src.kind}"):
+    for u in progress(iterable=units, desc=f"eval {src.kind}"):
         f = udir / f"unit_{u:06d}.pt"
         idx = list(range(u * bs, min(n, (u + 1) * bs)))
         if cfg.eval.resume and f.exists():

@@ -23,3 +23,15 @@ def setup_logging(output_dir: str | None = None) -> None:
 
 
 __all__ = ["logger", "setup_logging"]
+
+
+def progress(**kw):
+    """tqdm on rank 0 only; in logs (no terminal) refresh every 30 s instead of every step."""
+    import sys
+
+    from tqdm import tqdm
+    kw.setdefault("disable", not dist.is_main())
+    kw.setdefault("dynamic_ncols", True)
+    if not sys.stderr.isatty():
+        kw.setdefault("mininterval", 30.0)
+    return tqdm(**kw)

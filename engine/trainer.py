@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from engine import checkpoint as ck
 from engine import dist
 from engine.config import to_container, to_yaml
 from engine.data import build_dataset, hflip_batch, rank_micro_batches
-from engine.logging import logger, setup_logging
+from engine.logging import logger, progress, setup_logging
 from engine.optim import build_optimizer, ema_update, lr_at, make_ema
 from engine.precision import autocast, grad_scaler
 from models import TrainContext, build_model
@@ -99,7 +98,7 @@ def pretrain(cfg) -> dict:
     ctx = TrainContext(cfg=cfg, step=start, ema=ema)
     steps = int(tc.steps)
     stop_at = min(steps, start + int(tc.max_steps_this_run)) if int(tc.max_steps_this_run) > 0 else steps
-    bar = tqdm(total=steps, initial=start, disable=not dist.is_main(), dynamic_ncols=True, desc="train")
+    bar = progress(total=steps, initial=start, desc="train")
     t0, seen, last_logs = time.time(), 0, {}
     model.train()
     for step in range(start, stop_at):
