@@ -30,10 +30,9 @@ def tiny_world(tmp_path_factory):
     torch.manual_seed(0)
     weights = root / "inception.pth"
     torch.save(FIDInception().state_dict(), weights)
-    common = ["--config", "configs/demo/nat_fmnist.yaml", "model.flavour=debug", "model.img_size=8",
-              "model.codebook_size=32", f"tokenizer.ckpt={vq}/checkpoints/step_0000002.pt",
+    common = ["--config", "configs/debug/nat_fmnist_debug.yaml", f"tokenizer.ckpt={vq}/checkpoints/step_0000002.pt",
               f"eval.inception_weights={weights}", "eval.inception_dtype=fp32", f"eval.ref_images_path={data}",
-              f"eval.ref_stats={root}/ref.npz", "eval.ref_n=6", "eval.n=6", "eval.batch_size=2", "sample.cfg_scale=1.0"]
+              f"eval.ref_stats={root}/ref.npz"]
     return root, nat, common
 
 
@@ -55,7 +54,7 @@ def test_eval_world_size_invariant_and_resumable(tiny_world, tmp_path):
     for nproc in (1, 2):
         out = tmp_path / f"w{nproc}"
         shutil.copytree(nat / "checkpoints", out / "checkpoints")
-        outs.append((out, *_eval(nproc, out, common, "eval.save_png=6")))
+        outs.append((out, *_eval(nproc, out, common, "eval.save_png=6", f"eval.save_npz={nproc == 2}")))
     (o1, r1, u1, t1), (o2, r2, u2, t2) = outs
     assert r1["n"] == r2["n"] == 6
     assert r1["fid"] == pytest.approx(r2["fid"], rel=1e-4)
@@ -63,6 +62,11 @@ def test_eval_world_size_invariant_and_resumable(tiny_world, tmp_path):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
         assert torch.allclose(a["feats"]["pool3"], b["feats"]["pool3"], atol=1e-4)
     assert u1[0]["labels"].tolist() == [0, 1]
+    with np.load(t2 / "samples.npz") as z:  # ADM-style sample batch: uint8 NHWC RGB + labels
+        assert z["arr_0"].shape == (6, 32, 32, 3) and z["arr_0"].dtype == np.uint8
+        assert z["arr_1"].tolist() == [0, 1, 2, 3, 4, 5]
+        assert (z["arr_0"][:2, ..., 0] == u1[0]["images"][:, 0].numpy()).all()
+    assert len(list((t1 / "png").glob("*.png"))) == 6
     # resume: drop one finished unit, re-run with 2 processes: it is recomputed, the others are read back
     (t2 / "unit_000001.pt").unlink()
     p = run(torchrun_cmd(2, *common, "--mode", "eval", f"output_dir={o2}"))
