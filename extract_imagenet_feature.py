@@ -102,7 +102,7 @@ class Job:
             self.meta_path = os.path.join(self.out, "data_meta", f"{self.ae_name}_{tag}_meta.jsonl")
             self.store = tw.ShardStore(os.path.join(self.out, f".shards_{tag}"), ".json")
             from tokenizer.dcae import DCAETokenizer, load_dcae_config
-            self.load = lambda: DCAETokenizer.from_pretrained(args.dcae_path, device=device)
+            self.load = lambda: DCAETokenizer.from_local_dir(args.dcae_path, device=device)
             self.config = load_dcae_config(args.dcae_path)
             blocks = self.config.get("encoder_block_out_channels") or self.config["block_out_channels"]
             self.downsample = 2 ** (len(blocks) - 1)

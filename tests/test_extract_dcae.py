@@ -45,7 +45,7 @@ def test_fixed_and_native_latents_and_meta(setup):
     assert _run(root, "64", "--max_shards", "1") == 3  # interrupted, then resumed below
     assert _run(root, "64") == 0
     assert _run(root, "native") == 0
-    tok = DCAETokenizer.from_pretrained(str(root / "dc-ae-tiny"))
+    tok = DCAETokenizer.from_local_dir(str(root / "dc-ae-tiny"))
 
     fixed = _meta(root, "64x64")
     assert len(fixed) == 10 and fixed[0]["image_file"] == "n00000000/x_0.png"

@@ -35,4 +35,4 @@ def test_missing_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="dc-ae-f32c32-sana-1.1-diffusers"):
         load_autoencoder_dc(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        DCAETokenizer.from_pretrained(str(tmp_path))
+        DCAETokenizer.from_local_dir(str(tmp_path))

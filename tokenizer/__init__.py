@@ -20,7 +20,7 @@ def _dcae(ckpt=None, dtype=None, decode_one_by_one=False, device="cpu"):
     import torch
 
     from tokenizer.dcae import DEFAULT_DCAE_DIR, DCAETokenizer
-    return DCAETokenizer.from_pretrained(str(ckpt or DEFAULT_DCAE_DIR), dtype or torch.float32,
+    return DCAETokenizer.from_local_dir(str(ckpt or DEFAULT_DCAE_DIR), dtype or torch.float32,
                                          decode_one_by_one, device)
 
 

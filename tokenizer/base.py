@@ -5,11 +5,13 @@ A tokenizer is frozen: it stays in eval mode (``train()`` is a no-op), its param
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(nn.Module, abc.ABC):
     kind: str = "discrete"             # 'discrete' -> Long codes [B, h, w]; 'continuous' -> Float latents [B, c, h, w]
     codebook_size: int | None = None   # discrete only
     latent_channels: int | None = None  # continuous only
@@ -55,11 +57,13 @@ class Tokenizer(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self._decode(z).clamp_(-1.0, 1.0)
 
+    @abc.abstractmethod
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement _encode")
+        """codes or latents of images already checked by encode()"""
 
+    @abc.abstractmethod
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement _decode")
+        """images (before clamping) of codes or latents"""
 
     def describe(self) -> dict:
         out = dict(kind=self.kind, downsample=self.downsample, in_channels=self.in_channels,

@@ -76,7 +76,7 @@ class DCAETokenizer(Tokenizer):
         self.freeze()
 
     @classmethod
-    def from_pretrained(cls, local_dir: str = DEFAULT_DCAE_DIR, dtype: torch.dtype = torch.float32,
+    def from_local_dir(cls, local_dir: str = DEFAULT_DCAE_DIR, dtype: torch.dtype = torch.float32,
                         decode_one_by_one: bool = False, device="cpu") -> "DCAETokenizer":
         return cls(load_autoencoder_dc(local_dir, dtype), decode_one_by_one=decode_one_by_one).to(device)
 
