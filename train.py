@@ -14,23 +14,26 @@ MODES = ("pretrain", "eval", "search")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="recipe YAML (configs/...)")
-    p.add_argument("--mode", default="pretrain", choices=MODES)
+    p.add_argument("--mode", default=None, choices=MODES,
+                   help="default: eval when --pretrained_path is given (the ENAT README's eval commands name no "
+                        "mode), else pretrain")
     args, rest = p.parse_known_args(argv)
 
-    from engine.config import ConfigError, load_config, split_official_flags
+    from engine.config import ConfigError, env_flags, load_config, split_official_flags
     try:
         flags, rest = split_official_flags(rest)
         stray = [a for a in rest if a.startswith("--")]
         if stray:
             raise ConfigError(f"unknown flag {stray[0]} (official flags accepted: see engine/config.py "
                               f"OFFICIAL_FLAGS; other settings as key=value)")
-        cfg = load_config(args.config, rest, flags)
+        cfg = load_config(args.config, rest, {**env_flags(), **flags})
+        mode = args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     from engine.runner import run
-    return run(cfg, args.mode)
+    return run(cfg, mode)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,36 @@ OFFICIAL_FLAGS = {
     "--lr": ("train.lr", 1),
     "--max_upd": ("search.max_upd", 1),
     "--clip_grad": ("search.clip_grad", 1),
+    "--sche_lr": ("search.lr_ratio", 1),
+    "--unb_lr": ("search.lr_other", 1),
+    "--grad_estimate_step_size": ("search.fd_step_ratio", 1),
+    "--unb_grad_estimate_step_size": ("search.fd_step_other", 1),
+    "--sche_moment": ("search.momentum", 1),
+    "--reuse_prob": ("loss.reuse_prob", 1),
+    "--wd": ("train.weight_decay", 1),
+    "--ema_rate": ("train.ema_decay", 1),
+    "--warmup_steps": ("train.warmup_steps", 1),
+    "--save_interval": ("train.ckpt_every", 1),
+    "--log_interval": ("train.log_every", 1),
     "--seed": ("seed", 1),
 }
+
+
+# `export ACCELERATE_MIXED_PRECISION=fp16` precedes the official commands (the official code runs under accelerate):
+# honoured as train/eval/search precision, below explicit key=value overrides.
+ACCELERATE_ENV = "ACCELERATE_MIXED_PRECISION"
+ACCELERATE_PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+PRECISION_KEYS = ("train.precision", "eval.precision", "search.precision")
+
+
+def env_flags(environ=None) -> dict:
+    """Config keys set by the environment of the official commands ({} when it sets nothing)."""
+    val = (environ if environ is not None else os.environ).get(ACCELERATE_ENV)
+    if val is None or val == "":
+        return {}
+    if val not in ACCELERATE_PRECISION:
+        raise ConfigError(f"{ACCELERATE_ENV}={val!r}: expected one of {sorted(ACCELERATE_PRECISION)}")
+    return {k: ACCELERATE_PRECISION[val] for k in PRECISION_KEYS}
 
 
 class ConfigError(ValueError):

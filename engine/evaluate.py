@@ -22,16 +22,19 @@ from engine.config import to_container
 from engine.generate import (build_generator, build_strategy, build_tokenizer, decode_tokens, generate_tokens,
                              model_grid, sample_generators, save_grid, to_uint8)
 from engine.logging import logger, progress, setup_logging
+from engine.precision import autocast
 
 SOURCES = ("samples", "reconstructions", "random_tokens")
 
 
-def eval_labels(cfg, indices, num_classes: int) -> torch.Tensor:
+def eval_labels(cfg, indices, num_classes: int, seed: int | None = None) -> torch.Tensor:
+    """Label of sample i: i mod classes (balanced) or drawn from (seed, i) alone (random); seed defaults to cfg.seed."""
+    seed = int(cfg.seed) if seed is None else int(seed)
     if cfg.eval.labels == "balanced":
         return torch.tensor([i % num_classes for i in indices], dtype=torch.long)
     if cfg.eval.labels == "random":
         return torch.tensor([int(torch.randint(num_classes, (1,), generator=g)) for g in
-                             sample_generators(int(cfg.seed) + 777, indices)], dtype=torch.long)
+                             sample_generators(seed + 777, indices)], dtype=torch.long)
     raise ValueError(f"eval.labels must be 'balanced' or 'random', got '{cfg.eval.labels}'")
 
 
@@ -39,6 +42,7 @@ def _tag(cfg, weights: str | None) -> str:
     key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
            "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
            "model": to_container(cfg.model), "fid_mode": cfg.eval.fid_mode, "dtype": cfg.eval.inception_dtype,
+           "precision": cfg.eval.precision,
            "weights": [weights, os.path.getmtime(weights) if weights and os.path.exists(weights) else None]}
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg.eval.source}_n{int(cfg.eval.n)}_{h}"
@@ -69,12 +73,15 @@ class ImageSource:
             self.num_classes = int(cfg.data.num_classes)
 
     @torch.inference_mode()
-    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, indices: list[int], strategy=None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of these sample indices; `strategy`/`seed` override the config's (search)."""
         cfg = self.cfg
-        labels = eval_labels(cfg, indices, self.num_classes)
+        seed = int(cfg.seed) if seed is None else int(seed)
+        labels = eval_labels(cfg, indices, self.num_classes, seed)
         if self.kind == "samples":
-            toks = generate_tokens(self.model, self.fam.name, cfg, self.strategy, labels.to(self.device), indices,
-                                   int(cfg.seed))
+            with autocast(self.device, str(cfg.eval.precision)):
+                toks = generate_tokens(self.model, self.fam.name, cfg, strategy or self.strategy,
+                                       labels.to(self.device), indices, seed)
             img = decode_tokens(self.tok, toks, self.grid)
         elif self.kind == "reconstructions":
             if max(indices) >= len(self.test):
@@ -85,7 +92,7 @@ class ImageSource:
         else:
             h = w = int(cfg.data.image_size) // self.tok.downsample
             toks = torch.stack([torch.randint(self.tok.codebook_size, (h * w,), generator=g)
-                                for g in sample_generators(int(cfg.seed), indices)])
+                                for g in sample_generators(seed, indices)])
             img = decode_tokens(self.tok, toks, (h, w))
         return to_uint8(img).cpu(), labels.cpu()
 
@@ -103,7 +110,7 @@ def _inception(cfg, device):
     return build_fid_inception(cfg.eval.inception_weights, device=device)
 
 
-def _build_evaluator(cfg, device, ref_stats):
+def build_evaluator(cfg, device, ref_stats):
     from metrics import Evaluator
     return Evaluator(_inception(cfg, device), mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
                      device=device, dtype=cfg.eval.inception_dtype, channels_last=True)
@@ -145,7 +152,7 @@ def evaluate(cfg) -> dict:
     n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
     tag = _tag(cfg, src.weights)
     udir = out / "eval" / tag
-    ev = _build_evaluator(cfg, device, ref)
+    ev = build_evaluator(cfg, device, ref)
     units = my_units(n, bs)
     reused, feats, index = 0, [], []
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0

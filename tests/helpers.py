@@ -32,3 +32,13 @@ def run(cmd, timeout=300, check=True):
 def read_metrics(out_dir) -> dict[int, dict]:
     lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
     return {r["step"]: r for r in map(json.loads, lines)}
+
+
+def parse_train_args(monkeypatch, argv) -> tuple:
+    """(config, mode) that train.main(argv) would hand to the runner, without running anything."""
+    import train
+    from engine import runner
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda cfg, mode: seen.update(cfg=cfg, mode=mode) or 0)
+    assert train.main(argv) == 0
+    return seen["cfg"], seen["mode"]

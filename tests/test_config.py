@@ -47,3 +47,41 @@ def test_train_py_reports_typo(capsys):
     rc = train.main(["--config", "configs/base.yaml", "--mode", "pretrain", "sample.cfg_scal=1"])
     err = capsys.readouterr().err
     assert rc == 2 and "sample.cfg_scale" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_official_flag_targets_a_base_key():
+    from omegaconf import OmegaConf
+
+    from engine.config import BASE, OFFICIAL_FLAGS
+    base = OmegaConf.load(BASE)
+    for flag, (key, n) in OFFICIAL_FLAGS.items():
+        if key.startswith("model."):  # flavour kwargs, checked by the model builder
+            continue
+        assert OmegaConf.select(base, key, default="<missing>") != "<missing>", f"{flag} -> {key}"
+
+
+def test_search_and_enat_training_flags():
+    flags, rest = split_official_flags(["--sche_lr", "2e-3", "--unb_lr=0.2", "--grad_estimate_step_size", "0.02",
+                                        "--unb_grad_estimate_step_size", "0.3", "--sche_moment", "0.7",
+                                        "--reuse_prob", "0.25", "--wd", "0.05", "--ema_rate", "0.999",
+                                        "--warmup_steps", "10", "--save_interval", "7", "--log_interval", "3"])
+    cfg = load_config(None, rest, flags)
+    s, t = cfg.search, cfg.train
+    assert (s.lr_ratio, s.lr_other, s.fd_step_ratio, s.fd_step_other, s.momentum) == (2e-3, 0.2, 0.02, 0.3, 0.7)
+    assert (cfg.loss.reuse_prob, t.weight_decay, t.ema_decay, t.warmup_steps, t.ckpt_every, t.log_every) == (
+        0.25, 0.05, 0.999, 10, 7, 3)
+
+
+def test_accelerate_mixed_precision_env_sets_precision(monkeypatch):
+    import train
+    from engine import runner
+    from engine.config import env_flags
+    assert env_flags({}) == {} and env_flags({"ACCELERATE_MIXED_PRECISION": "no"})["eval.precision"] == "fp32"
+    with pytest.raises(ConfigError, match="ACCELERATE_MIXED_PRECISION='fp8'"):
+        env_flags({"ACCELERATE_MIXED_PRECISION": "fp8"})
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda cfg, mode: seen.update(cfg=cfg) or 0)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert train.main(["--config", "configs/AutoNAT_L.yaml", "--mode", "eval", "train.precision=fp32"]) == 0
+    c = seen["cfg"]  # the environment sets all three; an explicit key=value still wins
+    assert (c.train.precision, c.eval.precision, c.search.precision) == ("fp32", "bf16", "bf16")

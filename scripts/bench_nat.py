@@ -1,0 +1,255 @@
+"""NAT (AutoNAT U-ViT) throughput on this machine, in one run:
+
+  (a) training and sampling images/s of the demo NAT (the model of configs/demo/nat_fmnist.yaml) and of the AutoNAT
+      "S-like" size (D 512, depth 12, 256 tokens), fp32 vs bf16 autocast;
+  (b) AutoNAT-L-shaped sampling (random weights, the released 8-step strategy, guidance on): images/s and GFLOPs per
+      image of the fast path (guidance batched into one forward of 2B rows, bf16 autocast, SDPA attention) against a
+      naive path (two separate guidance forwards, fp32, explicit softmax attention), and their ratio;
+  (c) this machine's matmul peak (large fp32 / bf16 matmuls) and each row's achieved FLOP/s as a fraction of it.
+
+FLOPs (2 x MACs) are counted with torch FlopCounterMode on the `meta` device (SDPA counted as explicit attention),
+training as 3 x forward. Timings follow a warm-up; training takes the fastest of --train-iters steps, sampling times
+every step and counts each at the median step time; the matmul peak is the better of a measurement at the start and
+one at the end. The machine may be shared: the figures are noisy, the ratios less so.
+
+    .venv/bin/python scripts/bench_nat.py [--l-images 1] [--s-images 2] [--demo-images 64] [--only demo,S,L]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
+
+from bench_flops import autonat_generation_flops, build_meta, register_cpu_sdpa_flops  # noqa: E402
+from engine.precision import autocast  # noqa: E402
+from models.family import TrainContext  # noqa: E402
+from models.layers import attention_backend, count_params  # noqa: E402
+from models.nat import FLAVOURS, nat_training_loss  # noqa: E402
+from samplers.guidance import combine  # noqa: E402
+from samplers.mask_predict import sample  # noqa: E402
+from samplers.strategy import Strategy  # noqa: E402
+
+CPU = torch.device("cpu")
+STRATEGY_L = os.path.join(ROOT, "configs", "AutoNAT_L-T8_strategy.yaml")
+DEMO_RECIPE = os.path.join(ROOT, "configs", "demo", "nat_fmnist.yaml")
+
+
+class TwoPassGuidance:
+    """The official way: a conditional and an unconditional forward per step (the sampler calls this once per step
+    without guidance of its own, so the step's scale is looked up here)."""
+
+    def __init__(self, model, null_label: int, scales):
+        self.model, self.null, self.scales, self.t = model, null_label, list(scales), 0
+
+    def reset(self) -> None:
+        self.t = 0
+
+    def __call__(self, ids, labels):
+        scale = self.scales[self.t]
+        self.t += 1
+        cond = self.model(ids, labels)
+        return combine(cond, self.model(ids, torch.full_like(labels, self.null)), scale)
+
+
+class StepClock:
+    """Wraps the per-step model function and records each call's wall time (the sampler calls it once per step)."""
+
+    def __init__(self, fn):
+        self.fn, self.times = fn, []
+
+    def reset(self) -> None:
+        reset = getattr(self.fn, "reset", None)
+        if callable(reset):
+            reset()
+
+    def __call__(self, *args):
+        t = time.perf_counter()
+        out = self.fn(*args)
+        self.times.append(time.perf_counter() - t)
+        return out
+
+
+def best_time(fn, iters: int) -> float:
+    """Fastest of `iters` calls after one warm-up call: on a shared machine the fastest is the least disturbed."""
+    fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_peak(dtype, n: int, reps: int = 3) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n ** 3 / best_time(lambda: torch.mm(a, b), reps) / 1e9
+
+
+def forward_gflops(flavour: str, rows: int = 1, **kwargs) -> float:
+    """GFLOPs of one forward of `rows` rows (the count does not depend on the token values)."""
+    return autonat_generation_flops(build_meta(FLAVOURS, flavour, **kwargs), steps=1, guidance=rows == 2)[0] / 1e9
+
+
+def demo_model_kwargs() -> dict:
+    """The model section of the demo recipe (a flavour plus overrides)."""
+    from engine.config import load_config
+    from models import model_kwargs
+    cfg = load_config(DEMO_RECIPE)
+    return {"flavour": cfg.model.flavour, **model_kwargs(cfg)}
+
+
+def train_ips(model, batch: int, iters: int, precision: str) -> float:
+    g = torch.Generator().manual_seed(0)
+    data = {"tokens": torch.randint(model.codebook_size, (batch, model.seq_len), generator=g),
+            "label": torch.randint(model.null_label, (batch,), generator=g)}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.99, 0.99), weight_decay=0.03)
+    ctx = TrainContext(cfg=None)
+    model.train()
+
+    def step():
+        with autocast(CPU, precision):
+            loss, _ = nat_training_loss(model, data, ctx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return batch / best_time(step, iters)
+
+
+@torch.inference_mode()
+def sample_ips(model, strategy: Strategy, images: int, precision: str, two_pass: bool) -> float:
+    """Images/s of one generation call, with every step timed at the median step time (all AutoNAT steps cost the
+    same), so a burst of load from other processes during one step does not skew the figure."""
+    model.eval()
+    labels = torch.arange(images) % model.null_label
+    null = torch.full_like(labels, model.null_label)
+    with autocast(CPU, precision):  # warm-up: one step's forwards
+        ids = torch.full((images, model.seq_len), model.mask_id)
+        if two_pass:
+            model(ids, labels), model(ids, null)
+        else:
+            model(torch.cat([ids, ids]), torch.cat([labels, null]))
+    gens = [torch.Generator().manual_seed(i) for i in range(images)]
+    kw = dict(seq_len=model.seq_len, codebook_size=model.codebook_size, strategy=strategy)
+    fn = StepClock(TwoPassGuidance(model, model.null_label, strategy.cfg) if two_pass else model)
+    t = time.perf_counter()
+    with autocast(CPU, precision):
+        sample(fn, labels, gens, **kw, **({} if two_pass else {"null_label": model.null_label}))
+    wall = time.perf_counter() - t
+    return images / (wall - sum(fn.times) + len(fn.times) * statistics.median(fn.times))
+
+
+@torch.inference_mode()
+def interleaved_step_ratio(model, images: int, reps: int) -> float:
+    """Median time of one naive step (two fp32 forwards, explicit attention) over one fast step (one bf16 forward
+    of 2B rows, SDPA), timed alternately so both see the same machine load."""
+    model.eval()
+    ids = torch.full((images, model.seq_len), model.mask_id)
+    labels = torch.arange(images) % model.null_label
+    null = torch.full_like(labels, model.null_label)
+
+    def naive():
+        with attention_backend("math"):
+            model(ids, labels), model(ids, null)
+
+    def fast():
+        with attention_backend("sdpa"), autocast(CPU, "bf16"):
+            model(torch.cat([ids, ids]), torch.cat([labels, null]))
+
+    times = {naive: [], fast: []}
+    for fn in (naive, fast) * (reps + 1):
+        t = time.perf_counter()
+        fn()
+        times[fn].append(time.perf_counter() - t)
+    return statistics.median(times[naive][1:]) / statistics.median(times[fast][1:])  # first of each: warm-up
+
+
+def row(rows, what, model, params, precision, batch, ips, gflop_img, peaks):
+    gfs = ips * gflop_img
+    rows.append([what, model, f"{params / 1e6:.1f}M", precision, batch, ips, gflop_img, gfs,
+                 100 * gfs / peaks[precision]])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="demo,S,L", help="comma list of demo, S, L")
+    ap.add_argument("--demo-batch", type=int, default=64, help="demo NAT training batch")
+    ap.add_argument("--demo-images", type=int, default=64, help="demo NAT images per sampling call")
+    ap.add_argument("--s-batch", type=int, default=4, help="S-like training batch")
+    ap.add_argument("--s-images", type=int, default=2, help="S-like images per sampling call")
+    ap.add_argument("--l-images", type=int, default=1, help="AutoNAT-L images per sampling call (~1.7 TFLOP each)")
+    ap.add_argument("--l-step-reps", type=int, default=3, help="interleaved single-step timings (0 = skip)")
+    ap.add_argument("--train-iters", type=int, default=2)
+    ap.add_argument("--peak-size", type=int, default=2048)
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    register_cpu_sdpa_flops()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: figures are noisy)")
+    dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    peaks = {p: matmul_peak(d, args.peak_size) for p, d in dtypes}
+
+    rows, ratios = [], []
+    cosine = Strategy.enat_cosine(8, cfg_scale=1.0, mask_temp=1.0, samp_temp=1.0)
+    demo = demo_model_kwargs()
+    for key, kw, batch, images in (("demo", demo, args.demo_batch, args.demo_images),
+                                   ("S", {"flavour": "AutoNAT_S"}, args.s_batch, args.s_images)):
+        if key not in only:
+            continue
+        kw = dict(kw)
+        flavour = kw.pop("flavour")
+        model = FLAVOURS[flavour](**kw)
+        n, fwd = count_params(model), forward_gflops(flavour, **kw)
+        flavour = "demo NAT" if key == "demo" else flavour
+        for precision in ("fp32", "bf16"):
+            row(rows, "train", flavour, n, precision, batch, train_ips(model, batch, args.train_iters, precision),
+                3 * fwd, peaks)
+        for precision in ("fp32", "bf16"):
+            row(rows, "sample 8 steps, CFG", flavour, n, precision, images,
+                sample_ips(model, cosine, images, precision, two_pass=False), 16 * fwd, peaks)
+        del model
+    if "L" in only:
+        model = FLAVOURS["AutoNAT_L"]()
+        strategy = Strategy.from_yaml(STRATEGY_L, gen_steps=8)
+        n, per_image = count_params(model), 8 * forward_gflops("AutoNAT_L", rows=2)
+        with attention_backend("math"):
+            naive = sample_ips(model, strategy, args.l_images, "fp32", two_pass=True)
+        row(rows, "sample naive: 2 fwd/step, math attn", "AutoNAT_L", n, "fp32", args.l_images, naive, per_image,
+            peaks)
+        with attention_backend("sdpa"):
+            fast = sample_ips(model, strategy, args.l_images, "bf16", two_pass=False)
+        row(rows, "sample fast: batched CFG, SDPA", "AutoNAT_L", n, "bf16", args.l_images, fast, per_image, peaks)
+        ratios.append(("AutoNAT-L sampling fast / naive", fast / naive))
+        if args.l_step_reps:
+            ratios.append((f"AutoNAT-L one step fast / naive (interleaved x{args.l_step_reps})",
+                           interleaved_step_ratio(model, args.l_images, args.l_step_reps)))
+
+    # the peak is measured again at the end and the higher value kept: a loaded moment would overstate the fractions
+    peaks.update({p: max(peaks[p], matmul_peak(d, args.peak_size)) for p, d in dtypes})
+    for r in rows:
+        r[-1] = 100 * r[-2] / peaks[r[3]]
+    print(f"matmul peak ({args.peak_size}^3, best of start/end): fp32 {peaks['fp32']:.1f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.1f} GFLOP/s")
+    head = ("run", "model", "params", "prec", "batch", "img/s", "GFLOP/img", "GFLOP/s", "% peak")
+    fmt = "{:<36} {:<10} {:>7} {:>5} {:>5} {:>9} {:>10} {:>8} {:>7}"
+    print("\n" + fmt.format(*head))
+    for r in rows:
+        print(fmt.format(*r[:5], f"{r[5]:.3f}", f"{r[6]:.1f}", f"{r[7]:.1f}", f"{r[8]:.0f}%"))
+    pairs = [(f"{a[1]} {a[0]}: bf16 / fp32", b[5] / a[5]) for a, b in zip(rows[::2], rows[1::2])
+             if (a[0], a[1], a[3], b[3]) == (b[0], b[1], "fp32", "bf16")]
+    print()
+    for name, r in pairs + ratios:
+        print(f"{name:<45} {r:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
