@@ -5,12 +5,17 @@ a fixed generator. Update k:
   1. base: FID of the current point x_k;
   2. for every coordinate j: FID at x_k + h_j·e_j (h = fd_step_ratio for ratios, fd_step_other otherwise; a perturbed
      ratio stays below 1, which samples exactly as the official clamp to 1 does), g_j = (FID_j − base) / (x'_j − x_j);
-  3. g clamped elementwise to ±clip_grad (if > 0); SGD with momentum as torch.optim.SGD does it (v = m·v + g,
+  3. g (or the SPSA estimate, below) clamped elementwise to ±clip_grad (if > 0); SGD with momentum as torch.optim.SGD does it (v = m·v + g,
      x −= lr·v; lr_ratio for ratios, lr_other otherwise); ratios clamped into [0, 0.99], everything else to >= 1e-4.
 Updates k = 0 .. max_upd; the last one only evaluates, so stp_{max_upd} has an FID as in the official code:
 (1 + d)·max_upd + 1 evaluations of search.eval_n images (null = eval.n, i.e. --eval_n).
 
 Beyond the official code:
+  - search.gradient=spsa: simultaneous-perturbation estimate instead of one probe per coordinate. Each of
+    search.spsa_pairs pairs evaluates x ± h⊙Δ with Δ a Rademacher (±1) vector drawn from (seed, update, pair), and
+    g_j = mean over pairs of (FID(x+) − FID(x−)) / (x+_j − x−_j). Every evaluation informs every coordinate, which
+    matters when each FID carries noise of the size of a one-coordinate difference (small eval_n, few tokens): one
+    update costs 2·pairs evaluations instead of 4T−2, and E[g] is the central-difference gradient;
   - common random numbers: all evaluations of update k share labels and per-sample noise, derived from (seed, k);
     update k+1 draws new ones, so the differences measure the strategy and not the noise
     (search.common_random_numbers=false: fresh noise for every evaluation, as the official search does);
@@ -52,8 +57,10 @@ FORMAT = "autonat-search-v1"
 STATE_FILE, HISTORY_FILE, STRATEGY_DIR = "search_state.json", "search_history.csv", "searched_strategies"
 PROBE_RATIO_MAX = 1.0 - 1e-6  # floor(L·r) = L − 1 for any L < 1e6: the sampler then behaves as with r = 1
 SEED_BITS = 40                # engine.generate.sample_generators multiplies the seed by ~2^20
-SETTINGS = ("steps", "eval_n", "seed", "common_random_numbers", "labels", "precision", "fd_step_ratio",
-            "fd_step_other", "lr_ratio", "lr_other", "momentum", "clip_grad")
+FLOAT_SETTINGS = ("fd_step_ratio", "fd_step_other", "lr_ratio", "lr_other", "momentum", "clip_grad")
+SETTINGS = ("steps", "eval_n", "seed", "common_random_numbers", "labels", "precision", "gradient", "spsa_pairs",
+            *FLOAT_SETTINGS)
+GRADIENTS = ("fd", "spsa")
 
 
 # ------------------------------------------------------------------------------------------------- the optimiser
@@ -97,6 +104,33 @@ def fd_gradient(f, x: np.ndarray, base: float, hp: Hyper, progress: bool = False
         xp = probe_point(x, j, hp)
         g[j] = (_finite(f(xp, j), f"probe {j}") - base) / (xp[j] - x[j])
     return g
+
+
+def spsa_directions(seed: int, update: int, pairs: int, d: int) -> np.ndarray:
+    """Rademacher directions [pairs, d] of one update, a function of (seed, update) only (so a resume redraws them)."""
+    key = f"autonat-search-spsa:{int(seed)}:{int(update)}".encode()
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    return rng.integers(0, 2, size=(pairs, d)).astype(np.float64) * 2.0 - 1.0
+
+
+def spsa_points(x: np.ndarray, delta: np.ndarray, hp: Hyper) -> tuple[np.ndarray, np.ndarray]:
+    """x ± h⊙Δ, each kept a valid strategy (ratios in [0, 1), the rest >= SEARCH_MIN)."""
+    def clamp(v):
+        return np.where(hp.is_ratio, np.clip(v, 0.0, PROBE_RATIO_MAX), np.maximum(v, SEARCH_MIN))
+    return clamp(x + hp.fd_step * delta), clamp(x - hp.fd_step * delta)
+
+
+def spsa_gradient(f, x: np.ndarray, delta: np.ndarray, hp: Hyper, progress: bool = False) -> np.ndarray:
+    """mean_p (f(x+_p) − f(x−_p)) / (x+_p − x−_p), elementwise; a coordinate that the clamps left unmoved in a pair
+    contributes 0 for that pair (its difference carries no information about it)."""
+    g = np.zeros_like(x)
+    for p in tqdm(range(delta.shape[0]), disable=not progress, leave=False, desc="spsa"):
+        xp, xm = spsa_points(x, delta[p], hp)
+        df = _finite(f(xp, 2 * p), f"pair {p} (+)") - _finite(f(xm, 2 * p + 1), f"pair {p} (-)")
+        dx = xp - xm
+        moved = np.abs(dx) > 0
+        g[moved] += df / dx[moved]
+    return g / delta.shape[0]
 
 
 def momentum_step(x: np.ndarray, v: np.ndarray, g: np.ndarray, hp: Hyper) -> tuple[np.ndarray, np.ndarray]:
@@ -257,9 +291,14 @@ def search(cfg, objective=None) -> dict:
     hp = Hyper.from_config(sc, steps)
     d, max_upd, budget = 4 * steps - 2, int(sc.max_upd), int(sc.budget_images)
     crn, seed = bool(sc.common_random_numbers), int(cfg.seed)
+    kind, pairs = str(sc.gradient), int(sc.spsa_pairs)
+    if kind not in GRADIENTS or pairs < 1:
+        raise ValueError(f"search.gradient must be one of {GRADIENTS} (got {kind!r}) and search.spsa_pairs >= 1 "
+                         f"(got {pairs})")
+    grad_evals = d if kind == "fd" else 2 * pairs
     settings = {"steps": steps, "eval_n": n, "seed": seed, "common_random_numbers": crn,
-                "labels": str(cfg.eval.labels), "precision": str(sc.precision),
-                **{k: float(sc[k]) for k in SETTINGS[6:]}}
+                "labels": str(cfg.eval.labels), "precision": str(sc.precision), "gradient": kind,
+                "spsa_pairs": pairs if kind == "spsa" else None, **{k: float(sc[k]) for k in FLOAT_SETTINGS}}
     if budget and budget < n:
         raise ValueError(f"search.budget_images {budget} is smaller than one evaluation (search.eval_n {n})")
     state = _on_main(lambda: load_state(out / STATE_FILE, settings))
@@ -267,7 +306,9 @@ def search(cfg, objective=None) -> dict:
         init = initial_strategy(cfg).clipped()
         state = SearchState(0, init.to_vector(), [0.0] * d, None, None, None, 0, 0.0, settings)
         logger.info(f"search: new, {d} scalars from {init.source}, {n} images per evaluation, "
-                    f"{'common' if crn else 'independent'} random numbers")
+                    f"{'common' if crn else 'independent'} random numbers, gradient "
+                    f"{'by finite differences' if kind == 'fd' else f'by SPSA with {pairs} pairs'} "
+                    f"({grad_evals} evaluations per update)")
     else:
         logger.info(f"search: resuming at update {state.update} ({state.images} images generated so far)")
     if objective is None:
@@ -313,16 +354,20 @@ def search(cfg, objective=None) -> dict:
                    f"{state.best_update}) | images {state.images}{f'/{budget}' if budget else ''}")
         if k >= max_upd:
             stopped = "max_upd"
-        elif budget and state.images + (d + 1) * n > budget:
+        elif budget and state.images + (grad_evals + 1) * n > budget:
             stopped = "budget"
         if stopped is not None:
             logger.info(summary)
             break
         base = state.fid
-        g = fd_gradient(lambda xp, j: evaluate(xp, k, j), x, base, hp, progress=dist.is_main())
+        if kind == "fd":
+            g = fd_gradient(lambda xp, j: evaluate(xp, k, j), x, base, hp, progress=dist.is_main())
+        else:
+            g = spsa_gradient(lambda xp, j: evaluate(xp, k, j), x, spsa_directions(seed, k, pairs, d), hp,
+                              progress=dist.is_main())
         x, v = momentum_step(x, v, g, hp)
         state = SearchState(k + 1, x.tolist(), v.tolist(), None, state.best_fid, state.best_update,
-                            state.images + d * n, state.seconds, settings)
+                            state.images + grad_evals * n, state.seconds, settings)
         save()
         logger.info(f"{summary} | |grad| {float(np.linalg.norm(g)):.4g} | {time.time() - t_upd:.1f} s")
     dist.barrier()

@@ -5,7 +5,10 @@
   (b) AutoNAT-L-shaped sampling (random weights, the released 8-step strategy, guidance on): images/s and GFLOPs per
       image of the fast path (guidance batched into one forward of 2B rows, bf16 autocast, SDPA attention) against a
       naive path (two separate guidance forwards, fp32, explicit softmax attention), and their ratio;
-  (c) this machine's matmul peak (large fp32 / bf16 matmuls) and each row's achieved FLOP/s as a fraction of it.
+  (c) this machine's matmul peak (large fp32 / bf16 matmuls) and each row's achieved FLOP/s as a fraction of it;
+  (d) with --only ...,enat (not in the default set: it trains two models and needs the demo's tokenizer and token
+      file from scripts/demo.sh): ENAT vs NAT on the demo data at similar parameter counts, training and sampling
+      images/s and FID-1k after the same CPU training time (scripts/bench_enat_vs_nat.py; its flags after --enat-args).
 
 FLOPs (2 x MACs) are counted with torch FlopCounterMode on the `meta` device (SDPA counted as explicit attention),
 training as 3 x forward. Timings follow a warm-up; training takes the fastest of --train-iters steps, sampling times
@@ -13,6 +16,7 @@ every step and counts each at the median step time; the matmul peak is the bette
 one at the end. The machine may be shared: the figures are noisy, the ratios less so.
 
     .venv/bin/python scripts/bench_nat.py [--l-images 1] [--s-images 2] [--demo-images 64] [--only demo,S,L]
+    .venv/bin/python scripts/bench_nat.py --only enat [--enat-args "--minutes 3 --fid-n 1000"]
 """
 from __future__ import annotations
 
@@ -179,7 +183,8 @@ def row(rows, what, model, params, precision, batch, ips, gflop_img, peaks):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="demo,S,L", help="comma list of demo, S, L")
+    ap.add_argument("--only", default="demo,S,L", help="comma list of demo, S, L, enat")
+    ap.add_argument("--enat-args", default="", help="flags passed to bench_enat_vs_nat.py (part enat)")
     ap.add_argument("--demo-batch", type=int, default=64, help="demo NAT training batch")
     ap.add_argument("--demo-images", type=int, default=64, help="demo NAT images per sampling call")
     ap.add_argument("--s-batch", type=int, default=4, help="S-like training batch")
@@ -190,6 +195,11 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-size", type=int, default=2048)
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
+    unknown = only - {"demo", "S", "L", "enat"}
+    if unknown:
+        ap.error(f"--only: unknown part(s) {sorted(unknown)}; choose from demo, S, L, enat")
+    if only == {"enat"}:
+        return enat_vs_nat(args.enat_args)
     register_cpu_sdpa_flops()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
@@ -248,7 +258,15 @@ def main(argv=None) -> int:
     print()
     for name, r in pairs + ratios:
         print(f"{name:<45} {r:5.2f}x")
-    return 0
+    return enat_vs_nat(args.enat_args) if "enat" in only else 0
+
+
+def enat_vs_nat(flags: str) -> int:
+    import shlex
+
+    import bench_enat_vs_nat
+    print("\n== ENAT vs NAT on the demo data (scripts/bench_enat_vs_nat.py)", flush=True)
+    return bench_enat_vs_nat.main(shlex.split(flags))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """--mode search with injected objectives: exact finite differences and momentum on a quadratic, outputs, common
-random numbers, resume after a crash, budget stop."""
+random numbers, resume after a crash, budget stop; the SPSA estimator."""
 import csv
 import json
 
@@ -8,7 +8,7 @@ import pytest
 
 from engine.config import load_config
 from engine.search import (STATE_FILE, Hyper, evaluation_seed, momentum_step, probe_point, search,
-                           vector_names)
+                           spsa_directions, spsa_gradient, vector_names)
 from samplers.strategy import Strategy
 
 STEPS = 2  # 6 scalars: ratios[1], mask_temp[1], samp_temp[2], cfg[2]
@@ -109,8 +109,9 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.parametrize("grad", [(), ("search.gradient=spsa", "search.spsa_pairs=3")], ids=["fd", "spsa"])
 @pytest.mark.parametrize("crash_at", [12, 14])  # inside update 1's gradient; update 2's base evaluation
-def test_resume_after_crash_continues_identically(tmp_path, crash_at):
+def test_resume_after_crash_continues_identically(tmp_path, crash_at, grad):  # 7 evaluations per update either way
     noisy = lambda: Quadratic([1.0, 2.0, 0.5, 1.0, 3.0, 1.0], [0.5, 0.1, 0.9, 1.1, 0.3, 0.7])  # noqa: E731
 
     class Noisy(Quadratic):  # depends on the seed, so a wrong seed after resuming would show
@@ -118,7 +119,7 @@ def test_resume_after_crash_continues_identically(tmp_path, crash_at):
             return super().__call__(strategy, seed) + (seed % 1000) * 1e-4
 
     full = Noisy(noisy().w, noisy().c)
-    search(_cfg(tmp_path / "a", "search.max_upd=3"), objective=full)
+    search(_cfg(tmp_path / "a", "search.max_upd=3", *grad), objective=full)
 
     class Dies(Noisy):
         def __call__(self, strategy, seed):
@@ -127,9 +128,9 @@ def test_resume_after_crash_continues_identically(tmp_path, crash_at):
             return super().__call__(strategy, seed)
 
     with pytest.raises(Crash):
-        search(_cfg(tmp_path / "b", "search.max_upd=3"), objective=Dies(full.w, full.c))
+        search(_cfg(tmp_path / "b", "search.max_upd=3", *grad), objective=Dies(full.w, full.c))
     rest = Noisy(full.w, full.c)
-    search(_cfg(tmp_path / "b", "search.max_upd=3"), objective=rest)
+    search(_cfg(tmp_path / "b", "search.max_upd=3", *grad), objective=rest)
     # finished work is not repeated: update 0 (base + 6 probes), then update 1's base or whole update 1
     done = 8 if crash_at == 12 else 14
     assert len(rest.calls) == len(full.calls) - done
@@ -145,10 +146,10 @@ def test_resume_after_crash_continues_identically(tmp_path, crash_at):
         assert sa[k] == sb[k], k
     # a finished search re-run does nothing; a larger max_upd continues
     again = Noisy(full.w, full.c)
-    search(_cfg(tmp_path / "b", "search.max_upd=3"), objective=again)
+    search(_cfg(tmp_path / "b", "search.max_upd=3", *grad), objective=again)
     assert again.calls == []
     with pytest.raises(ValueError, match="started with eval_n=4"):
-        search(_cfg(tmp_path / "b", "search.max_upd=3", "search.eval_n=8"), objective=again)
+        search(_cfg(tmp_path / "b", "search.max_upd=3", "search.eval_n=8", *grad), objective=again)
 
 
 def test_budget_stops_before_an_update_that_would_not_fit(tmp_path):
@@ -159,3 +160,46 @@ def test_budget_stops_before_an_update_that_would_not_fit(tmp_path):
     assert [int(r["update"]) for r in _history(tmp_path)] == [0, 1]
     with pytest.raises(ValueError, match="smaller than one evaluation"):
         search(_cfg(tmp_path / "tiny", "search.budget_images=3"), objective=f)
+
+
+def test_spsa_estimate_is_unbiased_and_exact_per_pair_on_a_linear_function():
+    cfg = load_config("configs/debug/autonat_debug.yaml", [f"sample.gen_steps={STEPS}"])
+    hp = Hyper.from_config(cfg.search, STEPS)
+    x = np.array(Strategy.maskgit_init(STEPS).to_vector())
+    g_true = np.array([4.0, -1.0, 2.0, 0.5, -3.0, 1.5])
+    f = lambda xp, j: float(g_true @ xp)  # noqa: E731
+    one = spsa_directions(7, 0, 1, 6)
+    g1 = spsa_gradient(f, x, one, hp)
+    # one pair: true component j plus cross-talk sum_{i != j} g_i h_i D_i / (h_j D_j)
+    h = hp.fd_step
+    expect = np.array([(g_true * h * one[0]).sum() / (h[j] * one[0, j]) for j in range(6)])
+    np.testing.assert_allclose(g1, expect, rtol=1e-9)
+    many = spsa_directions(7, 0, 4000, 6)
+    assert set(np.unique(many)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(many[:1], one)  # a function of (seed, update): a resume redraws the same
+    assert not np.array_equal(spsa_directions(7, 1, 1, 6), one)
+    gm = spsa_gradient(f, x, many, hp)
+    err = np.abs(gm - g_true) / np.sqrt(((g_true * h) ** 2).sum() / h ** 2 / 4000)
+    assert err.max() < 5  # within 5 standard errors of the cross-talk noise
+
+
+def test_spsa_search_descends_and_counts_evaluations(tmp_path):
+    w = np.array([3.0, 0.5, 2.0, 1.0, 0.7, 1.5])
+    c = np.array([0.2, 0.4, 0.8, 1.3, 0.6, 1.8])
+    f = Quadratic(w, c)
+    res = search(_cfg(tmp_path, "search.max_upd=6", "search.gradient=spsa", "search.spsa_pairs=3",
+                      "search.lr_other=0.05", "search.lr_ratio=0.01"), objective=f)
+    assert len(f.calls) == (1 + 6) * 6 + 1 and res["images"] == 4 * len(f.calls)
+    seeds = [s for _, s in f.calls]
+    assert len(set(seeds[:7])) == 1 and seeds[7] != seeds[0]  # common random numbers within an update
+    fids = [float(r["fid"]) for r in _history(tmp_path)]
+    assert fids[-1] < fids[0]
+    # the budget counts 2 x pairs evaluations per gradient: base 4 + 6 x 4 + base 4 = 32 <= 40 < 60
+    g = Quadratic(w, c)
+    res = search(_cfg(tmp_path / "b", "search.max_upd=10", "search.gradient=spsa", "search.spsa_pairs=3",
+                      "search.budget_images=40"), objective=g)
+    assert res["update"] == 1 and res["images"] == 32
+    with pytest.raises(ValueError, match="started with gradient='spsa'"):
+        search(_cfg(tmp_path / "b", "search.max_upd=10", "search.budget_images=40"), objective=g)
+    with pytest.raises(ValueError, match="search.gradient must be one of"):
+        search(_cfg(tmp_path / "c", "search.gradient=sgd"), objective=g)
