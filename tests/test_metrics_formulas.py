@@ -117,3 +117,16 @@ def test_precision_recall_blocks_and_fp16_match_brute_force():
     # fp16 blocks that overflow (|x|^2 > 65504) are recomputed in float32 -> same answer as pure fp32
     got_half = precision_recall(torch.from_numpy(ref * 300), torch.from_numpy(smp * 300), half=True)
     assert got_half == pytest.approx(want, abs=1e-7)
+
+
+@pytest.mark.parametrize("load,expect", [(0.2, 4), (1.0, 4), (2.0, 3), (3.4, 2), (3.6, 1), (9.0, 1)])
+def test_eigensolver_threads_follow_idle_cores(monkeypatch, load, expect):
+    from metrics import blas_threads
+    monkeypatch.setattr(blas_threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(blas_threads.os, "getloadavg", lambda: (load, load, load))
+    assert blas_threads.idle_cores() == expect
+    seen = []
+    monkeypatch.setattr(blas_threads, "_thread_setters", lambda: (lambda n: seen.append(n) or 4,))
+    with blas_threads.eigensolver_blas():
+        pass
+    assert seen == [expect, 4]  # set for the block, then restored
