@@ -5,8 +5,9 @@ a fixed generator. Update k:
   1. base: FID of the current point x_k;
   2. for every coordinate j: FID at x_k + h_j·e_j (h = fd_step_ratio for ratios, fd_step_other otherwise; a perturbed
      ratio stays below 1, which samples exactly as the official clamp to 1 does), g_j = (FID_j − base) / (x'_j − x_j);
-  3. g (or the SPSA estimate, below) clamped elementwise to ±clip_grad (if > 0); SGD with momentum as torch.optim.SGD does it (v = m·v + g,
-     x −= lr·v; lr_ratio for ratios, lr_other otherwise); ratios clamped into [0, 0.99], everything else to >= 1e-4.
+  3. g (or the SPSA estimate, below) clamped elementwise to ±clip_grad (if > 0); SGD with momentum as
+     torch.optim.SGD does it (v = m·v + g, x −= lr·v; lr_ratio for ratios, lr_other otherwise); ratios clamped
+     into [0, 0.99], everything else to >= 1e-4.
 Updates k = 0 .. max_upd; the last one only evaluates, so stp_{max_upd} has an FID as in the official code:
 (1 + d)·max_upd + 1 evaluations of search.eval_n images (null = eval.n, i.e. --eval_n).
 
@@ -90,11 +91,15 @@ def clamp_point(x: np.ndarray, is_ratio: np.ndarray) -> np.ndarray:
     return np.where(is_ratio, np.clip(x, 0.0, SEARCH_RATIO_MAX), np.maximum(x, SEARCH_MIN))
 
 
+def clamp_probe(x: np.ndarray, is_ratio: np.ndarray) -> np.ndarray:
+    """A probed point kept a valid strategy: ratios in [0, 1), the rest >= SEARCH_MIN."""
+    return np.where(is_ratio, np.clip(x, 0.0, PROBE_RATIO_MAX), np.maximum(x, SEARCH_MIN))
+
+
 def probe_point(x: np.ndarray, j: int, hp: Hyper) -> np.ndarray:
     xp = x.copy()
-    v = x[j] + hp.fd_step[j]
-    xp[j] = min(max(v, 0.0), PROBE_RATIO_MAX) if hp.is_ratio[j] else max(v, SEARCH_MIN)
-    return xp
+    xp[j] += hp.fd_step[j]
+    return clamp_probe(xp, hp.is_ratio)
 
 
 def fd_gradient(f, x: np.ndarray, base: float, hp: Hyper, progress: bool = False) -> np.ndarray:
@@ -113,19 +118,12 @@ def spsa_directions(seed: int, update: int, pairs: int, d: int) -> np.ndarray:
     return rng.integers(0, 2, size=(pairs, d)).astype(np.float64) * 2.0 - 1.0
 
 
-def spsa_points(x: np.ndarray, delta: np.ndarray, hp: Hyper) -> tuple[np.ndarray, np.ndarray]:
-    """x ± h⊙Δ, each kept a valid strategy (ratios in [0, 1), the rest >= SEARCH_MIN)."""
-    def clamp(v):
-        return np.where(hp.is_ratio, np.clip(v, 0.0, PROBE_RATIO_MAX), np.maximum(v, SEARCH_MIN))
-    return clamp(x + hp.fd_step * delta), clamp(x - hp.fd_step * delta)
-
-
 def spsa_gradient(f, x: np.ndarray, delta: np.ndarray, hp: Hyper, progress: bool = False) -> np.ndarray:
     """mean_p (f(x+_p) − f(x−_p)) / (x+_p − x−_p), elementwise; a coordinate that the clamps left unmoved in a pair
     contributes 0 for that pair (its difference carries no information about it)."""
     g = np.zeros_like(x)
     for p in tqdm(range(delta.shape[0]), disable=not progress, leave=False, desc="spsa"):
-        xp, xm = spsa_points(x, delta[p], hp)
+        xp, xm = (clamp_probe(x + s * hp.fd_step * delta[p], hp.is_ratio) for s in (1.0, -1.0))
         df = _finite(f(xp, 2 * p), f"pair {p} (+)") - _finite(f(xm, 2 * p + 1), f"pair {p} (-)")
         dx = xp - xm
         moved = np.abs(dx) > 0

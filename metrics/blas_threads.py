@@ -5,8 +5,9 @@ that synchronise the BLAS threads at every step. When another process holds a co
 a 2048-d `eigvalsh` measured 1.5-1.6 s with 2 threads against 0.6-0.7 s with 1 thread on a 2-core machine with one
 core busy (earlier, on a more loaded one, 4-13 s against 1.8-2.7 s); on the idle machine 2 threads took 0.34 s
 against 0.6 s. So `eigensolver_blas()` gives the eigensolver the cores that the load average says are idle, at
-least one. Matrix products are not affected and keep all threads. Uses OpenBLAS's thread-local `openblas_set_num_threads_local` (>= 0.3.27)
-on every OpenBLAS loaded in the process (Linux: found via /proc/self/maps); elsewhere it does nothing.
+least one. Matrix products are not affected and keep all threads. Uses OpenBLAS's thread-local
+`openblas_set_num_threads_local` (>= 0.3.27) on every OpenBLAS loaded in the process (Linux: found via
+/proc/self/maps); elsewhere it does nothing.
 """
 from __future__ import annotations
 
@@ -50,10 +51,6 @@ def idle_cores() -> int:
 
 def eigensolver_blas():
     return limited_blas(idle_cores())
-
-
-def single_threaded_blas():
-    return limited_blas(1)
 
 
 @contextlib.contextmanager

@@ -85,10 +85,11 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), float64.
 
-    No general matrix square root: one symmetric eigenvalue problem (see _trace_sqrt_product), 10-20x faster than
-    scipy's sqrtm at 2048-d with the same value to ~1e-13 relative. Eigenvalues at round-off level are set to 0
-    (_psd_eigs), which keeps singular (N < D) covariances exact as well. The eigensolver runs on the idle cores only (see
-    metrics/blas_threads.py: on a busy CPU, extra BLAS threads make it several times slower); the products do not.
+    No general matrix square root: one symmetric eigenvalue problem (see _trace_sqrt_product), 9-11x faster than
+    scipy's sqrtm at 2048-d on a 2-core CPU (scripts/bench_fid.py) with the same value to ~1e-14 relative.
+    Eigenvalues at round-off level are set to 0 (_psd_eigs), which keeps singular (N < D) covariances exact as well.
+    The eigensolver runs on the idle cores only (metrics/blas_threads.py: on a busy CPU, extra BLAS threads make it
+    several times slower); the products use all threads.
     """
     mu1, sigma1 = _check_stats(mu1, sigma1, "first statistics")
     mu2, sigma2 = _check_stats(mu2, sigma2, "second statistics", dim=mu1.shape[0])

@@ -3,12 +3,7 @@
 # tokenizer and the NAT with 2 processes, sample, and print three FIDs against the test split.
 # Outputs: outputs/demo/samples.png (10 classes x 8), outputs/demo/fid.txt, logs under outputs/demo/*/log.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-T0=$(date +%s)
-bash scripts/setup.sh
-PY=.venv/bin/python
-NPROC=${NPROC:-2}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
 DATA=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 
 if [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then

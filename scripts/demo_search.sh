@@ -5,12 +5,7 @@
 # strategy, and the demo recipe's hand-tuned cosine settings (for reference).
 # Outputs under outputs/demo/search/: searched_strategies/, search_history.csv, fid1k_*/eval/*/result.json, summary.txt
 set -euo pipefail
-cd "$(dirname "$0")/.."
-T0=$(date +%s)
-bash scripts/setup.sh
-PY=.venv/bin/python
-NPROC=${NPROC:-2}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
 OUT=outputs/demo
 SEARCH=${SEARCH_DIR:-$OUT/search}
 EVAL_N=${EVAL_N:-100}           # images per FID evaluation inside the search

@@ -36,3 +36,9 @@ def test_missing_dir_is_a_clear_error(tmp_path):
         load_autoencoder_dc(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="config.json"):
         DCAETokenizer.from_local_dir(str(tmp_path))
+    build_tiny_autoencoder_dc().save_pretrained(str(tmp_path / "ae"))
+    assert load_autoencoder_dc(str(tmp_path / "ae")).config.latent_channels > 0  # a complete folder loads offline
+    for f in (tmp_path / "ae").glob("diffusion_pytorch_model.*"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="has config.json but no weights"):
+        load_autoencoder_dc(str(tmp_path / "ae"))

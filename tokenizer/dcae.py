@@ -54,8 +54,15 @@ def load_dcae_config(local_dir: str = DEFAULT_DCAE_DIR) -> dict:
         return json.load(f)
 
 
+DCAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
 def load_autoencoder_dc(local_dir: str = DEFAULT_DCAE_DIR, dtype: torch.dtype = torch.float32):
+    """AutoencoderDC from a local diffusers folder only (local_files_only: never a download)."""
     load_dcae_config(local_dir)
+    if not any(os.path.isfile(os.path.join(local_dir, f)) for f in DCAE_WEIGHT_FILES):
+        raise FileNotFoundError(f"{local_dir} has config.json but no weights ({' or '.join(DCAE_WEIGHT_FILES)}); "
+                                f"{DCAE_HELP}")
     return _autoencoder_dc_class().from_pretrained(local_dir, local_files_only=True, torch_dtype=dtype)
 
 
