@@ -33,7 +33,7 @@ from datasets import imagefolder as imf
 from datasets import latent_writer as lw
 from datasets import token_writer as tw
 from datasets.transforms import center_crop_arr, native_resolution_resize
-from engine import dist
+from core import dist
 
 
 def parse_args(argv=None):

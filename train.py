@@ -1,7 +1,7 @@
 """One entry point: `[torchrun ...] train.py --config X.yaml --mode pretrain|eval|search [key=value ...]`.
 
-Official flags of the AutoNAT/ENAT READMEs (`--gen_steps 8`, `--enc_dec 22 2`, `--pretrained_path ...`) are
-accepted as aliases of config keys (engine/config.py: OFFICIAL_FLAGS).
+Official flags of each family's README (`--gen_steps 8`, `--enc_dec 22 2`, `--pretrained_path ...`) are accepted
+as aliases of config keys (shared ones in engine/config.py OFFICIAL_FLAGS, the rest in each family's record).
 """
 from __future__ import annotations
 
@@ -19,14 +19,9 @@ def main(argv=None) -> int:
                         "mode), else pretrain")
     args, rest = p.parse_known_args(argv)
 
-    from engine.config import ConfigError, env_flags, load_config, split_official_flags
+    from engine.config import ConfigError, parse_command_line
     try:
-        flags, rest = split_official_flags(rest)
-        stray = [a for a in rest if a.startswith("--")]
-        if stray:
-            raise ConfigError(f"unknown flag {stray[0]} (official flags accepted: see engine/config.py "
-                              f"OFFICIAL_FLAGS; other settings as key=value)")
-        cfg = load_config(args.config, rest, {**env_flags(), **flags})
+        cfg, flags = parse_command_line(args.config, rest)
         mode = args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

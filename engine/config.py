@@ -1,7 +1,9 @@
-"""Config = configs/base.yaml <- recipe YAML <- official flags <- key=value overrides (later wins).
+"""Config = configs/base.yaml <- the family's configs/family/<name>.yaml <- recipe YAML <- official flags <-
+key=value overrides (later wins).
 
-Unknown keys are errors that name the key and the nearest valid one. The resolved config is printed at start
-and saved into every checkpoint.
+The family is read first (a `family=` override, else the recipe's `family:`, else the base default), because it
+decides which sections and official flags exist. Unknown keys are errors that name the key and the nearest valid
+one. The resolved config is printed at start and saved into every checkpoint.
 """
 from __future__ import annotations
 
@@ -15,34 +17,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "base.yaml"
 
-# official flag -> (config key, number of values). Flags from the AutoNAT and ENAT READMEs.
+# official flag -> (config key, number of values), for flags whose meaning is the same in every family's README;
+# a family adds its own (Family.official_flags), so that one flag name can mean different things in two families.
 OFFICIAL_FLAGS = {
-    "--gen_steps": ("sample.gen_steps", 1),
-    "--searched_strategy": ("sample.strategy", 1),
-    "--cfg_scale": ("sample.cfg_scale", 1),
-    "--mask_temp": ("sample.mask_temp", 1),
-    "--samp_temp": ("sample.samp_temp", 1),
     "--pretrained_path": ("eval.pretrained_path", 1),
     "--eval_n": ("eval.n", 1),
     "--test_bsz": ("eval.batch_size", 1),
     "--reference_image_path": ("eval.ref_stats", 1),
-    "--beta_alpha_beta": ("loss.beta_alpha_beta", 2),
-    "--enc_dec": ("model.enc_dec", 2),
-    "--embed_dim": ("model.embed_dim", 1),
-    "--num_heads": ("model.num_heads", 1),
-    "--input_res": ("data.input_res", 1),
     "--output_dir": ("output_dir", 1),
     "--train_steps": ("train.steps", 1),
     "--batch_size": ("train.batch_size", 1),
     "--lr": ("train.lr", 1),
-    "--max_upd": ("search.max_upd", 1),
-    "--clip_grad": ("search.clip_grad", 1),
-    "--sche_lr": ("search.lr_ratio", 1),
-    "--unb_lr": ("search.lr_other", 1),
-    "--grad_estimate_step_size": ("search.fd_step_ratio", 1),
-    "--unb_grad_estimate_step_size": ("search.fd_step_other", 1),
-    "--sche_moment": ("search.momentum", 1),
-    "--reuse_prob": ("loss.reuse_prob", 1),
     "--wd": ("train.weight_decay", 1),
     "--ema_rate": ("train.ema_decay", 1),
     "--warmup_steps": ("train.warmup_steps", 1),
@@ -51,12 +36,15 @@ OFFICIAL_FLAGS = {
     "--seed": ("seed", 1),
 }
 
-
 # `export ACCELERATE_MIXED_PRECISION=fp16` precedes the official commands (the official code runs under accelerate):
-# honoured as train/eval/search precision, below explicit key=value overrides.
+# honoured as train/eval/search precision (those the family has), below explicit key=value overrides.
 ACCELERATE_ENV = "ACCELERATE_MIXED_PRECISION"
 ACCELERATE_PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 PRECISION_KEYS = ("train.precision", "eval.precision", "search.precision")
+
+
+class ConfigError(ValueError):
+    pass
 
 
 def env_flags(environ=None) -> dict:
@@ -69,36 +57,7 @@ def env_flags(environ=None) -> dict:
     return {k: ACCELERATE_PRECISION[val] for k in PRECISION_KEYS}
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _all_keys(cfg, prefix=""):
-    out = []
-    for k, v in cfg.items():
-        full = f"{prefix}{k}"
-        out.append(full)
-        if isinstance(v, DictConfig):
-            out += _all_keys(v, full + ".")
-    return out
-
-
-def _check_known(cfg: DictConfig, base: DictConfig, where: str, prefix: str = "") -> None:
-    for k, v in cfg.items():
-        full = f"{prefix}{k}"
-        if full.startswith("model."):  # flavour kwargs: checked by the builder
-            continue
-        if k not in base:
-            near = difflib.get_close_matches(full, _all_keys(_ROOT_BASE[0]), n=1, cutoff=0.5)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(f"unknown config key '{full}' in {where}{hint}")
-        if isinstance(v, DictConfig) and isinstance(base[k], DictConfig):
-            _check_known(v, base[k], where, full + ".")
-
-
-_ROOT_BASE: list = [None]
-
-
+# ------------------------------------------------------------------------------------------------------ parsing
 def _parse_value(s: str):
     """Command-line text -> int/float/bool/None/list/str (YAML rules, but '1e-3' is a float, not a string)."""
     for cast in (int, float):
@@ -112,14 +71,26 @@ def _parse_value(s: str):
         return s
 
 
-def split_official_flags(argv: list[str]) -> tuple[dict, list[str]]:
-    """Turn official `--flag v [v2]` / `--flag=v` arguments into {key: value}; return the rest untouched."""
+def _overrides(overrides) -> dict:
+    out = {}
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' is not key=value (unknown argument?)")
+        k, v = ov.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+def split_official_flags(argv: list[str], table: dict | None = None) -> tuple[dict, list[str]]:
+    """Turn official `--flag v [v2]` / `--flag=v` arguments of `table` (default: the shared flags) into
+    {key: value}; return the rest untouched."""
+    table = OFFICIAL_FLAGS if table is None else table
     found, rest, i = {}, [], 0
     while i < len(argv):
         a = argv[i]
         name, eq, inline = a.partition("=")
-        if name in OFFICIAL_FLAGS:
-            key, n = OFFICIAL_FLAGS[name]
+        if name in table:
+            key, n = table[name]
             vals = [inline] if eq else argv[i + 1:i + 1 + n]
             if len(vals) != n or (not eq and any(v.startswith("--") for v in vals)):
                 raise ConfigError(f"flag {name} takes {n} value(s) (it sets {key})")
@@ -132,31 +103,107 @@ def split_official_flags(argv: list[str]) -> tuple[dict, list[str]]:
     return found, rest
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags: dict | None = None) -> DictConfig:
-    base = OmegaConf.load(BASE)
-    _ROOT_BASE[0] = base
-    cfg = base
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        recipe = OmegaConf.load(p)
-        _check_known(recipe, base, str(p))
+def _load_yaml(path: Path, what: str) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and OmegaConf's own grammar errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: not a valid YAML {what} ({first})") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: a {what} must be a mapping of keys, got a {type(node).__name__}")
+    return node
+
+
+def _family_of(recipe: DictConfig | None, dotted: dict, base: DictConfig) -> str:
+    if "family" in dotted:
+        return str(dotted["family"])
+    if recipe is not None and "family" in recipe:
+        return str(recipe.family)
+    return str(base.family)
+
+
+def family_schema(name: str) -> tuple[DictConfig, dict]:
+    """(base.yaml merged with the family's config file, the official flags valid for this family)."""
+    from models import get_family
+    base = _load_yaml(BASE, "base config")
+    try:
+        fam = get_family(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    schema = base
+    if fam.config is not None:
+        p = Path(fam.config)
+        schema = OmegaConf.merge(base, _load_yaml(p if p.is_absolute() else ROOT / p, f"config of family '{name}'"))
+    return schema, {**OFFICIAL_FLAGS, **fam.official_flags}
+
+
+# --------------------------------------------------------------------------------------------------- checking
+def _all_keys(cfg, prefix=""):
+    out = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        out.append(full)
+        if isinstance(v, DictConfig):
+            out += _all_keys(v, full + ".")
+    return out
+
+
+def _check_known(cfg: DictConfig, schema: DictConfig, where: str, family: str, prefix: str = "",
+                 root: DictConfig | None = None) -> None:
+    root = schema if root is None else root
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        if full.startswith("model."):  # flavour kwargs: checked by the builder
+            continue
+        if k not in schema:
+            near = difflib.get_close_matches(full, _all_keys(root), n=1, cutoff=0.5)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown config key '{full}' in {where} (family '{family}'){hint}")
+        if isinstance(v, DictConfig) and isinstance(schema[k], DictConfig):
+            _check_known(v, schema[k], where, family, full + ".", root)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags: dict | None = None,
+                environ: dict | None = None) -> DictConfig:
+    """The resolved config of a recipe (None: base + family defaults), official flags already turned into keys
+    ({key: value}), `key=value` overrides, and (when given) the environment of the official commands."""
+    base = _load_yaml(BASE, "base config")
+    recipe = _load_yaml(Path(path), "config file") if path is not None else None
+    dotted = {**(flags or {}), **_overrides(overrides)}
+    family = _family_of(recipe, dotted, base)
+    schema, _ = family_schema(family)
+    cfg = schema
+    if recipe is not None:
+        _check_known(recipe, schema, str(path), family)
         cfg = OmegaConf.merge(cfg, recipe)
-    dotted = {}
-    for key, val in (flags or {}).items():
-        dotted[key] = val
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' is not key=value (unknown argument?)")
-        k, v = ov.split("=", 1)
-        dotted[k.strip()] = _parse_value(v)
-    for k, v in dotted.items():
+    env = {k: v for k, v in (env_flags(environ) if environ is not None else {}).items()
+           if OmegaConf.select(schema, k, default="<missing>") != "<missing>"}
+    for k, v in {**env, **dotted}.items():
         node = OmegaConf.create()
         OmegaConf.update(node, k, v, force_add=True)
-        _check_known(node, base, "command line")
+        _check_known(node, schema, "command line", family)
         OmegaConf.update(cfg, k, v, force_add=True)
+    cfg.family = family
     return cfg
+
+
+def parse_command_line(config: str | None, argv: list[str], environ=None) -> tuple[DictConfig, dict]:
+    """train.py's arguments after --config/--mode -> (config, the official flags found as {key: value})."""
+    base = _load_yaml(BASE, "base config")
+    recipe = _load_yaml(Path(config), "config file") if config is not None else None
+    family = _family_of(recipe, _overrides([a for a in argv if "=" in a and not a.startswith("--")]), base)
+    _, table = family_schema(family)
+    flags, rest = split_official_flags(argv, table)
+    stray = [a for a in rest if a.startswith("--")]
+    if stray:
+        near = difflib.get_close_matches(stray[0].split("=")[0], list(table), n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ConfigError(f"unknown flag {stray[0]} for family '{family}'{hint} (official flags: "
+                          f"{' '.join(sorted(table))}; other settings as key=value)")
+    return load_config(config, rest, flags, environ=os.environ if environ is None else environ), flags
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from engine import checkpoint as ck
-from engine import dist
+from core import dist
+from core.images import save_grid, to_uint8
+from core.io import atomic_write_text
+from core.seeding import row_generators
 from engine.config import to_container
-from engine.generate import (build_generator, build_strategy, build_tokenizer, decode_tokens, generate_tokens,
-                             model_grid, sample_generators, save_grid, to_uint8)
+from engine.generate import build_generator, build_tokenizer, decode, generate
 from engine.logging import logger, progress, setup_logging
 from engine.precision import autocast
 
@@ -34,7 +36,7 @@ def eval_labels(cfg, indices, num_classes: int, seed: int | None = None) -> torc
         return torch.tensor([i % num_classes for i in indices], dtype=torch.long)
     if cfg.eval.labels == "random":
         return torch.tensor([int(torch.randint(num_classes, (1,), generator=g)) for g in
-                             sample_generators(seed + 777, indices)], dtype=torch.long)
+                             row_generators(seed + 777, indices)], dtype=torch.long)
     raise ValueError(f"eval.labels must be 'balanced' or 'random', got '{cfg.eval.labels}'")
 
 
@@ -62,39 +64,54 @@ class ImageSource:
             raise ValueError(f"eval.source must be one of {SOURCES}, got '{self.kind}'")
         self.tok = build_tokenizer(cfg, device)
         self.weights = None
+        self.decode_batch = int(cfg.eval.decode_batch)
         if self.kind == "samples":
             self.model, self.fam = build_generator(cfg, device)
+            if "eval" not in self.fam.modes:
+                raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
             self.weights = cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
-            self.strategy = build_strategy(cfg, self.fam.name)
-            self.grid = model_grid(self.model)
-            self.num_classes = self.model.null_label
+            self.settings = self.fam.settings(cfg, self.model)
+            self.num_classes = (self.fam.num_classes(self.model, cfg) if self.fam.num_classes is not None
+                                else int(cfg.data.num_classes))
         else:
             self.test = reference_dataset(cfg) if self.kind == "reconstructions" else None
+            self.grid = random_token_grid(cfg) if self.kind == "random_tokens" else None
             self.num_classes = int(cfg.data.num_classes)
 
     @torch.inference_mode()
-    def __call__(self, indices: list[int], strategy=None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels of these sample indices; `strategy`/`seed` override the config's (search)."""
+    def __call__(self, indices: list[int], settings=None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of these sample indices; `settings`/`seed` override the config's (search)."""
         cfg = self.cfg
         seed = int(cfg.seed) if seed is None else int(seed)
         labels = eval_labels(cfg, indices, self.num_classes, seed)
         if self.kind == "samples":
             with autocast(self.device, str(cfg.eval.precision)):
-                toks = generate_tokens(self.model, self.fam.name, cfg, strategy or self.strategy,
-                                       labels.to(self.device), indices, seed)
-            img = decode_tokens(self.tok, toks, self.grid)
+                out = generate(self.model, self.fam, self.settings if settings is None else settings,
+                               labels.to(self.device), indices, seed)
+            img = decode(self.tok, out, self.decode_batch)
         elif self.kind == "reconstructions":
             if max(indices) >= len(self.test):
                 raise ValueError(f"eval.n {cfg.eval.n} exceeds the {len(self.test)} test images")
             b = self.test.get_batch(torch.tensor(indices))
             labels = b["label"]
-            img = self.tok.decode(self.tok.encode(b["image"].to(self.device)))
+            img = decode(self.tok, self.tok.encode(b["image"].to(self.device)), self.decode_batch)
         else:
-            h = w = int(cfg.data.image_size) // self.tok.downsample
+            h, w = self.grid
             toks = torch.stack([torch.randint(self.tok.codebook_size, (h * w,), generator=g)
-                                for g in sample_generators(seed, indices)])
-            img = decode_tokens(self.tok, toks, (h, w))
+                                for g in row_generators(seed, indices)])
+            img = decode(self.tok, toks.reshape(len(indices), h, w), self.decode_batch)
         return to_uint8(img).cpu(), labels.cpu()
+
+
+def random_token_grid(cfg) -> tuple[int, int]:
+    """The token grid the generator of this config samples (its flavour built on the meta device: no memory)."""
+    from models import build_model
+    with torch.device("meta"):
+        model, fam = build_model(cfg)
+    if fam.sample_shape is None:
+        raise ValueError(f"eval.source=random_tokens needs a family that samples discrete tokens; "
+                         f"'{fam.name}' does not say its sample shape")
+    return tuple(fam.sample_shape(model))
 
 
 def reference_dataset(cfg):
@@ -195,7 +212,7 @@ def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
 
 def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict) -> None:
     units = math.ceil(n / bs)
-    (udir / "result.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(udir / "result.json", json.dumps(result, indent=1))
     need = max(grid_n, int(cfg.eval.save_png))
     if cfg.eval.save_npz or need:
         imgs, labels = [], []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from engine import dist
+from core import dist
 
 
 def setup_logging(output_dir: str | None = None) -> None:

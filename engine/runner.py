@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import sys
 
-from engine import dist
-from engine.checkpoint import CheckpointError
+from core import dist
+from core.loading import CheckpointError
 from engine.config import ConfigError
-
-SUPPORTED = {"pretrain": ("nat", "enat", "demo_vq"), "eval": ("nat", "enat"), "search": ("nat",)}
 
 
 def run(cfg, mode: str) -> int:
-    if cfg.family not in SUPPORTED[mode]:
-        print(f"error: --mode {mode} is not supported for family '{cfg.family}' (supported: "
-              f"{', '.join(SUPPORTED[mode])})", file=sys.stderr)
+    from models import get_family
+    try:
+        fam = get_family(cfg.family)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if mode not in fam.modes:
+        print(f"error: --mode {mode} is not supported for family '{fam.name}' (it supports: "
+              f"{', '.join(fam.modes)})", file=sys.stderr)
         return 2
     try:
         if mode == "pretrain":

@@ -1,13 +1,14 @@
-"""--mode search: AutoNAT's generation-strategy search (forward finite differences + SGD with momentum on FID).
+"""--mode search: sampler settings optimised against FID (forward finite differences + SGD with momentum), as
+AutoNAT's generation-strategy search does. The family says what is searched (Family.search_space: a vector with a
+probe step and learning rate per coordinate, its clamps, its file format); this loop knows only vectors.
 
-The 4T-2 strategy scalars (samplers.Strategy.to_vector order: ratios, mask_temp, samp_temp, cfg) are optimised for
-a fixed generator. Update k:
+For AutoNAT (samplers/strategy_search.py) the vector is the 4T−2 strategy scalars. Update k:
   1. base: FID of the current point x_k;
-  2. for every coordinate j: FID at x_k + h_j·e_j (h = fd_step_ratio for ratios, fd_step_other otherwise; a perturbed
-     ratio stays below 1, which samples exactly as the official clamp to 1 does), g_j = (FID_j − base) / (x'_j − x_j);
+  2. for every coordinate j: FID at x_k + h_j·e_j (the space's probe step, clamped by the space into valid settings),
+     g_j = (FID_j − base) / (x'_j − x_j);
   3. g (or the SPSA estimate, below) clamped elementwise to ±clip_grad (if > 0); SGD with momentum as
-     torch.optim.SGD does it (v = m·v + g, x −= lr·v; lr_ratio for ratios, lr_other otherwise); ratios clamped
-     into [0, 0.99], everything else to >= 1e-4.
+     torch.optim.SGD does it (v = m·v + g, x −= lr·v with the space's learning rates); the point clamped by the
+     space.
 Updates k = 0 .. max_upd; the last one only evaluates, so stp_{max_upd} has an FID as in the official code:
 (1 + d)·max_upd + 1 evaluations of search.eval_n images (null = eval.n, i.e. --eval_n).
 
@@ -25,10 +26,11 @@ Beyond the official code:
   - resume: after every base evaluation and every step the state (point, momentum buffer, FIDs, image count) is
     written atomically to search_state.json; a re-run continues from it and produces the same numbers.
 
-Outputs in output_dir: searched_strategies/stp_{k}.yaml (official format) and best.yaml, search_history.csv (one row
-per update: update, fid, best_fid, best_update, images, seconds, then the vector), search_state.json.
+Outputs in output_dir: searched_strategies/stp_{k}.yaml (the space's format; AutoNAT's official one) and best.yaml,
+search_history.csv (one row per update: update, fid, best_fid, best_update, images, seconds, then the vector),
+search_state.json.
 
-Objective protocol (injectable for tests): `objective(strategy, seed) -> fid`, a collective call on every rank that
+Objective protocol (injectable for tests): `objective(settings, seed) -> fid`, a collective call on every rank that
 returns the same float everywhere. The default, FIDObjective, lets every rank generate its share of images.
 """
 from __future__ import annotations
@@ -39,7 +41,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,58 +49,40 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from engine import dist
+from core import dist
+from core.io import atomic_write_text
 from engine.config import to_yaml
-from engine.generate import build_strategy
 from engine.logging import logger, setup_logging
-from samplers.strategy import SEARCH_MIN, SEARCH_RATIO_MAX, YAML_KEYS, Strategy
+from models import get_family
 
 FORMAT = "autonat-search-v1"
 STATE_FILE, HISTORY_FILE, STRATEGY_DIR = "search_state.json", "search_history.csv", "searched_strategies"
-PROBE_RATIO_MAX = 1.0 - 1e-6  # floor(L·r) = L − 1 for any L < 1e6: the sampler then behaves as with r = 1
-SEED_BITS = 40                # engine.generate.sample_generators multiplies the seed by ~2^20
-FLOAT_SETTINGS = ("fd_step_ratio", "fd_step_other", "lr_ratio", "lr_other", "momentum", "clip_grad")
-SETTINGS = ("steps", "eval_n", "seed", "common_random_numbers", "labels", "precision", "gradient", "spsa_pairs",
-            *FLOAT_SETTINGS)
+SEED_BITS = 40                # core.seeding.row_seed multiplies the seed by ~2^20
 GRADIENTS = ("fd", "spsa")
 
 
 # ------------------------------------------------------------------------------------------------- the optimiser
 @dataclass(frozen=True)
 class Hyper:
-    is_ratio: np.ndarray  # bool[d]
+    space: object         # models.family.SearchSpace: clamps of points and probes
     fd_step: np.ndarray   # float64[d]
     lr: np.ndarray        # float64[d]
     momentum: float
     clip_grad: float
 
     @classmethod
-    def from_config(cls, sc, steps: int) -> "Hyper":
-        is_ratio = np.arange(4 * steps - 2) < steps - 1
-        pick = lambda r, o: np.where(is_ratio, float(r), float(o))  # noqa: E731
-        for key in ("fd_step_ratio", "fd_step_other", "lr_ratio", "lr_other"):
-            if not float(sc[key]) > 0:
-                raise ValueError(f"search.{key} must be > 0, got {sc[key]}")
+    def from_space(cls, space, sc) -> "Hyper":
         if not 0.0 <= float(sc.momentum) < 1.0 or float(sc.clip_grad) < 0:
             raise ValueError(f"search.momentum must be in [0, 1) and search.clip_grad >= 0, got "
                              f"{sc.momentum}, {sc.clip_grad}")
-        return cls(is_ratio, pick(sc.fd_step_ratio, sc.fd_step_other), pick(sc.lr_ratio, sc.lr_other),
+        return cls(space, np.asarray(space.fd_step, np.float64), np.asarray(space.lr, np.float64),
                    float(sc.momentum), float(sc.clip_grad))
-
-
-def clamp_point(x: np.ndarray, is_ratio: np.ndarray) -> np.ndarray:
-    return np.where(is_ratio, np.clip(x, 0.0, SEARCH_RATIO_MAX), np.maximum(x, SEARCH_MIN))
-
-
-def clamp_probe(x: np.ndarray, is_ratio: np.ndarray) -> np.ndarray:
-    """A probed point kept a valid strategy: ratios in [0, 1), the rest >= SEARCH_MIN."""
-    return np.where(is_ratio, np.clip(x, 0.0, PROBE_RATIO_MAX), np.maximum(x, SEARCH_MIN))
 
 
 def probe_point(x: np.ndarray, j: int, hp: Hyper) -> np.ndarray:
     xp = x.copy()
     xp[j] += hp.fd_step[j]
-    return clamp_probe(xp, hp.is_ratio)
+    return hp.space.clamp_probe(xp)
 
 
 def fd_gradient(f, x: np.ndarray, base: float, hp: Hyper, progress: bool = False) -> np.ndarray:
@@ -123,7 +106,7 @@ def spsa_gradient(f, x: np.ndarray, delta: np.ndarray, hp: Hyper, progress: bool
     contributes 0 for that pair (its difference carries no information about it)."""
     g = np.zeros_like(x)
     for p in tqdm(range(delta.shape[0]), disable=not progress, leave=False, desc="spsa"):
-        xp, xm = (clamp_probe(x + s * hp.fd_step * delta[p], hp.is_ratio) for s in (1.0, -1.0))
+        xp, xm = (hp.space.clamp_probe(x + s * hp.fd_step * delta[p]) for s in (1.0, -1.0))
         df = _finite(f(xp, 2 * p), f"pair {p} (+)") - _finite(f(xm, 2 * p + 1), f"pair {p} (-)")
         dx = xp - xm
         moved = np.abs(dx) > 0
@@ -135,7 +118,7 @@ def momentum_step(x: np.ndarray, v: np.ndarray, g: np.ndarray, hp: Hyper) -> tup
     if hp.clip_grad > 0:
         g = np.clip(g, -hp.clip_grad, hp.clip_grad)
     v = hp.momentum * v + g
-    return clamp_point(x - hp.lr * v, hp.is_ratio), v
+    return hp.space.clamp_point(x - hp.lr * v), v
 
 
 def evaluation_seed(seed: int, update: int, probe: int | None = None) -> int:
@@ -159,23 +142,6 @@ def search_eval_n(cfg) -> int:
     return int(n)
 
 
-def initial_strategy(cfg) -> Strategy:
-    """search.init: auto (sample.strategy when it is a YAML file, else maskgit) | maskgit | sample | <file.yaml>."""
-    init, steps = str(cfg.search.init), int(cfg.sample.gen_steps)
-    if init == "auto":
-        init = "maskgit" if str(cfg.sample.strategy) == "cosine" else "sample"
-    if init == "maskgit":
-        return Strategy.maskgit_init(steps)
-    if init == "sample":
-        return build_strategy(cfg, cfg.family).validate(steps)
-    return Strategy.from_yaml(init, gen_steps=steps)
-
-
-def vector_names(steps: int) -> list[str]:
-    sizes = {"ratios": steps - 1, "mask_temp": steps - 1, "samp_temp": steps, "cfg": steps}
-    return [f"{YAML_KEYS[k]}_{i}" for k, n in sizes.items() for i in range(n)]
-
-
 # ------------------------------------------------------------------------------------------------ the objective
 class FIDObjective:
     """FID of `n` generated images against eval.ref_stats (collective: each rank generates its eval.batch_size units).
@@ -186,9 +152,8 @@ class FIDObjective:
 
     def __init__(self, cfg, device, n: int):
         from engine import evaluate as ev_mod
-        # the strategies come from the search; sample.strategy only has to build (cosine always does)
-        self.cfg = OmegaConf.merge(cfg, {"eval": {"source": "samples", "precision": cfg.search.precision},
-                                         "sample": {"strategy": "cosine"}})
+        # the settings come from the search; the config's own only have to build (the family's defaults do)
+        self.cfg = OmegaConf.merge(cfg, {"eval": {"source": "samples", "precision": cfg.search.precision}})
         ref = ev_mod.ensure_ref_stats(self.cfg, device)
         self.src = ev_mod.ImageSource(self.cfg, device)
         self.ev = ev_mod.build_evaluator(self.cfg, device, ref)
@@ -196,11 +161,11 @@ class FIDObjective:
         self.units = ev_mod.my_units(n, self.bs)
         self.weights = self.src.weights
 
-    def __call__(self, strategy: Strategy, seed: int) -> float:
+    def __call__(self, settings, seed: int) -> float:
         self.ev.reset()
         for u in self.units:
             idx = list(range(u * self.bs, min(self.n, (u + 1) * self.bs)))
-            self.ev.update(self.src(idx, strategy, seed)[0], index=idx)
+            self.ev.update(self.src(idx, settings, seed)[0], index=idx)
         return float(self.ev.compute()["fid"])
 
 
@@ -219,20 +184,6 @@ class SearchState:
     format: str = FORMAT
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_state(path: Path, settings: dict) -> SearchState | None:
     if not path.exists():
         return None
@@ -243,7 +194,7 @@ def load_state(path: Path, settings: dict) -> SearchState | None:
         raise ValueError(f"{path}: not a search state file ({e}); delete it to restart the search") from None
     if state.format != FORMAT:
         raise ValueError(f"{path}: format {state.format!r}, expected {FORMAT!r}")
-    for key in SETTINGS:
+    for key in settings:
         if state.settings.get(key) != settings[key]:
             raise ValueError(f"{path}: this search was started with {key}={state.settings.get(key)!r} but the config "
                              f"now gives {settings[key]!r}; resume with the same settings or use another output_dir")
@@ -262,7 +213,7 @@ def _write_history(path: Path, rows: list[dict], names: list[str]) -> None:
     w = csv.DictWriter(buf, fieldnames=["update", "fid", "best_fid", "best_update", "images", "seconds", *names])
     w.writeheader()
     w.writerows(rows)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _on_main(fn):
@@ -280,98 +231,140 @@ def _on_main(fn):
 
 
 # ----------------------------------------------------------------------------------------------------- the loop
+class _Probe:
+    """f(x, j) of the gradient estimators: the objective at point x, probe j of update k."""
+
+    def __init__(self, run: "SearchRun", update: int):
+        self.run, self.update = run, update
+
+    def __call__(self, x: np.ndarray, probe: int) -> float:
+        return self.run.evaluate(x, self.update, probe)
+
+
+class SearchRun:
+    """One search: its settings, the state that makes it resumable, and the files it writes."""
+
+    def __init__(self, cfg, space, objective, n: int):
+        sc = cfg.search
+        self.cfg, self.space, self.objective, self.n = cfg, space, objective, n
+        self.out = Path(cfg.output_dir)
+        self.sdir = self.out / STRATEGY_DIR
+        self.hp = Hyper.from_space(space, sc)
+        self.d, self.max_upd, self.budget = len(space.names), int(sc.max_upd), int(sc.budget_images)
+        self.crn, self.seed = bool(sc.common_random_numbers), int(cfg.seed)
+        self.kind, self.pairs = str(sc.gradient), int(sc.spsa_pairs)
+        if self.kind not in GRADIENTS or self.pairs < 1:
+            raise ValueError(f"search.gradient must be one of {GRADIENTS} (got {self.kind!r}) and search.spsa_pairs "
+                             f">= 1 (got {self.pairs})")
+        self.grad_evals = self.d if self.kind == "fd" else 2 * self.pairs
+        self.settings = {**space.identity(), "eval_n": n, "seed": self.seed, "common_random_numbers": self.crn,
+                         "labels": str(cfg.eval.labels), "precision": str(sc.precision), "gradient": self.kind,
+                         "spsa_pairs": self.pairs if self.kind == "spsa" else None,
+                         "momentum": float(sc.momentum), "clip_grad": float(sc.clip_grad)}
+        if self.budget and self.budget < n:
+            raise ValueError(f"search.budget_images {self.budget} is smaller than one evaluation (search.eval_n {n})")
+        self.state: SearchState | None = None
+        self.rows: list[dict] = []
+        self.t0 = 0.0
+
+    # -------------------------------------------------------------------------------------------------- pieces
+    def evaluate(self, x: np.ndarray, update: int, probe: int) -> float:
+        settings = self.space.settings(x, f"search update {update} probe {probe}")
+        return self.objective(settings, evaluation_seed(self.seed, update, None if self.crn else probe))
+
+    def save(self) -> None:
+        self.state.seconds = time.time() - self.t0
+        if dist.is_main():
+            atomic_write_text(self.out / STATE_FILE, json.dumps(asdict(self.state), indent=1))
+
+    def start(self) -> None:
+        state = _on_main(lambda: load_state(self.out / STATE_FILE, self.settings))
+        if state is None:
+            x0, source = self.space.initial()
+            state = SearchState(0, x0.tolist(), [0.0] * self.d, None, None, None, 0, 0.0, self.settings)
+            logger.info(f"search: new, {self.d} scalars from {source}, {self.n} images per evaluation, "
+                        f"{'common' if self.crn else 'independent'} random numbers, gradient "
+                        f"{'by finite differences' if self.kind == 'fd' else f'by SPSA with {self.pairs} pairs'} "
+                        f"({self.grad_evals} evaluations per update)")
+        else:
+            logger.info(f"search: resuming at update {state.update} ({state.images} images generated so far)")
+        self.state = state
+        if dist.is_main():
+            self.rows = _read_history(self.out / HISTORY_FILE, self._kept_row)
+        self.t0 = time.time() - state.seconds
+
+    def _kept_row(self, update: int) -> bool:
+        return update < self.state.update or (update == self.state.update and self.state.fid is not None)
+
+    def base_evaluation(self, k: int, x: np.ndarray) -> None:
+        st = self.state
+        st.fid = _finite(self.evaluate(x, k, -1), f"update {k} (base)")
+        st.images += self.n
+        if st.best_fid is None or st.fid < st.best_fid:
+            st.best_fid, st.best_update = st.fid, k
+            if dist.is_main():
+                self.space.save(x, self.sdir / f"best{self.space.suffix}")
+        self.save()
+        if dist.is_main():
+            self.space.save(x, self.sdir / f"stp_{k}{self.space.suffix}")
+            self.rows.append({"update": k, "fid": st.fid, "best_fid": st.best_fid, "best_update": st.best_update,
+                              "images": st.images, "seconds": round(st.seconds, 3),
+                              **dict(zip(self.space.names, x.tolist()))})
+            _write_history(self.out / HISTORY_FILE, self.rows, self.space.names)
+
+    def gradient(self, k: int, x: np.ndarray) -> np.ndarray:
+        f = _Probe(self, k)
+        if self.kind == "fd":
+            return fd_gradient(f, x, self.state.fid, self.hp, progress=dist.is_main())
+        return spsa_gradient(f, x, spsa_directions(self.seed, k, self.pairs, self.d), self.hp,
+                             progress=dist.is_main())
+
+    # ---------------------------------------------------------------------------------------------------- loop
+    def run(self) -> str:
+        """Updates until max_upd or the budget (after start()); returns why it stopped."""
+        n, budget = self.n, self.budget
+        while True:
+            st = self.state
+            k, x, v = st.update, np.array(st.x, np.float64), np.array(st.momentum, np.float64)
+            t_upd = time.time()
+            if st.fid is None:
+                if budget and st.images + n > budget:
+                    return "budget"
+                self.base_evaluation(k, x)
+            summary = (f"search upd {k}/{self.max_upd}: fid {st.fid:.4f} | best {st.best_fid:.4f} (upd "
+                       f"{st.best_update}) | images {st.images}{f'/{budget}' if budget else ''}")
+            stopped = "max_upd" if k >= self.max_upd else (
+                "budget" if budget and st.images + (self.grad_evals + 1) * n > budget else None)
+            if stopped is not None:
+                logger.info(summary)
+                return stopped
+            g = self.gradient(k, x)
+            x, v = momentum_step(x, v, g, self.hp)
+            self.state = SearchState(k + 1, x.tolist(), v.tolist(), None, st.best_fid, st.best_update,
+                                     st.images + self.grad_evals * n, st.seconds, self.settings)
+            self.save()
+            logger.info(f"{summary} | |grad| {float(np.linalg.norm(g)):.4g} | {time.time() - t_upd:.1f} s")
+
+
 def search(cfg, objective=None) -> dict:
     device = dist.init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    setup_logging(str(out))
+    setup_logging(str(cfg.output_dir))
     logger.info("config:\n" + to_yaml(cfg))
-    sc, steps, n = cfg.search, int(cfg.sample.gen_steps), search_eval_n(cfg)
-    hp = Hyper.from_config(sc, steps)
-    d, max_upd, budget = 4 * steps - 2, int(sc.max_upd), int(sc.budget_images)
-    crn, seed = bool(sc.common_random_numbers), int(cfg.seed)
-    kind, pairs = str(sc.gradient), int(sc.spsa_pairs)
-    if kind not in GRADIENTS or pairs < 1:
-        raise ValueError(f"search.gradient must be one of {GRADIENTS} (got {kind!r}) and search.spsa_pairs >= 1 "
-                         f"(got {pairs})")
-    grad_evals = d if kind == "fd" else 2 * pairs
-    settings = {"steps": steps, "eval_n": n, "seed": seed, "common_random_numbers": crn,
-                "labels": str(cfg.eval.labels), "precision": str(sc.precision), "gradient": kind,
-                "spsa_pairs": pairs if kind == "spsa" else None, **{k: float(sc[k]) for k in FLOAT_SETTINGS}}
-    if budget and budget < n:
-        raise ValueError(f"search.budget_images {budget} is smaller than one evaluation (search.eval_n {n})")
-    state = _on_main(lambda: load_state(out / STATE_FILE, settings))
-    if state is None:
-        init = initial_strategy(cfg).clipped()
-        state = SearchState(0, init.to_vector(), [0.0] * d, None, None, None, 0, 0.0, settings)
-        logger.info(f"search: new, {d} scalars from {init.source}, {n} images per evaluation, "
-                    f"{'common' if crn else 'independent'} random numbers, gradient "
-                    f"{'by finite differences' if kind == 'fd' else f'by SPSA with {pairs} pairs'} "
-                    f"({grad_evals} evaluations per update)")
-    else:
-        logger.info(f"search: resuming at update {state.update} ({state.images} images generated so far)")
+    fam = get_family(cfg.family)
+    if fam.search_space is None:
+        raise ValueError(f"family '{fam.name}' has no search space: --mode search is not available")
+    n = search_eval_n(cfg)
+    run = SearchRun(cfg, fam.search_space(cfg), objective, n)
+    run.start()  # a resume with other settings stops here, before the generator is loaded
     if objective is None:
-        objective = FIDObjective(cfg, device, n)
-        logger.info(f"search objective: FID-{n} against {cfg.eval.ref_stats}, generator {objective.weights}")
-    names, sdir = vector_names(steps), out / STRATEGY_DIR
-    rows = []
-    if dist.is_main():
-        rows = _read_history(out / HISTORY_FILE, lambda u: u < state.update or (u == state.update and state.fid
-                                                                                 is not None))
-
-    def evaluate(x: np.ndarray, update: int, probe: int) -> float:
-        strategy = Strategy.from_vector(x, steps, clip=False, source=f"search update {update} probe {probe}")
-        return objective(strategy, evaluation_seed(seed, update, None if crn else probe))
-
-    def save() -> None:
-        state.seconds = time.time() - t0
-        if dist.is_main():
-            _atomic_write(out / STATE_FILE, json.dumps(asdict(state), indent=1))
-
-    t0, stopped = time.time() - state.seconds, None
-    while stopped is None:
-        k, x, v = state.update, np.array(state.x, np.float64), np.array(state.momentum, np.float64)
-        t_upd = time.time()
-        if state.fid is None:
-            if budget and state.images + n > budget:
-                stopped = "budget"
-                break
-            state.fid = _finite(evaluate(x, k, -1), f"update {k} (base)")
-            state.images += n
-            if state.best_fid is None or state.fid < state.best_fid:
-                state.best_fid, state.best_update = state.fid, k
-                if dist.is_main():
-                    Strategy.from_vector(x, steps, clip=False).to_yaml(sdir / "best.yaml")
-            save()
-            if dist.is_main():
-                Strategy.from_vector(x, steps, clip=False).to_yaml(sdir / f"stp_{k}.yaml")
-                rows.append({"update": k, "fid": state.fid, "best_fid": state.best_fid,
-                             "best_update": state.best_update, "images": state.images,
-                             "seconds": round(state.seconds, 3), **dict(zip(names, x.tolist()))})
-                _write_history(out / HISTORY_FILE, rows, names)
-        summary = (f"search upd {k}/{max_upd}: fid {state.fid:.4f} | best {state.best_fid:.4f} (upd "
-                   f"{state.best_update}) | images {state.images}{f'/{budget}' if budget else ''}")
-        if k >= max_upd:
-            stopped = "max_upd"
-        elif budget and state.images + (grad_evals + 1) * n > budget:
-            stopped = "budget"
-        if stopped is not None:
-            logger.info(summary)
-            break
-        base = state.fid
-        if kind == "fd":
-            g = fd_gradient(lambda xp, j: evaluate(xp, k, j), x, base, hp, progress=dist.is_main())
-        else:
-            g = spsa_gradient(lambda xp, j: evaluate(xp, k, j), x, spsa_directions(seed, k, pairs, d), hp,
-                              progress=dist.is_main())
-        x, v = momentum_step(x, v, g, hp)
-        state = SearchState(k + 1, x.tolist(), v.tolist(), None, state.best_fid, state.best_update,
-                            state.images + grad_evals * n, state.seconds, settings)
-        save()
-        logger.info(f"{summary} | |grad| {float(np.linalg.norm(g)):.4g} | {time.time() - t_upd:.1f} s")
+        run.objective = FIDObjective(cfg, device, n)
+        logger.info(f"search objective: FID-{n} against {cfg.eval.ref_stats}, generator {run.objective.weights}")
+    stopped = run.run()
     dist.barrier()
-    why = {"max_upd": f"search.max_upd {max_upd} reached",
-           "budget": f"the next update would pass search.budget_images {budget}"}[stopped]
-    logger.info(f"search stopped: {why}; best FID {state.best_fid:.4f} at update {state.best_update} "
-                f"({sdir / 'best.yaml'}), {state.images} images, {state.seconds:.0f} s")
-    return {"best_fid": state.best_fid, "best_update": state.best_update, "update": state.update,
-            "images": state.images, "stopped": stopped, "best_strategy": str(sdir / "best.yaml")}
+    st, best = run.state, run.sdir / f"best{run.space.suffix}"
+    why = {"max_upd": f"search.max_upd {run.max_upd} reached",
+           "budget": f"the next update would pass search.budget_images {run.budget}"}[stopped]
+    logger.info(f"search stopped: {why}; best FID {st.best_fid:.4f} at update {st.best_update} ({best}), "
+                f"{st.images} images, {st.seconds:.0f} s")
+    return {"best_fid": st.best_fid, "best_update": st.best_update, "update": st.update,
+            "images": st.images, "stopped": stopped, "best_strategy": str(best)}

@@ -12,18 +12,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine import checkpoint as ck
-from engine import dist
+from core import dist
+from core.io import atomic_write_text
+from core.seeding import step_seed
 from engine.config import to_container, to_yaml
-from engine.data import build_dataset, hflip_batch, rank_micro_batches
 from engine.logging import logger, progress, setup_logging
 from engine.optim import build_optimizer, ema_update, lr_at, make_ema
 from engine.precision import autocast, grad_scaler
 from models import TrainContext, build_model
-
-
-def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    # one independent stream per (seed, rank, step, micro-batch): resume needs no RNG state in the checkpoint
-    return (((seed * 1_000_003 + rank) * 1_000_033 + step) * 1_009 + micro) % (2 ** 63 - 1)
 
 
 def save_checkpoint(path, model, ema, opt, step, fam_name, cfg) -> None:
@@ -43,9 +39,7 @@ def _truncate_metrics(out: Path, step: int) -> None:
     f = _metrics_file(out)
     if f.exists():
         keep = [l for l in f.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep))
-        os.replace(tmp, f)
+        atomic_write_text(f, "".join(l + "\n" for l in keep))
 
 
 def pretrain(cfg) -> dict:
@@ -66,10 +60,7 @@ def pretrain(cfg) -> dict:
     ema = make_ema(model)
     opt = build_optimizer(model, tc)
     scaler = grad_scaler(device, tc.precision)
-    ds = build_dataset(cfg)
-    wants = {"tokens": ("tokens", "synthetic"), "images": ("fmnist",)}[fam.data]
-    if cfg.data.kind not in wants:
-        raise ValueError(f"family '{fam.name}' trains on {fam.data}, but data.kind is '{cfg.data.kind}'")
+    ds = fam.dataset(cfg, "train")
 
     ckdir = out / "checkpoints"
     start = 0
@@ -88,13 +79,13 @@ def pretrain(cfg) -> dict:
 
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"family {fam.name}, flavour {cfg.model.flavour}: {n_params / 1e6:.2f}M params; world {world}, "
-                f"global batch {tc.batch_size} ({accum} micro-batches per rank); {len(ds)} training rows")
+                f"global batch {tc.batch_size} ({accum} micro-batches per rank); training set of {_size(ds)}")
     train_model = model
     if tc.compile:
         train_model = torch.compile(train_model)
     if world > 1:
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                          find_unused_parameters=bool(fam.extras.get("ddp_find_unused", False)))
+                          find_unused_parameters=bool(fam.ddp_find_unused))
     ctx = TrainContext(cfg=cfg, step=start, ema=ema)
     steps = int(tc.steps)
     stop_at = min(steps, start + int(tc.max_steps_this_run)) if int(tc.max_steps_this_run) > 0 else steps
@@ -106,19 +97,17 @@ def pretrain(cfg) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         ctx.step = step
-        micro = rank_micro_batches(step, int(tc.batch_size), len(ds), int(cfg.seed), rank, world, accum)
+        micro = fam.batches(ds, cfg, step, rank, world)
+        rows = sum(fam.batch_rows(b) for b in micro)
         logs_sum: dict = {}
-        for mi, idx in enumerate(micro):
+        for mi, batch in enumerate(micro):
             torch.manual_seed(step_seed(int(cfg.seed), rank, step, mi))
-            batch = ds.get_batch(idx)
-            if cfg.data.kind == "fmnist" and cfg.data.hflip:
-                batch = hflip_batch(batch, torch.Generator().manual_seed(step_seed(int(cfg.seed), rank, step, mi)))
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = fam.to_device(batch, device)
             sync = mi == len(micro) - 1 or world == 1
             ctxm = train_model.no_sync() if (not sync and isinstance(train_model, DDP)) else _null()
             with ctxm:
                 with autocast(device, tc.precision):
-                    loss, logs = fam.training_loss(train_model, batch, ctx)
+                    loss, logs = fam.loss(train_model, batch, ctx)
                 scaled = loss / accum
                 (scaler.scale(scaled) if scaler else scaled).backward()
             for k, v in logs.items():
@@ -134,7 +123,7 @@ def pretrain(cfg) -> dict:
             opt.step()
         opt.zero_grad(set_to_none=True)
         ema_update(ema, model, float(tc.ema_decay))
-        seen += int(tc.batch_size)
+        seen += rows * world  # images per second, counted on this rank
         done = step + 1
         bar.update(1)
         if done % int(tc.log_every) == 0 or done == stop_at:
@@ -157,11 +146,18 @@ def pretrain(cfg) -> dict:
                 logger.info(f"saved checkpoint step {done}")
             dist.barrier()
         if int(tc.sample_every) > 0 and done % int(tc.sample_every) == 0:
-            from engine.generate import sample_grid
-            sample_grid(ema, fam, cfg, device, out / "samples" / f"step_{done:07d}.png")
+            from engine.generate import write_preview
+            write_preview(ema, fam, cfg, device, out / "samples" / f"step_{done:07d}.png")
             model.train()
     bar.close()
     return last_logs
+
+
+def _size(ds) -> str:
+    try:
+        return f"{len(ds)} rows"
+    except TypeError:
+        return type(ds).__name__
 
 
 class _null:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import dist
+from core import dist
 from metrics.features import FeatureCollector
 from metrics.files import Reference, load_reference
 from metrics.formulas import feature_stats, frechet_distance_to_features, inception_score, precision_recall

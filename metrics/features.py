@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine import dist
+from core import dist
 from metrics.inception import N_CLASSES, POOL3_DIM, FIDInception, spatial_dim
 from metrics.preprocess import INCEPTION_SIZE, check_images, preprocess
 

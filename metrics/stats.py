@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import dist
+from core import dist
 from metrics.features import FeatureCollector
 from metrics.evaluator import features_to_stats
 from metrics.inception import FIDInception

@@ -1,32 +1,43 @@
-"""Model families, merged explicitly. `build_model(cfg)` -> (nn.Module, Family).
+"""Model families: the one table of family names -> modules (imported lazily, so using one family never imports
+another). Each module defines `FAMILY = Family(...)`; `build_model(cfg)` -> (nn.Module, Family).
 
-Each family module exposes FLAVOURS {name: builder(**overrides)} and a training loss; the record here tells
-the engine what data the family consumes. Imports are lazy so that using one family never imports another.
+A family that lives outside this repository is named by its module path (`family: my_pkg.my_family`); the module
+must define FAMILY like the ones here.
 """
 from __future__ import annotations
 
+import difflib
+import importlib
 import inspect
 
-from models.family import Family, TrainContext
+from models.family import Family, SearchSpace, TrainContext
 
-FAMILY_NAMES = ("nat", "enat", "demo_vq")
+FAMILIES = {
+    "nat": "models.nat",
+    "enat": "models.enat",
+    "demo_vq": "models.demo_vq",
+}
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 def get_family(name: str) -> Family:
-    if name == "nat":
-        from models import nat
-        return Family("nat", nat.FLAVOURS, "tokens", nat.nat_training_loss)
-    if name == "enat":
-        from models import enat
-        return Family("enat", enat.FLAVOURS, "tokens", enat.enat_training_loss,
-                      extras={"ddp_find_unused": True})
-    if name == "demo_vq":
-        import functools
-
-        from tokenizer import demo_vq
-        flavours = {k: functools.partial(demo_vq.build_demo_vq, k) for k in demo_vq.DEMO_VQ_FLAVOURS}
-        return Family("demo_vq", flavours, "images", demo_vq.demo_vq_training_loss)
-    raise ValueError(f"unknown family '{name}'; known: {', '.join(FAMILY_NAMES)}")
+    name = str(name)
+    module = FAMILIES.get(name, name if "." in name else None)
+    if module is None:
+        near = difflib.get_close_matches(name, FAMILY_NAMES, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ValueError(f"unknown family '{name}' (known: {', '.join(FAMILY_NAMES)}, or a module path that "
+                         f"defines FAMILY){hint}")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            raise ValueError(f"family '{name}': module {module} not found") from None
+        raise
+    fam = getattr(mod, "FAMILY", None)
+    if not isinstance(fam, Family):
+        raise ValueError(f"family '{name}': module {module} defines no FAMILY = Family(...)")
+    return fam
 
 
 def model_kwargs(cfg) -> dict:
@@ -36,11 +47,10 @@ def model_kwargs(cfg) -> dict:
     return kw
 
 
-def build_model(cfg):
-    fam = get_family(cfg.family)
+def build_model(cfg, fam: Family | None = None):
+    fam = fam or get_family(cfg.family)
     flavour = cfg.model.flavour
     if flavour not in fam.flavours:
-        import difflib
         near = difflib.get_close_matches(str(flavour), list(fam.flavours), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise ValueError(f"family '{fam.name}' has no flavour '{flavour}' (known: {', '.join(fam.flavours)}){hint}")
@@ -58,4 +68,5 @@ def build_model(cfg):
         raise ValueError(f"model settings {kw} do not fit flavour '{flavour}' of family '{fam.name}': {e}") from None
 
 
-__all__ = ["Family", "TrainContext", "get_family", "build_model", "model_kwargs", "FAMILY_NAMES"]
+__all__ = ["Family", "SearchSpace", "TrainContext", "get_family", "build_model", "model_kwargs", "FAMILIES",
+           "FAMILY_NAMES"]

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.enat_blocks import ENATBlock, PrevProj, TokenSet, key_padding_mask
+from datasets.sampling import row_batches
+from models import token_family as tf
 from models.family import Family, TrainContext
 from models.layers import BertEmbeddings, Mlp, MlmLayer
 
@@ -290,11 +292,47 @@ def enat_training_loss(model: nn.Module, batch: dict, ctx: TrainContext) -> tupl
                   "reuse": float(reuse)}
 
 
+# ------------------------------------------------------------------------------------------------------ family
+def enat_sample(model: nn.Module, labels: torch.Tensor, generators, settings: tf.TokenSampling,
+                size=None) -> torch.Tensor:
+    """Codes Long[B, h, w] by mask-predict with ENAT's rule (exactly mask_len re-masked per row), through the
+    temporal feature reuse model function when settings.reuse."""
+    from models.enat_reuse import ReuseModelFn
+    fn = ReuseModelFn(model) if settings.reuse else model
+    return tf.mask_predict_grid(fn, model, labels, generators, settings.strategy, rule="exact", size=size)
+
+
+def enat_sample_settings(cfg, model) -> tf.TokenSampling:
+    return tf.TokenSampling(tf.strategy_from_config(cfg), reuse=bool(cfg.sample.reuse))
+
+
+# official ENAT README flags -> config keys
+OFFICIAL_FLAGS = {
+    "--gen_steps": ("sample.gen_steps", 1),
+    "--searched_strategy": ("sample.strategy", 1),
+    "--cfg_scale": ("sample.cfg_scale", 1),
+    "--mask_temp": ("sample.mask_temp", 1),
+    "--samp_temp": ("sample.samp_temp", 1),
+    "--beta_alpha_beta": ("loss.beta_alpha_beta", 2),
+    "--enc_dec": ("model.enc_dec", 2),
+    "--embed_dim": ("model.embed_dim", 1),
+    "--num_heads": ("model.num_heads", 1),
+    "--input_res": ("data.input_res", 1),
+    "--reuse_prob": ("loss.reuse_prob", 1),
+}
+
 FAMILY = Family(
     name="enat",
     flavours=FLAVOURS,
-    data="tokens",
-    training_loss=enat_training_loss,
+    dataset=tf.token_dataset,
+    batches=row_batches,
+    loss=enat_training_loss,
+    config="configs/family/enat.yaml",
+    official_flags=OFFICIAL_FLAGS,
+    sample=enat_sample,
+    sample_settings=enat_sample_settings,
+    sample_shape=tf.token_grid,
+    num_classes=tf.null_label_classes,
     # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
-    extras={"ddp_find_unused": True},
+    ddp_find_unused=True,
 )

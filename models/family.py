@@ -1,9 +1,19 @@
-"""The record through which the engine drives a model family without knowing its internals."""
+"""The record through which the engine drives a model family without knowing its internals.
+
+A family module (`models/<name>.py`) defines `FAMILY = Family(...)`; `models.get_family(name)` finds it through a
+fixed table of lazy imports (or a dotted module path, for families that live outside this repository). The engine
+reads nothing else of a family: which modes it supports follows from the fields it fills in.
+
+  pretrain  always: `dataset` + `batches` + `loss`
+  eval      needs `sample` (and `sample_settings`)
+  search    needs `sample` and `search_space`
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,15 +26,82 @@ class TrainContext:
     ema: nn.Module | None = None  # EMA copy (ENAT reuse training runs it to make previous-step features)
 
 
-@dataclass
+class SearchSpace(Protocol):
+    """Sampler settings as a real vector, for the engine's generic "optimise settings against FID" loop.
+
+    Coordinates have their own probe step and learning rate; the space clamps points and probes back into its valid
+    set, turns a vector into the settings `Family.sample` takes, and writes a vector in its own file format.
+    """
+    names: list[str]        # one per coordinate (history columns)
+    fd_step: np.ndarray     # float64[d]: finite-difference / SPSA probe size per coordinate
+    lr: np.ndarray          # float64[d]: learning rate per coordinate
+    suffix: str             # file suffix of `save`
+
+    def initial(self) -> tuple[np.ndarray, str]: ...            # starting point and where it came from
+    def clamp_point(self, x: np.ndarray) -> np.ndarray: ...     # after an optimiser step
+    def clamp_probe(self, x: np.ndarray) -> np.ndarray: ...     # a probed point: still valid settings
+    def settings(self, x: np.ndarray, source: str) -> Any: ...  # what Family.sample takes
+    def save(self, x: np.ndarray, path) -> None: ...            # atomic write in the space's own format
+    def identity(self) -> dict: ...                             # what a resumed search must agree on
+
+
+def tensors_to(batch: dict, device: torch.device) -> dict:
+    """The default `to_device`: every tensor of a flat dict, non-blocking."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def first_dim(batch: dict) -> int:
+    """The default `batch_rows`: rows of the first tensor (images or sequences in a batch)."""
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+    return 0
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
-    # flavour name -> builder(**kwargs) -> nn.Module; kwargs come from cfg.model (minus 'family'/'flavour').
+    # flavour name -> builder(**kwargs) -> nn.Module; kwargs are cfg.model minus 'flavour'
     flavours: dict[str, Callable[..., nn.Module]]
-    # what a training batch holds: 'tokens' -> {'tokens': Long[B, L], 'label': Long[B]};
-    # 'images' -> {'image': Float[B, C, H, W] in [-1, 1], 'label': Long[B]}
-    data: str
-    # (model, batch, ctx) -> (scalar loss, {name: float}) ; model may be DDP-wrapped, call it, never its internals
-    training_loss: Callable[[nn.Module, dict, TrainContext], tuple[torch.Tensor, dict]]
-    # extra fields a family wants to expose (samplers, default strategies, ...)
-    extras: dict = field(default_factory=dict)
+    # (cfg, split) -> the training dataset; it validates cfg.data (kind, path) and says what is wrong
+    dataset: Callable[[Any, str], Any]
+    # (dataset, cfg, step, rank, world) -> this rank's micro-batches of global step `step`, a pure function of
+    # (cfg.seed, step, rank) so that a resumed run sees the batches of an uninterrupted one. Rows of tokens, images,
+    # packs of variable-length sequences: whatever `loss` takes.
+    batches: Callable[[Any, Any, int, int, int], Sequence[Any]]
+    # (model, batch, ctx) -> (scalar loss, {name: float}); model may be DDP-wrapped: call it, read attributes of
+    # `model.module`. The engine seeds the global torch RNG per (seed, rank, step, micro-batch) before the call.
+    loss: Callable[[nn.Module, Any, TrainContext], tuple[torch.Tensor, dict]]
+    # the family's own config sections and defaults (model/data/loss/sample/...), merged over configs/base.yaml
+    config: str | None = None
+    # official command-line flags of this family's README -> (config key, number of values)
+    official_flags: dict = field(default_factory=dict)
+    to_device: Callable[[Any, torch.device], Any] = tensors_to
+    batch_rows: Callable[[Any], int] = first_dim
+    # (model, labels Long[B], generators (one CPU torch.Generator per row), settings, size=None) -> what the
+    # tokenizer decodes, row i a function of generators[i] alone. It owns its model-function wrappers (guidance,
+    # feature reuse, KV cache). `size`: the requested image size (H, W) in pixels, None = the model's own.
+    sample: Callable[..., torch.Tensor] | None = None
+    # (cfg, model) -> the settings object `sample` takes, validated once per run
+    sample_settings: Callable[[Any, nn.Module], Any] | None = None
+    # (model) -> the shape of one sample as `sample` returns it, e.g. the token grid (h, w)
+    sample_shape: Callable[[nn.Module], tuple] | None = None
+    # (model, cfg) -> number of real classes that eval labels are drawn from
+    num_classes: Callable[[nn.Module, Any], int] | None = None
+    # (ema, cfg, device, path) -> None: the periodic preview PNG (rank 0). None: a grid of `sample` outputs
+    preview: Callable[..., None] | None = None
+    # (cfg) -> SearchSpace over the settings of `sample`
+    search_space: Callable[[Any], SearchSpace] | None = None
+    ddp_find_unused: bool = False
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        out = ["pretrain"]
+        if self.sample is not None:
+            out.append("eval")
+            if self.search_space is not None:
+                out.append("search")
+        return tuple(out)
+
+    def settings(self, cfg, model):
+        return self.sample_settings(cfg, model) if self.sample_settings is not None else None

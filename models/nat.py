@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from datasets.sampling import row_batches
+from models import token_family as tf
 from models.family import Family, TrainContext
 from models.layers import Attention, BertEmbeddings, Mlp, MlmLayer, init_weights_trunc_normal
 
@@ -183,10 +185,62 @@ def nat_training_loss(model: nn.Module, batch: dict, ctx: TrainContext) -> tuple
     return loss, {"loss": loss.item(), "acc": acc}
 
 
-def _family() -> Family:
-    from samplers.mask_predict import sample  # the default generation algorithm of this family
-    return Family(name="nat", flavours=FLAVOURS, data="tokens", training_loss=nat_training_loss,
-                  extras={"sampler": sample})
+# ------------------------------------------------------------------------------------------------------ family
+def nat_sample(model: nn.Module, labels: torch.Tensor, generators, strategy, size=None) -> torch.Tensor:
+    """Codes Long[B, h, w] by mask-predict with AutoNAT's rule (re-mask every confidence <= the cutoff)."""
+    return tf.mask_predict_grid(model, model, labels, generators, strategy, rule="ties", size=size)
 
 
-FAMILY = _family()
+def nat_search_space(cfg):
+    """AutoNAT's strategy search: the 4T-2 strategy scalars, starting at search.init."""
+    from samplers.strategy_search import StrategySpace
+    return StrategySpace(initial_strategy(cfg), fd_step_ratio=cfg.search.fd_step_ratio,
+                         fd_step_other=cfg.search.fd_step_other, lr_ratio=cfg.search.lr_ratio,
+                         lr_other=cfg.search.lr_other)
+
+
+def initial_strategy(cfg):
+    """search.init: auto (sample.strategy when it is a YAML file, else maskgit) | maskgit | sample | <file.yaml>."""
+    from samplers.strategy import Strategy
+    init, steps = str(cfg.search.init), int(cfg.sample.gen_steps)
+    if init == "auto":
+        init = "maskgit" if str(cfg.sample.strategy) == "cosine" else "sample"
+    if init == "maskgit":
+        return Strategy.maskgit_init(steps)
+    if init == "sample":
+        return tf.strategy_from_config(cfg).validate(steps)
+    return Strategy.from_yaml(init, gen_steps=steps)
+
+
+# official AutoNAT README flags -> config keys
+OFFICIAL_FLAGS = {
+    "--gen_steps": ("sample.gen_steps", 1),
+    "--searched_strategy": ("sample.strategy", 1),
+    "--cfg_scale": ("sample.cfg_scale", 1),
+    "--mask_temp": ("sample.mask_temp", 1),
+    "--samp_temp": ("sample.samp_temp", 1),
+    "--beta_alpha_beta": ("loss.beta_alpha_beta", 2),
+    "--input_res": ("data.input_res", 1),
+    "--max_upd": ("search.max_upd", 1),
+    "--clip_grad": ("search.clip_grad", 1),
+    "--sche_lr": ("search.lr_ratio", 1),
+    "--unb_lr": ("search.lr_other", 1),
+    "--grad_estimate_step_size": ("search.fd_step_ratio", 1),
+    "--unb_grad_estimate_step_size": ("search.fd_step_other", 1),
+    "--sche_moment": ("search.momentum", 1),
+}
+
+FAMILY = Family(
+    name="nat",
+    flavours=FLAVOURS,
+    dataset=tf.token_dataset,
+    batches=row_batches,
+    loss=nat_training_loss,
+    config="configs/family/nat.yaml",
+    official_flags=OFFICIAL_FLAGS,
+    sample=nat_sample,
+    sample_settings=lambda cfg, model: tf.strategy_from_config(cfg),
+    sample_shape=tf.token_grid,
+    num_classes=tf.null_label_classes,
+    search_space=nat_search_space,
+)

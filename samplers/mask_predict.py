@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from samplers.guidance import ClassifierFreeGuidance
-from samplers.rng import check_generators, uniform_rows
+from core.seeding import check_generators, uniform_rows
 from samplers.strategy import Strategy
 
 RULES = ("ties", "exact")

@@ -29,10 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from engine.config import load_config, to_container  # noqa: E402
-from engine.data import build_dataset, global_batch_indices  # noqa: E402
-from engine.generate import build_generator, build_strategy, generate_tokens  # noqa: E402
+from core.seeding import step_seed  # noqa: E402
+from datasets.sampling import global_batch_indices  # noqa: E402
+from engine.generate import build_generator, generate  # noqa: E402
 from engine.optim import build_optimizer, ema_update, lr_at, make_ema  # noqa: E402
-from engine.trainer import save_checkpoint, step_seed  # noqa: E402
+from engine.trainer import save_checkpoint  # noqa: E402
 from models import TrainContext, build_model  # noqa: E402
 
 FAMILIES = ("nat", "enat")
@@ -89,7 +90,7 @@ def train_for(cfg, budget_s: float, kind: str) -> dict:
     model, fam = build_model(cfg)
     ema = make_ema(model)
     opt = build_optimizer(model, cfg.train)
-    ds = build_dataset(cfg)
+    ds = fam.dataset(cfg, "train")
     ctx = TrainContext(cfg=cfg, ema=ema)
     bs, step, t0, logs = int(cfg.train.batch_size), 0, clock(kind), {}
     model.train()
@@ -99,7 +100,7 @@ def train_for(cfg, budget_s: float, kind: str) -> dict:
         ctx.step = step
         torch.manual_seed(step_seed(int(cfg.seed), 0, step, 0))
         batch = ds.get_batch(torch.from_numpy(global_batch_indices(step, bs, len(ds), int(cfg.seed)).copy()))
-        loss, logs = fam.training_loss(model, batch, ctx)
+        loss, logs = fam.loss(model, batch, ctx)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -121,14 +122,15 @@ def sampling_speeds(variants: list[tuple], n: int, repeats: int) -> list[float]:
     gens = []
     for cfg, reuse in variants:
         cfg = copy.deepcopy(cfg)
-        cfg.sample.reuse = reuse
+        if "reuse" in cfg.sample:
+            cfg.sample.reuse = reuse
         model, fam = build_generator(cfg, torch.device("cpu"))
-        gens.append((cfg, model, fam, build_strategy(cfg, fam.name), torch.arange(n) % model.null_label))
+        gens.append((cfg, model, fam, fam.settings(cfg, model), torch.arange(n) % model.null_label))
     best = [float("inf")] * len(gens)
     for r in range(repeats + 1):
-        for i, (cfg, model, fam, strategy, labels) in enumerate(gens):
+        for i, (cfg, model, fam, settings, labels) in enumerate(gens):
             t = time.perf_counter()
-            generate_tokens(model, fam.name, cfg, strategy, labels, range(n), r)
+            generate(model, fam, settings, labels, range(n), r)
             if r:
                 best[i] = min(best[i], time.perf_counter() - t)
     return [n / b for b in best]
@@ -136,7 +138,8 @@ def sampling_speeds(variants: list[tuple], n: int, repeats: int) -> list[float]:
 
 def fid(cfg, reuse: bool) -> float:
     from engine.evaluate import evaluate
-    cfg.sample.reuse = reuse
+    if "reuse" in cfg.sample:
+        cfg.sample.reuse = reuse
     return float(evaluate(cfg)["fid"])
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import dist  # noqa: E402
+from core import dist  # noqa: E402
 from metrics.files import save_stats  # noqa: E402
 from metrics.inception_weights import build_fid_inception  # noqa: E402
 from metrics.preprocess import MODES  # noqa: E402

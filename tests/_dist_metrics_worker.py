@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from engine import dist
+from core import dist
 from metrics.evaluator import Evaluator
 from metrics.inception import FIDInception
 

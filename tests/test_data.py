@@ -7,7 +7,7 @@ import torch
 
 from datasets.fmnist import FashionMNIST, read_idx
 from datasets.tokens import TokenFile, save_tokens
-from engine.data import global_batch_indices, rank_micro_batches
+from datasets.sampling import global_batch_indices, rank_micro_batches
 
 
 def write_idx(path, arr, truncate=0):

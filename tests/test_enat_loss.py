@@ -98,4 +98,4 @@ def test_loss_config_errors_and_family():
     with pytest.raises(ValueError, match="loss.per_sample_ratio"):
         loss_hparams({"loss": {"per_sample_ratio": "yes"}})
     assert loss_hparams(None)["reuse_prob"] == 0.5
-    assert FAMILY.training_loss is enat_training_loss and FAMILY.extras["ddp_find_unused"]
+    assert FAMILY.loss is enat_training_loss and FAMILY.ddp_find_unused

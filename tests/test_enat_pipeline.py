@@ -59,11 +59,11 @@ def small_readme_eval(assets, out):
 
 def tokens_of(cfg, reuse: bool, n: int):
     """The eval's generator path for samples 0..n-1 (balanced labels, seed cfg.seed)."""
-    from engine.generate import build_generator, build_strategy, generate_tokens
+    from engine.generate import build_generator, generate
     cfg.sample.reuse = reuse
     model, fam = build_generator(cfg, torch.device("cpu"))
     labels = torch.arange(n) % model.null_label
-    return generate_tokens(model, fam.name, cfg, build_strategy(cfg, fam.name), labels, range(n), int(cfg.seed))
+    return generate(model, fam, fam.settings(cfg, model), labels, range(n), int(cfg.seed))
 
 
 def test_readme_eval_command_runs_on_debug_recipe(assets, tmp_path):
@@ -77,12 +77,13 @@ def test_readme_eval_command_runs_on_debug_recipe(assets, tmp_path):
     assert (tmp_path / "samples.png").exists()
     # the eval sampled with the recipe's reuse setting: its images are the reuse samples, not the plain ones
     from engine.checkpoint import load_file
-    from engine.generate import build_tokenizer, decode_tokens, to_uint8
+    from core.images import to_uint8
+    from engine.generate import build_tokenizer, decode
     images = torch.cat([load_file(tag / f"unit_{u:06d}.pt")["images"] for u in range(2)])
     cfg = load_config(DEBUG, [f"eval.pretrained_path={assets / 'nnet_ema.pth'}", *local(assets)])
     tok = build_tokenizer(cfg, torch.device("cpu"))
     with_reuse, without = tokens_of(cfg, True, 4), tokens_of(cfg, False, 4)
-    assert torch.equal(to_uint8(decode_tokens(tok, with_reuse, (4, 4))), images)
+    assert torch.equal(to_uint8(decode(tok, with_reuse)), images)
     assert not torch.equal(with_reuse, without)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers import parse_train_args
 from engine.config import load_config
-from engine.generate import build_strategy
+from models.token_family import strategy_from_config
 from models import build_model
 from models.layers import count_params
 
@@ -101,7 +101,7 @@ def check_eval(cfg, res, n, bsz, weights, out, cfg_scale, samp_temp):
     assert (e.fid_mode, e.labels, e.inception_dtype) == ("pytorch-fid", "balanced", "fp32")
     assert (cfg.tokenizer.kind, cfg.tokenizer.ckpt) == ("vqgan_mage", "assets/vqgan_jax_strongaug.ckpt")
     # the engine's strategy: ENAT's cosine schedule with the released knobs
-    st = build_strategy(cfg, "enat")
+    st = strategy_from_config(cfg)
     assert st.source == f"enat_cosine(8, cfg_scale={cfg_scale}, mask_temp=1.5, samp_temp={samp_temp})"
     assert st.cfg[0] == 0.0 and st.cfg[-1] == pytest.approx(7 / 8 * cfg_scale)
     model = meta_model(cfg)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from models.enat import FLAVOURS
 from models.enat_reuse import ReuseModelFn
 from samplers.mask_predict import sample
-from samplers.rng import row_generators
+from core.seeding import row_generators
 from samplers.strategy import Strategy
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from engine.config import load_config
 from engine.search import (STATE_FILE, Hyper, evaluation_seed, momentum_step, probe_point, search,
-                           spsa_directions, spsa_gradient, vector_names)
+                           spsa_directions, spsa_gradient)
+from models.nat import nat_search_space
+from samplers.strategy_search import vector_names
 from samplers.strategy import Strategy
 
 STEPS = 2  # 6 scalars: ratios[1], mask_temp[1], samp_temp[2], cfg[2]
@@ -47,8 +49,8 @@ def test_gradient_and_momentum_are_exact_on_a_quadratic(tmp_path):
     assert res["images"] == 4 * len(f.calls)
 
     cfg = _cfg(tmp_path)
-    hp = Hyper.from_config(cfg.search, STEPS)
-    assert hp.is_ratio.tolist() == [True] + [False] * 5
+    hp = Hyper.from_space(nat_search_space(cfg), cfg.search)
+    assert hp.space.is_ratio.tolist() == [True] + [False] * 5
     assert hp.fd_step.tolist() == [0.01] + [0.1] * 5 and hp.lr.tolist() == [1e-3] + [0.1] * 5
     x = np.array(Strategy.maskgit_init(STEPS).to_vector())
     v = np.zeros(d)
@@ -84,7 +86,7 @@ def test_gradient_and_momentum_are_exact_on_a_quadratic(tmp_path):
 
 def test_clamping_and_gradient_clip():
     cfg = load_config("configs/debug/autonat_debug.yaml", [f"sample.gen_steps={STEPS}", "search.clip_grad=2"])
-    hp = Hyper.from_config(cfg.search, STEPS)
+    hp = Hyper.from_space(nat_search_space(cfg), cfg.search)
     x = np.array([0.99, 1e-4, 1.0, 1.0, 0.5, 1.0])
     xp = probe_point(x, 0, hp)
     assert 0.99 < xp[0] < 1.0  # a probe past the ratio range stays a valid strategy
@@ -164,7 +166,7 @@ def test_budget_stops_before_an_update_that_would_not_fit(tmp_path):
 
 def test_spsa_estimate_is_unbiased_and_exact_per_pair_on_a_linear_function():
     cfg = load_config("configs/debug/autonat_debug.yaml", [f"sample.gen_steps={STEPS}"])
-    hp = Hyper.from_config(cfg.search, STEPS)
+    hp = Hyper.from_space(nat_search_space(cfg), cfg.search)
     x = np.array(Strategy.maskgit_init(STEPS).to_vector())
     g_true = np.array([4.0, -1.0, 2.0, 0.5, -3.0, 1.5])
     f = lambda xp, j: float(g_true @ xp)  # noqa: E731

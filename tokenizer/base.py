@@ -10,6 +10,8 @@ import abc
 import torch
 from torch import nn
 
+from core.loading import CheckpointError, load_strict, strip_prefixes  # noqa: F401 (re-exported)
+
 
 class Tokenizer(nn.Module, abc.ABC):
     kind: str = "discrete"             # 'discrete' -> Long codes [B, h, w]; 'continuous' -> Float latents [B, c, h, w]
@@ -73,42 +75,5 @@ class Tokenizer(nn.Module, abc.ABC):
         return out
 
 
-class CheckpointMismatchError(KeyError):
-    """Raised when a state dict does not match a module; the message lists the offending keys."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message and escape its newlines
-        return str(self.args[0]) if self.args else ""
-
-
-def strip_prefixes(state_dict: dict, prefixes=("module.", "_orig_mod.")) -> dict:
-    """Drop wrapper prefixes (DDP, torch.compile) that a training checkpoint may carry."""
-    out = {}
-    for k, v in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
-
-
-def load_strict(module: nn.Module, state_dict: dict, source: str) -> None:
-    """load_state_dict(strict=True) with one error that names every missing/unexpected/mis-shaped key."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state_dict)
-                    if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        def _fmt(name, items):
-            if not items:
-                return ""
-            head = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-            return f"\n  {name}: {head}"
-        raise CheckpointMismatchError(f"{source} does not match {type(module).__name__}:"
-                       + _fmt("missing keys", missing) + _fmt("unexpected keys", unexpected)
-                       + _fmt("shape mismatches", shapes))
-    module.load_state_dict(state_dict, strict=True)
+# one strict loader for the whole project (core.loading); the old name stays importable
+CheckpointMismatchError = CheckpointError

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import dist
+from core import dist
+from core.loading import CheckpointError, load_file
 from tokenizer.base import Tokenizer, load_strict, strip_prefixes
 
 # flavour name -> constructor kwargs; 'demo' is the recommended Fashion-MNIST size (409k parameters; width 16 runs
@@ -222,12 +223,12 @@ class DemoVQTokenizer(Tokenizer):
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"demo VQ checkpoint {path} not found; train it first with the demo recipe")
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = load_file(path, "demo VQ checkpoint")
         if key is None:
             key = "ema" if isinstance(ckpt, dict) and ckpt.get("ema") else "model"
         if not isinstance(ckpt, dict) or key not in ckpt:
             found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise KeyError(f"{path}: expected a checkpoint dict with key {key!r}, found {found}")
+            raise CheckpointError(f"{path}: expected a demo_vq training checkpoint with key {key!r}, found {found}")
         cfg = ckpt.get("config") or {}
         mcfg = dict(cfg.get("model", {})) if isinstance(cfg, dict) else {}
         flavour = mcfg.pop("flavour", ckpt.get("flavour", "demo"))

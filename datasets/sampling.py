@@ -1,29 +1,14 @@
-"""Datasets from config, and a deterministic index stream: the indices of global step s are a pure function
-of (seed, s), so a resumed run sees exactly the batches an uninterrupted run would have seen."""
+"""Deterministic batches of rows: the rows of global step s are a pure function of (seed, s), so a resumed run sees
+exactly the batches an uninterrupted run would have seen, and each rank takes its own slice."""
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import numpy as np
 import torch
 
-
-def build_dataset(cfg, split: str | None = None):
-    d = cfg.data
-    split = split or d.split
-    if d.kind == "fmnist":
-        from datasets.fmnist import FashionMNIST
-        return FashionMNIST(d.path, split, size=int(d.image_size))
-    if d.kind == "tokens":
-        from datasets.tokens import TokenFile
-        if not d.path:
-            raise ValueError("data.path is empty: set it to a token .npy file (data.path=... on the command line)")
-        return TokenFile(d.path)
-    if d.kind == "synthetic":
-        from datasets.tokens import SyntheticTokens
-        return SyntheticTokens(int(d.synthetic_n), int(d.synthetic_seq_len), int(d.synthetic_vocab),
-                               int(d.num_classes), seed=0)
-    raise ValueError(f"data.kind '{d.kind}' is not one of: fmnist, tokens, synthetic")
+from core.seeding import step_seed
 
 
 @functools.lru_cache(maxsize=2)
@@ -50,10 +35,23 @@ def rank_micro_batches(step, global_bs, n, seed, rank, world, accum) -> list[tor
     return [torch.from_numpy(c.copy()) for c in np.array_split(mine, accum)]
 
 
+def row_batches(ds, cfg, step: int, rank: int, world: int,
+                augment: Callable[[dict, torch.Generator], dict] | None = None) -> list[dict]:
+    """`Family.batches` for datasets of rows (`len(ds)`, `ds.get_batch(idx)`): train.batch_size rows per global
+    step, split over ranks and train.grad_accum micro-batches; `augment(batch, generator)` draws from a generator
+    seeded by (seed, rank, step, micro-batch)."""
+    seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
+    out = []
+    for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank, world, accum)):
+        batch = ds.get_batch(idx)
+        if augment is not None:
+            batch = augment(batch, torch.Generator().manual_seed(step_seed(seed, rank, step, mi)))
+        out.append(batch)
+    return out
+
+
 def hflip_batch(batch: dict, gen: torch.Generator) -> dict:
     """Random horizontal flip of half the images (per-row coin from a seeded generator)."""
-    if "image" not in batch:
-        return batch
     img = batch["image"]
     flip = torch.rand(img.shape[0], generator=gen) < 0.5
     img = torch.where(flip[:, None, None, None], img.flip(-1), img)

@@ -1,0 +1,111 @@
+"""Reading weight files and loading them strictly, with errors that name the file and the keys.
+
+Every loader of the project (our checkpoints, official generator weights, tokenizers) goes through `load_file` and
+`load_strict`, so a mismatch always reads the same way and the entry point can turn `CheckpointError` into one line.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read, or whose tensors do not fit the module."""
+
+
+def load_file(path: str | os.PathLike, what: str = "checkpoint"):
+    """A torch pickle (weights_only=True) or a .safetensors file, with a one-line error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as st_load
+        try:
+            return st_load(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot be read as a safetensors file ({_first_line(e)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code objects, not a torch file at all
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch {what} ({type(e).__name__}: "
+                              f"{_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    # torch's unpickler advice ("re-running with weights_only=False ...") is wrong for untrusted files: drop it
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return text.split(" Re-running `torch.load` with")[0].split("(1) In PyTorch")[0].strip()
+
+
+def is_state_dict(d) -> bool:
+    return isinstance(d, dict) and len(d) > 0 and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def strip_prefixes(state_dict: dict, prefixes=("module.", "_orig_mod.")) -> dict:
+    """Drop wrapper prefixes (DDP, torch.compile) that a training checkpoint may carry."""
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def extract_state_dict(obj, prefer_ema: bool = True, source: str = "checkpoint") -> dict:
+    """The model weights inside any container we know: a plain state dict, our {'model', 'ema', ...}, official
+    {'model', 'model_ema'} / Lightning {'state_dict'} / U-ViT {'nnet_ema'}; `module.` prefixes removed."""
+    if is_state_dict(obj):
+        sd = obj
+    elif isinstance(obj, dict):
+        order = ["ema", "model_ema", "model", "state_dict", "nnet_ema", "nnet"] if prefer_ema else \
+            ["model", "state_dict", "nnet", "ema", "model_ema", "nnet_ema"]
+        for k in order:
+            if k in obj and is_state_dict(obj[k]):
+                sd = obj[k]
+                break
+        else:
+            raise CheckpointError(f"{source}: no state dict found (top-level keys: {sorted(map(str, obj))[:10]})")
+    else:
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _names(items: list[str], most: int = 5) -> str:
+    return ", ".join(items[:most]) + (f", ... ({len(items)} in all)" if len(items) > most else "")
+
+
+def mismatch(model: nn.Module, sd: dict) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, shape mismatches) of `sd` against `model`, in the model's key order."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shapes
+
+
+def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", ignore_prefixes: tuple = ()) -> None:
+    """load_state_dict(strict=True) whose error (one line) names missing/unexpected keys and shape mismatches."""
+    if ignore_prefixes:
+        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_prefixes))}
+    missing, unexpected, shapes = mismatch(model, sd)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_names(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es): {_names(shapes, 3)}")
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)

@@ -1,0 +1,86 @@
+"""What the two mask-predict families (NAT/AutoNAT and ENAT) share in their records: token datasets, the token
+grid, the generation strategy from `cfg.sample`, and a sample function around samplers.mask_predict."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from samplers.strategy import Strategy
+
+DATA_KINDS = ("tokens", "synthetic")
+KNOBS = ("cfg_scale", "mask_temp", "samp_temp")
+KNOB_DEFAULTS = {"cfg_scale": 0.0, "mask_temp": 1.0, "samp_temp": 1.0}  # the cosine schedule's when left null
+
+
+def token_dataset(cfg, split: str = "train"):
+    """data.kind tokens (an official-layout .npy token file) or synthetic (class-patterned random rows, tests)."""
+    d = cfg.data
+    if d.kind == "tokens":
+        from datasets.tokens import TokenFile
+        if not d.path:
+            raise ValueError("data.path is empty: set it to a token .npy file (data.path=... on the command line)")
+        return TokenFile(d.path)
+    if d.kind == "synthetic":
+        from datasets.tokens import SyntheticTokens
+        return SyntheticTokens(int(d.synthetic_n), int(d.synthetic_seq_len), int(d.synthetic_vocab),
+                               int(d.num_classes), seed=0)
+    raise ValueError(f"family '{cfg.family}' trains on tokens: data.kind must be one of {', '.join(DATA_KINDS)}, "
+                     f"got '{d.kind}'")
+
+
+def token_grid(model: nn.Module) -> tuple[int, int]:
+    net = getattr(model, "module", model)
+    if hasattr(net, "grid"):
+        return tuple(net.grid)
+    s = int(math.isqrt(net.seq_len))
+    return (s, s)
+
+
+def null_label_classes(model: nn.Module, cfg) -> int:
+    """Real classes = the null label's id (labels 0..null-1 are real)."""
+    return int(getattr(model, "module", model).null_label)
+
+
+def strategy_from_config(cfg) -> Strategy:
+    """sample.strategy 'cosine' (ENAT/MaskGIT schedule from sample.cfg_scale/mask_temp/samp_temp) or a strategy YAML
+    (AutoNAT format). A YAML fixes every per-step value, so the three knobs must then stay unset: a value given
+    beside it would otherwise be silently ignored."""
+    s = cfg.sample
+    steps = int(s.gen_steps)
+    if steps < 1:
+        raise ValueError(f"sample.gen_steps must be >= 1, got {steps}")
+    if str(s.strategy) == "cosine":
+        knobs = {k: float(KNOB_DEFAULTS[k] if s[k] is None else s[k]) for k in KNOBS}
+        return Strategy.enat_cosine(steps, knobs["cfg_scale"], knobs["mask_temp"], knobs["samp_temp"])
+    given = [f"sample.{k}={s[k]}" for k in KNOBS if s[k] is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} has no effect with sample.strategy={s.strategy} (the strategy file "
+                         f"sets every step's value): drop it, edit the strategy file, or use sample.strategy=cosine")
+    return Strategy.from_yaml(s.strategy, gen_steps=steps)
+
+
+def uses_guidance(strategy: Strategy) -> bool:
+    return any(float(c) != 0.0 for c in strategy.cfg)
+
+
+@torch.no_grad()
+def mask_predict_grid(model_fn, model: nn.Module, labels: torch.Tensor, generators, strategy: Strategy,
+                      rule: str, size=None) -> torch.Tensor:
+    """Long[B, h, w] codes for the tokenizer, from samplers.mask_predict on the model's token grid."""
+    from samplers.mask_predict import sample
+    if size is not None:
+        raise ValueError(f"family of {type(model).__name__} samples its fixed token grid {token_grid(model)}; an "
+                         f"image size ({size}) cannot be requested")
+    tokens = sample(model_fn, labels, generators, seq_len=model.seq_len, codebook_size=model.codebook_size,
+                    strategy=strategy, null_label=model.null_label if uses_guidance(strategy) else None, rule=rule)
+    return tokens.reshape(tokens.shape[0], *token_grid(model))
+
+
+@dataclass(frozen=True)
+class TokenSampling:
+    """Settings of a mask-predict family's `sample`: the per-step strategy and (ENAT) temporal feature reuse."""
+    strategy: Strategy
+    reuse: bool = False
