@@ -256,10 +256,13 @@ def training_draws(model: EquivariantAR, batch: int, seq_len: int, generator: to
     return {"drop": drop.to(device), "shift": shift, "t": t.to(device), "noise": noise.to(device)}
 
 
-def eqar_loss(model: nn.Module, batch: dict, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+def eqar_loss(model: nn.Module, batch: dict, ctx=None, *,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Flow loss over all tokens of batch {'latent': (B, L, C) already x vae_norm, 'label': Long[B]}.
 
-    `model` may be DDP-wrapped: attributes come from `.module`, the forward goes through `model`.
+    `model` may be DDP-wrapped: attributes come from `.module`, the forward goes through `model`. `ctx` (the
+    engine's TrainContext) is accepted so the function can serve as a family's loss as is; it is not used.
+    Without `generator` the draws come from the global torch RNG (seeded per step and rank by the engine).
     """
     net = model.module if hasattr(model, "module") else model
     tokens, labels = batch["latent"], batch["label"]
