@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.flow_head import DiffLoss
-from models.layers import attention, count_params
+from models.layers import attention
 
 ROPE_BASE = 10000.0
 
@@ -309,4 +309,4 @@ FLAVOURS = {
 }
 
 __all__ = ["EquivariantAR", "FLAVOURS", "eqar_loss", "training_draws", "param_groups", "band_mask", "rope_tables",
-           "apply_rope", "count_params"]
+           "apply_rope"]
