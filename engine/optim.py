@@ -7,10 +7,13 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, tcfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    kw = dict(lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay), betas=tuple(float(b) for b in tcfg.betas))
-    if any(p.is_cuda for p in params):
+def build_optimizer(model: nn.Module, tcfg, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """AdamW over `groups` (a family's parameter groups) or every parameter that requires grad."""
+    params = groups if groups is not None else [p for p in model.parameters() if p.requires_grad]
+    kw = dict(lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay), betas=tuple(float(b) for b in tcfg.betas),
+              eps=float(tcfg.eps))
+    flat = [p for g in params for p in g["params"]] if groups is not None else params
+    if any(p.is_cuda for p in flat):
         kw["fused"] = True
     return torch.optim.AdamW(params, **kw)
 

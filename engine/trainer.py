@@ -58,7 +58,7 @@ def pretrain(cfg) -> dict:
     model, fam = build_model(cfg)
     model.to(device)
     ema = make_ema(model)
-    opt = build_optimizer(model, tc)
+    opt = build_optimizer(model, tc, fam.param_groups(model, cfg) if fam.param_groups is not None else None)
     scaler = grad_scaler(device, tc.precision)
     ds = fam.dataset(cfg, "train")
 
@@ -122,7 +122,7 @@ def pretrain(cfg) -> dict:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        ema_update(ema, model, float(tc.ema_decay))
+        ema_update(ema, model, float(fam.ema_decay(step, cfg) if fam.ema_decay is not None else tc.ema_decay))
         seen += rows * world  # images per second, counted on this rank
         done = step + 1
         bar.update(1)

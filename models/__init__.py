@@ -1,8 +1,8 @@
 """Model families: the one table of family names -> modules (imported lazily, so using one family never imports
 another). Each module defines `FAMILY = Family(...)`; `build_model(cfg)` -> (nn.Module, Family).
 
-A family that lives outside this repository is named by its module path (`family: my_pkg.my_family`); the module
-must define FAMILY like the ones here.
+A family that lives outside this repository is named by its module (`family: my_pkg.my_family`, importable from
+PYTHONPATH); the module must define FAMILY like the ones here.
 """
 from __future__ import annotations
 
@@ -22,18 +22,16 @@ FAMILY_NAMES = tuple(FAMILIES)
 
 def get_family(name: str) -> Family:
     name = str(name)
-    module = FAMILIES.get(name, name if "." in name else None)
-    if module is None:
-        near = difflib.get_close_matches(name, FAMILY_NAMES, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ValueError(f"unknown family '{name}' (known: {', '.join(FAMILY_NAMES)}, or a module path that "
-                         f"defines FAMILY){hint}")
+    module = FAMILIES.get(name, name)
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):
-            raise ValueError(f"family '{name}': module {module} not found") from None
-        raise
+        if not (e.name and module.startswith(e.name)):
+            raise  # the family's module exists but one of its imports does not
+        near = difflib.get_close_matches(name, FAMILY_NAMES, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ValueError(f"unknown family '{name}' (known: {', '.join(FAMILY_NAMES)}, or an importable module "
+                         f"that defines FAMILY){hint}") from None
     fam = getattr(mod, "FAMILY", None)
     if not isinstance(fam, Family):
         raise ValueError(f"family '{name}': module {module} defines no FAMILY = Family(...)")

@@ -92,6 +92,11 @@ class Family:
     preview: Callable[..., None] | None = None
     # (cfg) -> SearchSpace over the settings of `sample`
     search_space: Callable[[Any], SearchSpace] | None = None
+    # (model, cfg) -> AdamW parameter groups (e.g. no weight decay on biases and norms, frozen parts left out);
+    # None: every parameter that requires grad, with train.weight_decay
+    param_groups: Callable[[nn.Module, Any], list[dict]] | None = None
+    # (step, cfg) -> EMA decay of the update that makes step + 1; None: train.ema_decay at every step
+    ema_decay: Callable[[int, Any], float] | None = None
     ddp_find_unused: bool = False
 
     @property

@@ -4,6 +4,7 @@
 build_tokenizer('vqgan_mage', ckpt='assets/vqgan_jax_strongaug.ckpt', config='mage'|'tiny', device=...)
 build_tokenizer('dcae', ckpt='assets/dc-ae-f32c32-sana-1.1-diffusers', dtype=..., decode_one_by_one=..., device=...)
 build_tokenizer('demo_vq', ckpt=<engine checkpoint> | state_dict=..., flavour='demo', device=..., **model_kwargs)
+build_tokenizer('pixels') : the identity (pixel-space generators; 3 channels, downsample 1)
 'vqgan' is accepted as another name of 'vqgan_mage'.
 """
 from __future__ import annotations
@@ -34,7 +35,14 @@ def _demo_vq(ckpt=None, state_dict=None, flavour="demo", device="cpu", key=None,
     return DemoVQTokenizer.from_state_dict(state_dict, flavour=flavour, **model_kwargs).to(device)
 
 
-TOKENIZERS = {"vqgan_mage": _vqgan, "vqgan": _vqgan, "dcae": _dcae, "demo_vq": _demo_vq}
+def _pixels(ckpt=None, channels=3, device="cpu"):
+    from tokenizer.pixels import PixelTokenizer
+    if ckpt is not None:
+        raise ValueError(f"the pixel tokenizer has no weights; tokenizer.ckpt must be null, got {ckpt!r}")
+    return PixelTokenizer(channels).to(device)
+
+
+TOKENIZERS = {"vqgan_mage": _vqgan, "vqgan": _vqgan, "dcae": _dcae, "demo_vq": _demo_vq, "pixels": _pixels}
 
 
 def build_tokenizer(kind: str, **kw) -> Tokenizer:
