@@ -1,7 +1,7 @@
 """ENAT (NeurIPS 2024): encoder-decoder non-autoregressive transformer over VQ tokens, with temporal feature reuse.
 
 Parameter names follow the official `libs.models.DiT` so released EMA weights load strictly
-(`../shared/specs/checkpoints/keys_enat_L_{256,512}.json`).
+(`assets/layouts/keys_enat_L_{256,512}.json`).
 
 Per forward (no reuse): visible tokens are encoded alone by the first NE blocks; [MASK] tokens are decoded by the last
 ND blocks with SC-attention over concat[final visible features ; current mask tokens]; the final affine LayerNorm and

@@ -10,7 +10,7 @@ import torch
 from models.enat import ENAT, FAMILY, FLAVOURS
 from models.layers import attention_backend, count_params
 
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "checkpoints")
+SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "layouts")
 
 
 def spec(name):

@@ -7,7 +7,8 @@ import torch
 from tokenizer import CheckpointMismatchError, build_tokenizer
 from tokenizer.vqgan import VQGANTokenizer, build_vqmodel, read_vqgan_state_dict
 
-SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "checkpoints", "keys_vqgan_mage.json")
+SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "layouts",
+                    "keys_vqgan_mage.json")
 
 
 def test_released_layout_matches_spec_on_meta():
