@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 VARIANTS = ("autonat", "enat")
+FAMILY_VARIANTS = {"nat": "autonat", "enat": "enat"}  # model family name -> official sampling loop
 
 
 class OfficialStream:
@@ -30,6 +31,13 @@ class OfficialStream:
         self.seed, self.variant = int(seed), variant
         self.numpy = np.random.RandomState(self.seed)
         self._torch: dict[torch.device, torch.Generator] = {}
+
+    @classmethod
+    def for_family(cls, family: str, seed: int) -> "OfficialStream":
+        """The stream of the official sampler of a model family ('nat' = AutoNAT, 'enat')."""
+        if family not in FAMILY_VARIANTS:
+            raise ValueError(f"no official random stream for family {family!r}; known: {sorted(FAMILY_VARIANTS)}")
+        return cls(seed, FAMILY_VARIANTS[family])
 
     def __repr__(self) -> str:
         return f"OfficialStream(seed={self.seed}, variant={self.variant!r})"

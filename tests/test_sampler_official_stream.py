@@ -106,6 +106,10 @@ def test_own_generators_reproduce_the_global_streams():
     torch.testing.assert_close(p_autonat, p_enat)
     with pytest.raises(ValueError, match="variant"):
         OfficialStream(0, variant="maskgit")
+    assert (OfficialStream.for_family("nat", 3).variant, OfficialStream.for_family("enat", 3).variant) == (
+        "autonat", "enat")
+    with pytest.raises(ValueError, match="family 'nit'"):
+        OfficialStream.for_family("nit", 3)
 
 
 def test_autonat_variant_replays_the_official_loop_token_for_token():
