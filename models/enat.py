@@ -1,7 +1,7 @@
 """ENAT (NeurIPS 2024): encoder-decoder non-autoregressive transformer over VQ tokens, with temporal feature reuse.
 
 Parameter names follow the official `libs.models.DiT` so released EMA weights load strictly
-(`../shared/specs/checkpoints/keys_enat_L_{256,512}.json`).
+(`assets/layouts/keys_enat_L_{256,512}.json`).
 
 Per forward (no reuse): visible tokens are encoded alone by the first NE blocks; [MASK] tokens are decoded by the last
 ND blocks with SC-attention over concat[final visible features ; current mask tokens]; the final affine LayerNorm and
@@ -29,13 +29,31 @@ from models.layers import BertEmbeddings, Mlp, MlmLayer
 
 
 class LabelEmbedder(nn.Module):
-    """Class embedding with one extra row (index num_classes) for the null class; train-mode label dropout."""
+    """Class embedding with train-mode label dropout to the null class (index num_classes).
 
-    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+    The official table (DiT convention) has a null row only when label dropout is on: num_classes + 1 rows if
+    dropout_prob > 0, else num_classes rows. `null_row` overrides that (None = the official rule), e.g. to train
+    without in-model dropout while the dataset still replaces labels by the null class."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float, null_row: bool | None = None):
         super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+        self.null_row = bool(dropout_prob > 0) if null_row is None else bool(null_row)
+        if dropout_prob > 0 and not self.null_row:
+            raise ValueError(f"class_dropout_prob={dropout_prob} drops labels to the null class, which needs the null "
+                             "row: null_row must not be False")
+        self.embedding_table = nn.Embedding(num_classes + int(self.null_row), dim)
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
+
+    def check(self, labels: torch.Tensor) -> None:
+        """Without a null row the null label (and anything above num_classes − 1) has no embedding: say so."""
+        if self.null_row or labels.device.type == "meta" or labels.numel() == 0:
+            return
+        if bool((labels >= self.num_classes).any()):
+            raise ValueError(f"ENAT: label {int(labels.max())} given, but this label table has {self.num_classes} "
+                             f"rows and no null row (class_dropout_prob = 0, the official layout without label "
+                             f"dropout): unconditional / guided sampling and null-label training are not possible; "
+                             f"build the model with null_row=True for a table of {self.num_classes + 1} rows")
 
     def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.dropout_prob > 0:
@@ -47,8 +65,10 @@ class LabelEmbedder(nn.Module):
 class ENAT(nn.Module):
     def __init__(self, *, seq_len: int = 256, codebook_size: int = 1024, num_classes: int = 1000,
                  embed_dim: int = 1024, num_heads: int = 16, enc_dec: Sequence[int] = (22, 2),
-                 mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1, dropout: float = 0.1,
-                 attn_backend: str | None = None):
+                 mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1, null_row: bool | None = None,
+                 dropout: float = 0.1, attn_backend: str | None = None):
+        """null_row: whether the label table has the null-class row (None: only if class_dropout_prob > 0, as the
+        official LabelEmbedder; a released class_dropout_prob = 0 checkpoint has num_classes rows)."""
         super().__init__()
         enc_dec = tuple(int(v) for v in enc_dec)
         if len(enc_dec) != 2 or enc_dec[0] < 1 or enc_dec[1] < 1:
@@ -59,7 +79,7 @@ class ENAT(nn.Module):
         d = self.embed_dim
         vocab = self.codebook_size + 1          # + the [MASK] id (= codebook_size)
         self.x_embedder = BertEmbeddings(vocab, d, self.seq_len, dropout=dropout)
-        self.y_embedder = LabelEmbedder(self.num_classes, d, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(self.num_classes, d, class_dropout_prob, null_row)
         # part of the released state dict, never used by the forward pass
         self.prev_embedder = Mlp(d, 4 * d, approximate="tanh")
         self.prev_proj = PrevProj(d)
@@ -95,6 +115,7 @@ class ENAT(nn.Module):
             raise ValueError(f"ENAT: ids must be [B, {self.seq_len}], got {list(ids.shape)}")
         if labels.shape != ids.shape[:1]:
             raise ValueError(f"ENAT: labels must be [{ids.shape[0]}], got {list(labels.shape)}")
+        self.y_embedder.check(labels)
         if prev is None:
             return
         if not isinstance(prev, dict) or "feat" not in prev or "masking" not in prev:
@@ -178,7 +199,7 @@ def _builder(size: str, input_res: int = 256):
               **kwargs) -> ENAT:
         """Keyword overrides: input_res/downsample (-> seq_len = (input_res/downsample)^2) or seq_len directly,
         codebook_size, num_classes (real classes; the null label is num_classes), enc_dec=(NE, ND), embed_dim,
-        num_heads, and any ENAT argument (mlp_ratio, class_dropout_prob, dropout, attn_backend)."""
+        num_heads, and any ENAT argument (mlp_ratio, class_dropout_prob, null_row, dropout, attn_backend)."""
         if seq_len is None:
             seq_len = data.get("seq_len")
         if seq_len is None:

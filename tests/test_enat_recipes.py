@@ -14,7 +14,7 @@ from models.token_family import strategy_from_config
 from models import build_model
 from models.layers import count_params
 
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "checkpoints")
+SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "layouts")
 L256, L512 = "configs/enat_L_256.yaml", "configs/enat_L_512.yaml"
 
 # The four commands of the official README (LeapLabTHU/ENAT), verbatim.

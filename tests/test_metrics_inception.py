@@ -12,7 +12,7 @@ from metrics.inception_weights import (FID_HELPER_FILE, PTH_NAME, fid_helper_lay
                                        find_fid_weights, load_fid_weights)
 from metrics.preprocess import preprocess
 
-SPEC = Path(__file__).resolve().parents[1] / ".." / "shared" / "specs" / "checkpoints" / "keys_fid_inception.json"
+SPEC = Path(__file__).resolve().parents[1] / "assets" / "layouts" / "keys_fid_inception.json"
 FID_HELPER = fid_helper_weights_path()
 
 
@@ -30,6 +30,24 @@ def test_meta_layout_matches_pth_file():
     assert len(layout) == s["notes"]["n_tensors_pth"] == 472
     assert sum(v.numel() for v in sd.values() if v.dtype.is_floating_point) == s["notes"]["n_params_pth"]
     assert {k: list(v.shape) for k, v in sd.items()} == s["torchvision_patched_model_state_dict_incl_buffers"]
+
+
+def test_shared_random_weights_have_the_release_layout(fid_weights, tmp_path):
+    """tests/conftest.py's `fid_weights`: what the end-to-end tests pass as eval.inception_weights."""
+    from tests.helpers import write_random_fid_weights
+    sd = torch.load(fid_weights, map_location="cpu", weights_only=True)
+    assert {k: list(v.shape) for k, v in sd.items()} == spec()["pth_file_layout"]
+    model = load_fid_weights(FIDInception(), fid_weights)
+    assert model.has_fc and model.weights_source == str(fid_weights)
+    state = torch.random.get_rng_state()
+    same = torch.load(write_random_fid_weights(tmp_path / "a.pth", seed=0), weights_only=True)
+    other = torch.load(write_random_fid_weights(tmp_path / "b.pth", seed=1), weights_only=True)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is left alone
+    key = "Mixed_6b.branch7x7_2.conv.weight"
+    assert all(torch.equal(same[k], v) for k, v in sd.items()) and not torch.equal(other[key], sd[key])
+    with torch.inference_mode():
+        out = model.eval()(torch.zeros(1, 3, 75, 75))
+    assert torch.isfinite(out["pool3"]).all()
 
 
 @pytest.fixture(scope="module")

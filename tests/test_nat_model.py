@@ -7,7 +7,7 @@ import torch
 from models.layers import attention, attention_backend, count_params
 from models.nat import FLAVOURS, UViT
 
-SPEC = Path(__file__).resolve().parents[1] / ".." / "shared" / "specs" / "checkpoints" / "keys_autonat_L.json"
+SPEC = Path(__file__).resolve().parents[1] / "assets" / "layouts" / "keys_autonat_L.json"
 
 
 

@@ -9,13 +9,37 @@ from samplers import Strategy
 RELEASED = Path(__file__).resolve().parents[1] / "configs" / "AutoNAT_L-T8_strategy.yaml"
 
 
-def test_released_autonat_L_T8_values_and_counts():
+# The released ImprovedNAT configs/AutoNAT_L-T8_strategy.yaml, full float64 precision (rounding to 4 digits moves
+# manual_temp by up to 4.6e-4 and manual_cfg by 4.5e-4, so the recipe must carry these exact values).
+RELEASED_VALUES = {
+    "manual_ratios": [0.9531645174140464, 0.8795409806037042, 0.7940230737075623, 0.745995860948045,
+                      0.6249785820461957, 0.407321956652571, 0.260658917067054],
+    "manual_temp": [2.404912789740805, 2.477616274962803, 1.191696577294597, 0.7685444738649722,
+                    1.0673489052089495, 0.9353720330515827, 0.7843839537838292],
+    "manual_samp_temp": [2.8999037830310685, 1.867261830931786, 1.1443729673819831, 1.3796334226014182,
+                         1.4699896959810144, 1.3760684112198358, 1.7082165405200722, 0.7133060703601533],
+    "manual_cfg": [0.0001, 0.0001, 0.0001, 0.9151274967591447, 1.6160182878189675, 1.1945509026838659,
+                   1.38322370140345, 1.22678520936251],
+}
+
+
+def test_released_autonat_L_T8_values_verbatim():
+    raw = yaml.safe_load(RELEASED.read_text())
+    assert list(raw) == list(RELEASED_VALUES)  # the official key order, nothing else in the file
+    for key, want in RELEASED_VALUES.items():
+        assert raw[key] == want, key  # exact float equality, not approx
+    s = Strategy.from_yaml(RELEASED, gen_steps=8)
+    assert s.to_dict() == RELEASED_VALUES
+
+
+def test_released_autonat_L_T8_counts():
     s = Strategy.from_yaml(RELEASED, gen_steps=8)
     assert s.steps == 8
+    # the spec's 4-digit table, as a second, coarser check
     assert s.ratios == pytest.approx([0.9532, 0.8795, 0.7940, 0.7460, 0.6250, 0.4073, 0.2607], abs=1e-4)
-    assert s.mask_temp == pytest.approx([2.405, 2.478, 1.192, 0.769, 1.067, 0.935, 0.784])
-    assert s.samp_temp == pytest.approx([2.900, 1.867, 1.144, 1.380, 1.470, 1.376, 1.708, 0.713])
-    assert s.cfg == pytest.approx([1e-4, 1e-4, 1e-4, 0.915, 1.616, 1.195, 1.383, 1.227])
+    assert s.mask_temp == pytest.approx([2.405, 2.478, 1.192, 0.769, 1.067, 0.935, 0.784], abs=5e-4)
+    assert s.samp_temp == pytest.approx([2.900, 1.867, 1.144, 1.380, 1.470, 1.376, 1.708, 0.713], abs=5e-4)
+    assert s.cfg == pytest.approx([1e-4, 1e-4, 1e-4, 0.915, 1.616, 1.195, 1.383, 1.227], abs=5e-4)
     assert s.masked_after(256) == [244, 225, 203, 190, 159, 104, 66, 0]
     with pytest.raises(ValueError, match="gen_steps is 12"):
         Strategy.from_yaml(RELEASED, gen_steps=12)

@@ -7,7 +7,8 @@ import torch
 from tokenizer import CheckpointMismatchError, build_tokenizer
 from tokenizer.vqgan import VQGANTokenizer, build_vqmodel, read_vqgan_state_dict
 
-SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "checkpoints", "keys_vqgan_mage.json")
+SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "layouts",
+                    "keys_vqgan_mage.json")
 
 
 def test_released_layout_matches_spec_on_meta():
@@ -53,6 +54,24 @@ def test_tiny_checkpoint_roundtrip_both_containers(tmp_path, nested):
     assert img.shape == (2, 3, 32, 32) and img.min() >= -1 and img.max() <= 1
     raw = tok.model.decode_code(codes).clamp(0, 1) * 2 - 1
     assert torch.allclose(img, raw)
+
+
+def test_decode_quant_equals_decode_of_codes():
+    torch.manual_seed(3)
+    tok = VQGANTokenizer(build_vqmodel("tiny"))
+    codes = torch.randint(0, 64, (2, 6, 5))
+    # independent lookup: embedding rows by index, channels first
+    quant = tok.model.quantize.embedding.weight[codes].permute(0, 3, 1, 2)
+    assert torch.equal(tok.lookup(codes), quant)
+    img = tok.decode_quant(quant)
+    assert img.shape == (2, 3, 24, 20)
+    assert torch.equal(img, tok.decode(codes))
+    assert torch.equal(tok.model.decode_quant(quant), tok.model.decode_code(codes))
+    # a latent between codebook vectors decodes too (the continuous path)
+    mid = tok.decode_quant(0.5 * quant + 0.5 * quant.roll(1, dims=-1))
+    assert mid.shape == img.shape and mid.min() >= -1 and mid.max() <= 1 and not torch.equal(mid, img)
+    with pytest.raises(ValueError, match=r"latent \[B, 32, h, w\]"):
+        tok.decode_quant(torch.zeros(1, 3, 4, 4))
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):

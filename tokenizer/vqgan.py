@@ -182,10 +182,19 @@ class VQModel(nn.Module):
         """[B, 3, H, W] pixels in [0, 1] -> Long [B, H/f, W/f]."""
         return self.quantize.indices(self.encoder(x01))
 
+    def decode_quant(self, quant: torch.Tensor) -> torch.Tensor:
+        """Quantized latent [B, z_channels, h, w] (codebook vectors, or any point of that space) -> images, nominally
+        in [0, 1] (unclamped). There is no post_quant_conv: the latent goes straight into the decoder."""
+        if quant.dim() != 4 or quant.shape[1] != self.quantize.embedding.embedding_dim:
+            raise ValueError(f"decode_quant expects a latent [B, {self.quantize.embedding.embedding_dim}, h, w], "
+                             f"got shape {tuple(quant.shape)}")
+        # contiguous NCHW: a channels-last view (e.g. a permuted lookup) would pick other conv kernels and change
+        # the last bits of the output
+        return self.decoder(quant.to(self.decoder.conv_in.weight.dtype).contiguous())
+
     def decode_code(self, idx: torch.Tensor) -> torch.Tensor:
         """Long [B, h, w] -> images, nominally in [0, 1] (unclamped)."""
-        z = self.quantize.lookup(idx)
-        return self.decoder(z.to(self.decoder.conv_in.weight.dtype))
+        return self.decode_quant(self.quantize.lookup(idx))
 
 
 def build_vqmodel(config: str | dict = "mage") -> VQModel:
@@ -242,6 +251,16 @@ class VQGANTokenizer(Tokenizer):
 
     def _decode(self, codes):
         return self.model.decode_code(codes.long()).clamp(0.0, 1.0) * 2.0 - 1.0
+
+    @torch.no_grad()
+    def decode_quant(self, quant: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from the continuous quantized latent [B, z_channels, h, w] (e.g. codebook vectors mixed
+        or interpolated in latent space); `decode(codes)` equals `decode_quant(codebook lookup of codes)`."""
+        return (self.model.decode_quant(quant).clamp(0.0, 1.0) * 2.0 - 1.0).clamp_(-1.0, 1.0)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Long [B, h, w] -> the quantized latent [B, z_channels, h, w] that `decode_quant` takes."""
+        return self.model.quantize.lookup(codes.long())
 
 
 def load_vqgan(path: str = DEFAULT_CKPT, config: str | dict = "mage", device="cpu") -> VQGANTokenizer:
