@@ -2,33 +2,82 @@
 
 Official flags of each family's README (`--gen_steps 8`, `--enc_dec 22 2`, `--pretrained_path ...`) are accepted
 as aliases of config keys (shared ones in engine/config.py OFFICIAL_FLAGS, the rest in each family's record).
+Every key and its default: configs/base.yaml, then configs/family/<family>.yaml; set any of them as key=value.
+Bad input ends in one line `error: ...` and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 MODES = ("pretrain", "eval", "search")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _flag_table() -> str:
+    from engine.config import OFFICIAL_FLAGS
+    from models import FAMILY_NAMES, get_family
+    lines = ["official flags (aliases of config keys):",
+             "  all families: " + " ".join(sorted(OFFICIAL_FLAGS))]
+    for name in FAMILY_NAMES:
+        own = sorted(get_family(name).official_flags)
+        if own:
+            lines.append(f"  {name}: " + " ".join(own))
+    return "\n".join(lines)
+
+
+def _parser(with_flags: bool) -> argparse.ArgumentParser:
+    epilog = _flag_table() if with_flags else None
+    p = argparse.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="recipe YAML (configs/...)")
     p.add_argument("--mode", default=None, choices=MODES,
                    help="default: eval when --pretrained_path is given (the ENAT README's eval commands name no "
                         "mode), else pretrain")
-    args, rest = p.parse_known_args(argv)
+    return p
+
+
+def _repeat_after_launcher(line: str) -> None:
+    """Under torchrun the launcher prints its failure summary after the workers exit, burying the one line that says
+    what is wrong: rank 0 leaves a tiny process behind that prints the line again once the launcher is gone."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("RANK", "0") != "0" or not hasattr(os, "fork"):
+        return
+    launcher = os.getppid()
+    sys.stderr.flush()
+    if os.fork() != 0:
+        return
+    import time
+    deadline = time.time() + 60
+    while time.time() < deadline and _alive(launcher):
+        time.sleep(0.05)
+    os.write(2, (line + "\n").encode())
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, rest = _parser(with_flags=any(a in ("-h", "--help") for a in argv)).parse_known_args(argv)
 
     from engine.config import ConfigError, parse_command_line
     try:
         cfg, flags = parse_command_line(args.config, rest)
         mode = args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
     except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+            _repeat_after_launcher(f"error: {e}")
         return 2
 
     from engine.runner import run
-    return run(cfg, mode)
+    return run(cfg, mode, on_error=_repeat_after_launcher)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ class ConfigError(ValueError):
     pass
 
 
+class Interrupted(Exception):
+    """Ctrl-C in a mode: the message says where it stopped and how to go on."""
+
+
 def env_flags(environ=None) -> dict:
     """Config keys set by the environment of the official commands ({} when it sets nothing)."""
     val = (environ if environ is not None else os.environ).get(ACCELERATE_ENV)
@@ -165,6 +169,99 @@ def _check_known(cfg: DictConfig, schema: DictConfig, where: str, family: str, p
             _check_known(v, schema[k], where, family, full + ".", root)
 
 
+# value checks of the shared keys, beyond the type the schema's default gives: (test, what is expected)
+_POS, _NONNEG = (lambda v: v >= 1, "an integer >= 1"), (lambda v: v >= 0, "a number >= 0")
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16", "fp16", "auto"),
+    "eval.precision": ("fp32", "bf16", "fp16", "auto"),
+    "search.precision": ("fp32", "bf16", "fp16", "auto"),
+    "eval.inception_dtype": ("fp32", "bf16", "auto"),
+    "eval.source": ("samples", "reconstructions", "random_tokens"),
+    "eval.labels": ("balanced", "random"),
+    "eval.fid_mode": ("pytorch-fid", "adm"),
+    "search.gradient": ("fd", "spsa"),
+}
+RANGES = {
+    "train.steps": _POS, "train.batch_size": _POS, "train.grad_accum": _POS, "train.log_every": _POS,
+    "train.ckpt_every": _POS, "train.lr": _NONNEG, "train.warmup_steps": _NONNEG, "train.weight_decay": _NONNEG,
+    "train.grad_clip": _NONNEG, "train.keep_ckpts": _NONNEG, "train.sample_every": _NONNEG,
+    "train.max_steps_this_run": _NONNEG, "train.eps": (lambda v: v > 0, "a number > 0"),
+    "train.ema_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "train.betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
+    "eval.n": _POS, "eval.batch_size": _POS, "eval.ref_n": _POS, "eval.save_png": _NONNEG,
+    "eval.decode_batch": _NONNEG, "search.max_upd": _NONNEG, "search.spsa_pairs": _POS,
+    "search.budget_images": _NONNEG,
+}
+
+
+def _type_name(v) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+        type(v), type(v).__name__)
+
+
+def _coerce(key: str, value, default):
+    """The value in the type of the schema's default (int keys take integral floats such as 1e3); else an error."""
+    if default is None or value is None:
+        return value
+    bad = ConfigError(f"config key '{key}' must be {_type_name(default)}, got {value!r}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise bad
+        if default and not isinstance(default[0], (list, dict)):
+            return [_coerce(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
+    return value
+
+
+def validate(cfg: DictConfig, schema: DictConfig) -> None:
+    """Every value against its default's type and the shared keys' choices and ranges, naming the key."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    defaults = OmegaConf.to_container(schema, resolve=False)
+
+    def walk(node, dflt, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if key.startswith("model.") or not isinstance(dflt, dict) or k not in dflt:
+                continue
+            d = dflt[k]
+            if isinstance(d, dict):
+                if not isinstance(v, dict):
+                    raise ConfigError(f"config key '{key}' is a section ({', '.join(d)}), got {v!r}")
+                walk(v, d, key + ".")
+                continue
+            new = _coerce(key, v, d)
+            if key in CHOICES and new is not None and str(new) not in CHOICES[key] and not (
+                    key == "device" and str(new).startswith("cuda:") and str(new)[5:].isdigit()):
+                raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}"
+                                  f"{' (or cuda:N)' if key == 'device' else ''}, got {new!r}")
+            if key in RANGES and new is not None:
+                test, what = RANGES[key]
+                if not test(new):
+                    raise ConfigError(f"config key '{key}' must be {what}, got {new!r}")
+            if new is not v and new != v or type(new) is not type(v):
+                OmegaConf.update(cfg, key, new, force_add=True)
+
+    walk(values, defaults, "")
+
+
 # ----------------------------------------------------------------------------------------------------- loading
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags: dict | None = None,
                 environ: dict | None = None) -> DictConfig:
@@ -187,6 +284,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags
         _check_known(node, schema, "command line", family)
         OmegaConf.update(cfg, k, v, force_add=True)
     cfg.family = family
+    validate(cfg, schema)
     return cfg
 
 

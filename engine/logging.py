@@ -9,8 +9,17 @@ from loguru import logger
 from core import dist
 
 
+_LOG_FILE: list = [None]
+
+
+def log_file() -> Path | None:
+    """The log.txt this process writes (rank 0 after setup_logging), else None."""
+    return _LOG_FILE[0]
+
+
 def setup_logging(output_dir: str | None = None) -> None:
     logger.remove()
+    _LOG_FILE[0] = None
     fmt = "<green>{time:HH:mm:ss}</green> | <level>{level: <7}</level> | {message}"
     if dist.is_main():
         logger.add(sys.stderr, format=fmt, level="INFO")
@@ -18,11 +27,12 @@ def setup_logging(output_dir: str | None = None) -> None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             logger.add(str(Path(output_dir) / "log.txt"), format="{time:YYYY-MM-DD HH:mm:ss} | {level} | {message}",
                        level="INFO")
+            _LOG_FILE[0] = Path(output_dir) / "log.txt"
     else:
         logger.add(sys.stderr, format=f"[rank {dist.rank()}] " + fmt, level="WARNING")
 
 
-__all__ = ["logger", "setup_logging"]
+__all__ = ["logger", "setup_logging", "log_file"]
 
 
 def progress(**kw):

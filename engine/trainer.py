@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -15,19 +14,32 @@ from engine import checkpoint as ck
 from core import dist
 from core.io import atomic_write_text
 from core.seeding import step_seed
-from engine.config import to_container, to_yaml
+from engine.config import Interrupted, to_container, to_yaml
 from engine.logging import logger, progress, setup_logging
 from engine.optim import build_optimizer, ema_update, lr_at, make_ema
 from engine.precision import autocast, grad_scaler
 from models import TrainContext, build_model
 
 
-def save_checkpoint(path, model, ema, opt, step, fam_name, cfg) -> None:
-    atomic_save_obj = {
-        "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
-        "family": fam_name, "flavour": cfg.model.flavour, "config": to_container(cfg),
-    }
-    ck.atomic_save(atomic_save_obj, path)
+class NonFiniteError(ValueError):
+    """A loss or weight that is inf/NaN: nothing of it is checkpointed."""
+
+
+# settings whose change between a checkpoint and its resume changes the run (the others only change logging)
+RESUME_KEYS = ("family", "model", "train.batch_size", "train.grad_accum", "train.lr", "train.warmup_steps",
+               "train.weight_decay", "train.betas", "train.ema_decay", "train.precision", "seed", "data", "loss")
+
+
+def save_checkpoint(path, model, ema, opt, step, fam_name, cfg, scaler=None) -> None:
+    if not all(bool(torch.isfinite(t).all()) for m in (model, ema) for t in m.state_dict().values()
+               if t.is_floating_point()):
+        raise NonFiniteError(f"non-finite weights at step {step}: not checkpointed (the previous checkpoint is kept); "
+                             f"lower train.lr or set train.grad_clip")
+    obj = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
+           "family": fam_name, "flavour": cfg.model.flavour, "config": to_container(cfg)}
+    if scaler is not None:
+        obj["scaler"] = scaler.state_dict()
+    ck.atomic_save(obj, path)
 
 
 def _metrics_file(out: Path) -> Path:
@@ -42,115 +54,206 @@ def _truncate_metrics(out: Path, step: int) -> None:
         atomic_write_text(f, "".join(l + "\n" for l in keep))
 
 
-def pretrain(cfg) -> dict:
-    device = dist.init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    setup_logging(str(out))
-    rank, world = dist.rank(), dist.world_size()
-    if dist.is_main():
-        logger.info("config:\n" + to_yaml(cfg))
-    tc = cfg.train
-    accum = int(tc.grad_accum)
-    if int(tc.batch_size) % (world * accum):
-        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by world_size {world} x "
-                         f"grad_accum {accum}")
-    torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank and in every run
-    model, fam = build_model(cfg)
-    model.to(device)
-    ema = make_ema(model)
-    opt = build_optimizer(model, tc, fam.param_groups(model, cfg) if fam.param_groups is not None else None)
-    scaler = grad_scaler(device, tc.precision)
-    ds = fam.dataset(cfg, "train")
+class Trainer:
+    """One pretrain run: model, EMA, optimiser, data and the loop state, so that each piece is a method."""
 
-    ckdir = out / "checkpoints"
-    start = 0
-    last = ck.latest_checkpoint(ckdir) if tc.resume else None
-    if last is not None:
-        state = ck.load_file(last)
-        ck.check_family(state, fam.name, cfg.model.flavour, last)
-        ck.load_strict(model, state["model"], str(last))
-        ck.load_strict(ema, state["ema"], f"{last} (ema)")
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        logger.info(f"resumed from {last} at step {start}")
+    def __init__(self, cfg):
+        self.cfg, self.tc = cfg, cfg.train
+        self.device = dist.init_distributed(cfg.device)
+        self.out = Path(cfg.output_dir)
+        self.ckdir = self.out / "checkpoints"
+        setup_logging(str(self.out))
+        self.rank, self.world = dist.rank(), dist.world_size()
         if dist.is_main():
-            _truncate_metrics(out, start)
-    dist.barrier()
+            logger.info("config:\n" + to_yaml(cfg))
+        self.accum = int(self.tc.grad_accum)
+        if int(self.tc.batch_size) % (self.world * self.accum):
+            raise ValueError(f"train.batch_size {self.tc.batch_size} is not divisible by world_size {self.world} x "
+                             f"grad_accum {self.accum}")
+        torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank and in every run
+        self.model, self.fam = build_model(cfg)
+        self.model.to(self.device)
+        self.ema = make_ema(self.model)
+        groups = self.fam.param_groups(self.model, cfg) if self.fam.param_groups is not None else None
+        self.opt = build_optimizer(self.model, self.tc, groups)
+        self.scaler = grad_scaler(self.device, self.tc.precision)
+        self.ds = self.fam.dataset(cfg, "train")
+        self.start = _resume(cfg, self.fam, self.model, self.ema, self.opt, self.scaler, self.ckdir, self.out) \
+            if self.tc.resume else 0
+        if self.start == 0 and cfg.eval.pretrained_path is not None:
+            from engine.generate import load_weights
+            where = load_weights(self.model, cfg, self.fam.name, prefer_ema=bool(cfg.eval.use_ema))
+            self.ema.load_state_dict(self.model.state_dict())
+            logger.info(f"initialised from {where} (eval.pretrained_path / --pretrained_path); training starts at "
+                        f"step 0")
+        dist.barrier()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        logger.info(f"family {self.fam.name}, flavour {cfg.model.flavour}: {n_params / 1e6:.2f}M params; world "
+                    f"{self.world}, global batch {self.tc.batch_size} ({self.accum} micro-batches per rank); training "
+                    f"set of {_size(self.ds)}")
+        self.train_model = self.model
+        if self.tc.compile:
+            self.train_model = torch.compile(self.train_model)
+        if self.world > 1:
+            self.train_model = DDP(self.train_model,
+                                   device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                   find_unused_parameters=bool(self.fam.ddp_find_unused))
+        self.ctx = TrainContext(cfg=cfg, step=self.start, ema=self.ema)
+        self.steps = int(self.tc.steps)
+        extra = int(self.tc.max_steps_this_run)
+        self.stop_at = min(self.steps, self.start + extra) if extra > 0 else self.steps
+        self.saved, self.last_logs = self.start, {}
+        self.t0, self.seen = time.time(), 0
 
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info(f"family {fam.name}, flavour {cfg.model.flavour}: {n_params / 1e6:.2f}M params; world {world}, "
-                f"global batch {tc.batch_size} ({accum} micro-batches per rank); training set of {_size(ds)}")
-    train_model = model
-    if tc.compile:
-        train_model = torch.compile(train_model)
-    if world > 1:
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                          find_unused_parameters=bool(fam.ddp_find_unused))
-    ctx = TrainContext(cfg=cfg, step=start, ema=ema)
-    steps = int(tc.steps)
-    stop_at = min(steps, start + int(tc.max_steps_this_run)) if int(tc.max_steps_this_run) > 0 else steps
-    bar = progress(total=steps, initial=start, desc="train")
-    t0, seen, last_logs = time.time(), 0, {}
-    model.train()
-    for step in range(start, stop_at):
+    # ------------------------------------------------------------------------------------------------ pieces
+    def update(self, step: int) -> tuple[dict, float]:
+        """One optimiser update over this rank's micro-batches: (mean logs of this rank, lr)."""
+        cfg, tc, device = self.cfg, self.tc, self.device
         lr = lr_at(step, tc)
-        for g in opt.param_groups:
+        for g in self.opt.param_groups:
             g["lr"] = lr
-        ctx.step = step
-        micro = fam.batches(ds, cfg, step, rank, world)
-        rows = sum(fam.batch_rows(b) for b in micro)
+        self.ctx.step = step
+        micro = self.fam.batches(self.ds, cfg, step, self.rank, self.world)
+        rows = sum(self.fam.batch_rows(b) for b in micro)
         logs_sum: dict = {}
         for mi, batch in enumerate(micro):
-            torch.manual_seed(step_seed(int(cfg.seed), rank, step, mi))
-            batch = fam.to_device(batch, device)
-            sync = mi == len(micro) - 1 or world == 1
-            ctxm = train_model.no_sync() if (not sync and isinstance(train_model, DDP)) else _null()
+            torch.manual_seed(step_seed(int(cfg.seed), self.rank, step, mi))
+            batch = self.fam.to_device(batch, device)
+            sync = mi == len(micro) - 1 or self.world == 1
+            ctxm = self.train_model.no_sync() if (not sync and isinstance(self.train_model, DDP)) else _null()
             with ctxm:
                 with autocast(device, tc.precision):
-                    loss, logs = fam.loss(train_model, batch, ctx)
-                scaled = loss / accum
-                (scaler.scale(scaled) if scaler else scaled).backward()
+                    loss, logs = self.fam.loss(self.train_model, batch, self.ctx)
+                scaled = loss / len(micro)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / accum
-        if scaler:
-            scaler.unscale_(opt)
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / len(micro)
+        if not _finite_everywhere(logs_sum, device):
+            raise NonFiniteError(f"non-finite training loss at step {step + 1} ({_fmt(logs_sum)}): stopped before "
+                                 f"the update; the last checkpoint (step {self.saved}) is kept. Lower train.lr or "
+                                 f"set train.grad_clip")
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
         if float(tc.grad_clip) > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.grad_clip))
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(tc.grad_clip))
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
         else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update(ema, model, float(fam.ema_decay(step, cfg) if fam.ema_decay is not None else tc.ema_decay))
-        seen += rows * world  # images per second, counted on this rank
-        done = step + 1
-        bar.update(1)
-        if done % int(tc.log_every) == 0 or done == stop_at:
-            red = {k: float(dist.all_reduce_mean(torch.tensor(v, device=device))) for k, v in logs_sum.items()}
-            if not all(math.isfinite(v) for v in red.values()):
-                raise FloatingPointError(f"non-finite training loss at step {done}: {red}")
-            ips = seen / max(time.time() - t0, 1e-9)
-            last_logs = {"step": done, "lr": lr, **red, "img_per_s": ips}
-            if dist.is_main():
-                bar.set_postfix({k: f"{v:.4g}" for k, v in red.items()})
-                logger.info(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in last_logs.items()))
-                with open(_metrics_file(out), "a") as f:
-                    f.write(json.dumps(last_logs) + "\n")
-            t0, seen = time.time(), 0
-        if done % int(tc.ckpt_every) == 0 or done == steps:
-            if dist.is_main():
-                save_checkpoint(ckdir / f"step_{done:07d}.pt", model, ema, opt, done, fam.name, cfg)
-                ck.prune(ckdir, int(tc.keep_ckpts))
-                logger.info(f"saved checkpoint step {done}")
-            dist.barrier()
-        if int(tc.sample_every) > 0 and done % int(tc.sample_every) == 0:
-            from engine.generate import write_preview
-            write_preview(ema, fam, cfg, device, out / "samples" / f"step_{done:07d}.png")
-            model.train()
-    bar.close()
-    return last_logs
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        decay = self.fam.ema_decay(step, cfg) if self.fam.ema_decay is not None else tc.ema_decay
+        ema_update(self.ema, self.model, float(decay))
+        self.seen += rows * self.world  # images per second, counted on this rank
+        return logs_sum, lr
+
+    def log(self, done: int, logs_sum: dict, lr: float, bar) -> None:
+        red = {k: float(dist.all_reduce_mean(torch.tensor(v, device=self.device))) for k, v in logs_sum.items()}
+        ips = self.seen / max(time.time() - self.t0, 1e-9)
+        self.last_logs = {"step": done, "lr": lr, **red, "img_per_s": ips}
+        if dist.is_main():
+            bar.set_postfix({k: f"{v:.4g}" for k, v in red.items()})
+            logger.info(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                                 for k, v in self.last_logs.items()))
+            with open(_metrics_file(self.out), "a") as f:
+                f.write(json.dumps(self.last_logs) + "\n")
+        self.t0, self.seen = time.time(), 0
+
+    def save(self, done: int) -> None:
+        if dist.is_main():
+            _save(self.cfg, self.fam, self.model, self.ema, self.opt, self.scaler, self.ckdir, done)
+        dist.barrier()
+        self.saved = done
+
+    # ---------------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict:
+        tc = self.tc
+        bar = progress(total=self.steps, initial=self.start, desc="train")
+        self.model.train()
+        step = self.start
+        try:
+            for step in range(self.start, self.stop_at):
+                logs_sum, lr = self.update(step)
+                done = step + 1
+                bar.update(1)
+                if done % int(tc.log_every) == 0 or done == self.stop_at:
+                    self.log(done, logs_sum, lr, bar)
+                if done % int(tc.ckpt_every) == 0 or done == self.stop_at:
+                    self.save(done)  # also when train.max_steps_this_run stops early: nothing done is lost
+                if int(tc.sample_every) > 0 and done % int(tc.sample_every) == 0:
+                    from engine.generate import write_preview
+                    write_preview(self.ema, self.fam, self.cfg, self.device,
+                                  self.out / "samples" / f"step_{done:07d}.png")
+                    self.model.train()
+        except KeyboardInterrupt:
+            bar.close()
+            raise Interrupted(f"interrupted at step {step}; last checkpoint step {self.saved} in {self.ckdir}; "
+                              f"re-run the same command to resume") from None
+        bar.close()
+        if dist.is_main():
+            logger.info(f"done: step {self.stop_at}/{self.steps}; checkpoints in {self.ckdir}, losses in "
+                        f"{_metrics_file(self.out)}")
+        return self.last_logs
+
+
+def pretrain(cfg) -> dict:
+    return Trainer(cfg).run()
+
+
+def _fmt(logs: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in logs.items())
+
+
+def _finite_everywhere(logs: dict, device) -> bool:
+    """True when no rank has a non-finite loss value (one tiny all-reduce per step, so every rank stops together)."""
+    bad = torch.tensor([0.0 if all(math.isfinite(v) for v in logs.values()) else 1.0], device=device)
+    return float(dist.all_reduce_mean(bad)) == 0.0
+
+
+def _save(cfg, fam, model, ema, opt, scaler, ckdir, done) -> None:
+    save_checkpoint(ckdir / f"step_{done:07d}.pt", model, ema, opt, done, fam.name, cfg, scaler)
+    ck.prune(ckdir, int(cfg.train.keep_ckpts))
+    logger.info(f"saved checkpoint step {done}")
+
+
+def _resume(cfg, fam, model, ema, opt, scaler, ckdir: Path, out: Path) -> int:
+    """Load the latest checkpoint (if any) and return its step; a broken one stops with the previous one named."""
+    found = ck.list_checkpoints(ckdir)
+    if not found:
+        return 0
+    last = found[-1]
+    try:
+        state = ck.load_file(last)
+    except ck.CheckpointError as e:
+        prev = f"; the previous one is {found[-2]}: move {last.name} away to resume from it" if len(found) > 1 else \
+            "; move it away to start from scratch"
+        raise ck.CheckpointError(f"the latest checkpoint cannot be resumed: {e}{prev}") from None
+    ck.check_family(state, fam.name, cfg.model.flavour, last)
+    ck.load_strict(model, state["model"], str(last))
+    ck.load_strict(ema, state["ema"], f"{last} (ema)")
+    opt.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    start = int(state["step"])
+    changed = _changed_settings(state.get("config") or {}, to_container(cfg))
+    logger.info(f"resumed from {last} at step {start}")
+    if changed:
+        logger.warning(f"resuming with settings that differ from the checkpoint's: {'; '.join(changed)}")
+    if dist.is_main():
+        _truncate_metrics(out, start)
+    return start
+
+
+def _changed_settings(old: dict, new: dict) -> list[str]:
+    out = []
+    for key in RESUME_KEYS:
+        a, b = old, new
+        for part in key.split("."):
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+        if a != b and a is not None:
+            out.append(f"{key} {a!r} -> {b!r}")
+    return out
 
 
 def _size(ds) -> str:

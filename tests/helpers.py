@@ -41,7 +41,7 @@ def parse_train_args(monkeypatch, argv) -> tuple:
     import train
     from engine import runner
     seen = {}
-    monkeypatch.setattr(runner, "run", lambda cfg, mode: seen.update(cfg=cfg, mode=mode) or 0)
+    monkeypatch.setattr(runner, "run", lambda cfg, mode, **kw: seen.update(cfg=cfg, mode=mode) or 0)
     assert train.main(argv) == 0
     return seen["cfg"], seen["mode"]
 

@@ -93,7 +93,7 @@ def test_accelerate_mixed_precision_env_sets_precision(monkeypatch):
     with pytest.raises(ConfigError, match="ACCELERATE_MIXED_PRECISION='fp8'"):
         env_flags({"ACCELERATE_MIXED_PRECISION": "fp8"})
     seen = {}
-    monkeypatch.setattr(runner, "run", lambda cfg, mode: seen.update(cfg=cfg) or 0)
+    monkeypatch.setattr(runner, "run", lambda cfg, mode, **kw: seen.update(cfg=cfg) or 0)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert train.main(["--config", "configs/AutoNAT_L.yaml", "--mode", "eval", "train.precision=fp32"]) == 0
     c = seen["cfg"]  # the environment sets all three; an explicit key=value still wins
