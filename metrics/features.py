@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from engine import dist
-from metrics.inception import N_CLASSES, POOL3_DIM, FIDInception, spatial_dim
+from metrics.inception import FEATURES as ALL_FEATURES
+from metrics.inception import LOGIT_FEATURES, FIDInception, feature_dims
 from metrics.preprocess import INCEPTION_SIZE, check_images, preprocess
 
-FEATURES = ("pool3", "logits", "spatial")
+FEATURES = ("pool3", "logits", "spatial")  # the default set: FID + P&R, IS, sFID
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FORMAT = "fid-inception-features-v1"
 
@@ -37,10 +38,10 @@ class FeatureCollector:
     def __init__(self, inception: FIDInception, mode: str = "pytorch-fid", features=FEATURES, device=None,
                  dtype: str = "fp32", channels_last: bool = False, batch_size: int = 50, size: int = INCEPTION_SIZE):
         features = tuple(features)
-        unknown = [f for f in features if f not in FEATURES]
+        unknown = [f for f in features if f not in ALL_FEATURES]
         if unknown or not features:
-            raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features}")
-        if "logits" in features and not inception.has_fc:
+            raise ValueError(f"features must be a non-empty subset of {ALL_FEATURES}, got {features}")
+        if any(f in LOGIT_FEATURES for f in features) and not inception.has_fc:
             raise ValueError(f"logits (Inception Score) are unavailable: the weights ({inception.weights_source}) "
                              "have no fc layer")
         if dtype not in AUTOCAST_DTYPES:
@@ -52,7 +53,7 @@ class FeatureCollector:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mode, self.features, self.dtype = mode, features, dtype
         self.channels_last, self.batch_size, self.size = channels_last, int(batch_size), int(size)
-        self.dims = {"pool3": POOL3_DIM, "logits": N_CLASSES, "spatial": spatial_dim(self.size)}
+        self.dims = feature_dims(self.size)
         self.reset()
 
     def reset(self) -> None:
@@ -79,7 +80,7 @@ class FeatureCollector:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                y = self.model(x, logits="logits" in self.features, spatial="spatial" in self.features)
+                y = self.model(x, features=self.features)
             for f in self.features:
                 out[f].append(y[f].float().cpu())
         return {f: torch.cat(v) if v else torch.zeros(0, self.dims[f]) for f, v in out.items()}

@@ -12,7 +12,7 @@ from metrics.inception_weights import (FID_HELPER_FILE, PTH_NAME, fid_helper_lay
                                        find_fid_weights, load_fid_weights)
 from metrics.preprocess import preprocess
 
-SPEC = Path(__file__).resolve().parents[1] / ".." / "shared" / "specs" / "checkpoints" / "keys_fid_inception.json"
+SPEC = Path(__file__).resolve().parents[1] / "assets" / "layouts" / "keys_fid_inception.json"
 FID_HELPER = fid_helper_weights_path()
 
 
