@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from core.precision import WORDS as PRECISION_WORDS
+from core.precision import resolve_precision
 from engine import dist
 from metrics.inception import FEATURES as ALL_FEATURES
 from metrics.inception import LOGIT_FEATURES, FIDInception, feature_dims
@@ -28,9 +30,12 @@ STATE_FORMAT = "fid-inception-features-v1"
 class FeatureCollector:
     """Runs the FID Inception on image batches and accumulates the requested features on this rank.
 
-    dtype: 'fp32' (default, the papers' protocol), 'bf16' or 'fp16' autocast. bf16 is 2-4x faster on CPU, but with
-        the TF weights it moves pool3 by ~10-15% relative (rounding compounds through the 94 layers): use it for quick
-        numbers only, against reference statistics computed with the same dtype.
+    dtype: 'fp32' (default, the papers' protocol), 'bf16' or 'fp16' (CUDA only) autocast, or 'auto': bf16 where the
+        device computes it natively (CUDA with bf16, CPUs with AMX-BF16/AVX512-BF16), else fp32, and channels_last
+        either way (core.precision.resolve_precision; the choice and its reason are logged and kept in
+        `dtype_reason`, the resolved word in `dtype`). bf16 is 2-4x faster on such CPUs, but with the TF weights it
+        moves pool3 by ~10-15% relative (rounding compounds through the 94 layers): use it for quick numbers only,
+        against reference statistics computed with the same dtype, never for numbers compared with papers.
     channels_last: NHWC convolutions (faster on CPU, same values up to float round-off).
     size: Inception input side; only 299 gives comparable numbers (smaller sides exist for fast tests).
     """
@@ -44,10 +49,14 @@ class FeatureCollector:
         if any(f in LOGIT_FEATURES for f in features) and not inception.has_fc:
             raise ValueError(f"logits (Inception Score) are unavailable: the weights ({inception.weights_source}) "
                              "have no fc layer")
-        if dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(AUTOCAST_DTYPES)}, got {dtype!r}")
+        if dtype not in PRECISION_WORDS:
+            raise ValueError(f"dtype must be one of {PRECISION_WORDS}, got {dtype!r}")
         check_images(torch.zeros(1, 3, 1, 1, dtype=torch.uint8), mode)  # validates `mode` early
         self.device = torch.device(device) if device is not None else next(inception.parameters()).device
+        self.dtype_requested = dtype
+        dtype, self.dtype_reason = resolve_precision(dtype, self.device, "inception")
+        if self.dtype_requested == "auto":
+            channels_last = True  # oneDNN's NHWC convolutions are faster in fp32 and bf16 alike
         self.model = inception.eval().requires_grad_(False).to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
