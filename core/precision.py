@@ -118,7 +118,7 @@ def native_bf16(device, measure: bool = False) -> tuple[bool, str]:
 def resolve_precision(word: str, device, role: str = "train", measure: bool = False) -> tuple[str, str]:
     """(fp32 | bf16 | fp16, reason) for a config word in WORDS on `device`; `role` names the user in the log line
     (e.g. 'train', 'generator', 'inception'). auto -> bf16 where native_bf16(device), else fp32. fp16 needs CUDA.
-    Logs the choice once per (role, device, word)."""
+    Logs the choice once per (role, device, word): at INFO for auto and for bf16 where it is not native."""
     if word not in WORDS:
         raise ValueError(f"precision must be one of {list(WORDS)}, got {word!r} ({role})")
     device = torch.device(device)
@@ -136,5 +136,7 @@ def resolve_precision(word: str, device, role: str = "train", measure: bool = Fa
     key = (role, str(device), word)
     if key not in _logged:
         _logged.add(key)
-        logger.info(f"precision for {role} on {device}: {chosen} ({reason})")
+        # a choice made here (auto) or a doubtful request is news; a plain request is not
+        level = "INFO" if reason != "requested" else "DEBUG"
+        logger.log(level, f"precision for {role} on {device}: {chosen} ({reason})")
     return chosen, reason
