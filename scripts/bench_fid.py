@@ -92,7 +92,7 @@ def bench_inception(model: FIDInception, n: int, batch: int, rounds: int, dtype:
             word_, cl = PATHS[name]
             coll = FeatureCollector(model, "pytorch-fid", ("pool3",), dtype=word_, channels_last=cl,
                                     batch_size=batch)
-            coll.extract(images[:2])  # warm-up (oneDNN kernel selection)
+            coll.extract(images[:batch])  # warm-up at the timed batch shape (oneDNN builds kernels per shape)
             t = time.perf_counter()
             feats[name] = coll.extract(images)["pool3"]
             rates[name] = max(rates.get(name, 0.0), n / (time.perf_counter() - t))

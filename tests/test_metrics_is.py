@@ -1,4 +1,4 @@
-"""Inception Score: per-split values, both std conventions, torch-fidelity's seeded shuffle, and the Evaluator wiring."""
+"""Inception Score: per-split values, both std conventions, torch-fidelity's seeded shuffle, the Evaluator wiring."""
 import numpy as np
 import pytest
 import torch
@@ -29,8 +29,9 @@ def test_per_split_values_and_both_std_conventions(logits):
     r1 = inception_score_splits(logits, 5, ddof=1)
     np.testing.assert_allclose(r0["is_splits"], want, rtol=1e-10)
     assert r0["is"] == pytest.approx(np.mean(want), rel=1e-10)
-    assert r0["is_std"] == pytest.approx(np.std(want), rel=1e-8)                      # torch-fidelity (np.std)
-    assert r1["is_std"] == pytest.approx(torch.tensor(want, dtype=torch.float64).std().item(), rel=1e-8)  # torchmetrics (torch.std)
+    assert r0["is_std"] == pytest.approx(np.std(want), rel=1e-8)  # torch-fidelity (np.std)
+    torch_std = torch.tensor(want, dtype=torch.float64).std().item()  # torchmetrics (torch.std, unbiased)
+    assert r1["is_std"] == pytest.approx(torch_std, rel=1e-8)
     assert r1["is_std"] > r0["is_std"] and r1["is_splits"] == r0["is_splits"]
     assert inception_score(logits, 5) == (r0["is"], r0["is_std"])  # the tuple API is unchanged
     assert inception_score(torch.from_numpy(logits), 5, ddof=1) == (r1["is"], r1["is_std"])
