@@ -1,22 +1,23 @@
-"""Autocast and grad scaling from one config word (fp32 | bf16 | fp16)."""
+"""Autocast and grad scaling from one config word (auto | fp32 | bf16 | fp16); `auto` is resolved by
+core.precision.resolve_precision (bf16 where the device computes it natively, else fp32) and logged once."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from core.precision import DTYPES, WORDS, resolve_precision
+
+__all__ = ["DTYPES", "WORDS", "autocast", "grad_scaler", "resolve_precision"]
 
 
-def autocast(device: torch.device, precision: str):
-    if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {list(DTYPES)}, got '{precision}'")
-    if precision == "fp32":
+def autocast(device: torch.device, precision: str, role: str = "autocast"):
+    word, _ = resolve_precision(precision, device, role)
+    if word == "fp32":
         return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs CUDA; use bf16 (or fp32) on CPU")
-    return torch.autocast(device.type, dtype=DTYPES[precision])
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[word])
 
 
-def grad_scaler(device: torch.device, precision: str):
-    return torch.amp.GradScaler("cuda") if (precision == "fp16" and device.type == "cuda") else None
+def grad_scaler(device: torch.device, precision: str, role: str = "train"):
+    word, _ = resolve_precision(precision, device, role)
+    return torch.amp.GradScaler("cuda") if (word == "fp16" and torch.device(device).type == "cuda") else None

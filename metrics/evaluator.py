@@ -3,7 +3,8 @@
     ev = Evaluator(build_fid_inception(), mode="pytorch-fid", ref="fid_stats_imagenet256_guided_diffusion.npz")
     for images in my_rank_batches:      # uint8 [B, 3|1, H, W] (float [0, 1] also accepted in 'pytorch-fid' mode)
         ev.update(images, index=ids)     # on every rank; `index` (global sample ids) is optional
-    results = ev.compute()               # collective; every rank gets {n, fid, is, is_std, sfid, precision, recall}
+    results = ev.compute()               # collective; every rank gets {n, fid, is, is_std, is_splits, sfid,
+                                         #                              precision, recall}
 
 Metrics that the reference or weights cannot provide are left out (with one warning naming the reason) unless asked
 for explicitly in `want`, which then raises. The reference side follows ADM's evaluator: stored `mu`/`sigma`
@@ -21,7 +22,8 @@ import torch
 from core import dist
 from metrics.features import FeatureCollector
 from metrics.files import Reference, load_reference
-from metrics.formulas import feature_stats, frechet_distance_to_features, inception_score, precision_recall
+from metrics.formulas import (check_is_settings, feature_stats, frechet_distance_to_features, inception_score_splits,
+                              precision_recall)
 from metrics.inception import FIDInception
 from metrics.preprocess import INCEPTION_SIZE
 
@@ -30,11 +32,17 @@ _FEATURE_OF = {"fid": "pool3", "pr": "pool3", "is": "logits", "sfid": "spatial"}
 
 
 class Evaluator:
-    """See the module docstring. Settings of the Inception pass are those of metrics.features.FeatureCollector."""
+    """See the module docstring. Settings of the Inception pass are those of metrics.features.FeatureCollector.
+
+    Inception Score settings (metrics.formulas.inception_score_splits): `is_splits` contiguous splits, the std over
+    them with `is_std_ddof` (0: torch-fidelity/np.std, 1: torchmetrics), `is_shuffle` None (ADM: sample order), True
+    (torch-fidelity's seeded shuffle, seed 2020) or an int seed.
+    """
 
     def __init__(self, inception: FIDInception, mode: str = "pytorch-fid", ref=None, want=None, device=None,
                  dtype: str = "fp32", channels_last: bool = False, batch_size: int = 50, size: int = INCEPTION_SIZE,
-                 is_splits: int = 10, pr_k: int = 3, pr_batch: int = 10000, pr_half: bool | None = None):
+                 is_splits: int = 10, pr_k: int = 3, pr_batch: int = 10000, pr_half: bool | None = None,
+                 is_std_ddof: int = 0, is_shuffle=None):
         self.ref = load_reference(ref) if isinstance(ref, (str, Path)) else ref
         if self.ref is not None and not isinstance(self.ref, Reference):
             raise TypeError(f"ref must be a path, a metrics.files.Reference or None, got {type(ref).__name__}")
@@ -60,6 +68,9 @@ class Evaluator:
         self.collector = FeatureCollector(inception, mode, feats, device, dtype, channels_last, batch_size, size)
         self.device = self.collector.device
         self.is_splits, self.pr_k, self.pr_batch, self.pr_half = is_splits, pr_k, pr_batch, pr_half
+        self.is_std_ddof, self.is_shuffle = is_std_ddof, is_shuffle
+        if "is" in want:  # bad IS settings should fail now, not after the whole sampling run
+            check_is_settings(is_splits, is_std_ddof, is_shuffle)
         self._check_reference_dims()
 
     # ---- reference side ---------------------------------------------------------------------------------------
@@ -141,9 +152,11 @@ class Evaluator:
         return self.collector.load(path)
 
     def compute(self) -> dict:
-        """Collective: {'n', and of fid, is, is_std, sfid, precision, recall what was wanted}, on every rank.
+        """Collective: {'n', and of fid, is, is_std, is_splits, sfid, precision, recall what was wanted}, on every
+        rank.
 
-        IS: mean and std (ddof 0) over `is_splits` contiguous splits in sample order (rank-major, or by `index`).
+        IS: mean, std (ddof `is_std_ddof`, default 0) and the per-split values over `is_splits` contiguous splits in
+        sample order (rank-major, or by `index`), after the optional seeded shuffle (`is_shuffle`).
         """
         feats = self.collector.gather()
         if self.ref is not None:
@@ -169,7 +182,7 @@ class Evaluator:
             mu, sigma = (ref.mu, ref.sigma) if ref.mu is not None else feature_stats(ref.features["pool3"])
             out["fid"] = frechet_distance_to_features(feats["pool3"], mu, sigma)
         if "is" in self.want:
-            out["is"], out["is_std"] = inception_score(feats["logits"], self.is_splits)
+            out.update(inception_score_splits(feats["logits"], self.is_splits, self.is_std_ddof, self.is_shuffle))
         if "sfid" in self.want:
             mu_s, sigma_s = ((ref.mu_s, ref.sigma_s) if ref.mu_s is not None
                              else feature_stats(ref.features["spatial"]))

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import torch
 
+from core.precision import WORDS as PRECISION_WORDS
+from core.precision import resolve_precision
 from core import dist
-from metrics.inception import N_CLASSES, POOL3_DIM, FIDInception, spatial_dim
+from metrics.inception import FEATURES as ALL_FEATURES
+from metrics.inception import LOGIT_FEATURES, FIDInception, feature_dims
 from metrics.preprocess import INCEPTION_SIZE, check_images, preprocess
 
-FEATURES = ("pool3", "logits", "spatial")
+FEATURES = ("pool3", "logits", "spatial")  # the default set: FID + P&R, IS, sFID
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FORMAT = "fid-inception-features-v1"
 
@@ -27,9 +30,12 @@ STATE_FORMAT = "fid-inception-features-v1"
 class FeatureCollector:
     """Runs the FID Inception on image batches and accumulates the requested features on this rank.
 
-    dtype: 'fp32' (default, the papers' protocol), 'bf16' or 'fp16' autocast. bf16 is 2-4x faster on CPU, but with
-        the TF weights it moves pool3 by ~10-15% relative (rounding compounds through the 94 layers): use it for quick
-        numbers only, against reference statistics computed with the same dtype.
+    dtype: 'fp32' (default, the papers' protocol), 'bf16' or 'fp16' (CUDA only) autocast, or 'auto': bf16 where the
+        device computes it natively (CUDA with bf16, CPUs with AMX-BF16/AVX512-BF16), else fp32, and channels_last
+        either way (core.precision.resolve_precision; the choice and its reason are logged and kept in
+        `dtype_reason`, the resolved word in `dtype`). bf16 is 2-4x faster on such CPUs, but with the TF weights it
+        moves pool3 by ~10-15% relative (rounding compounds through the 94 layers): use it for quick numbers only,
+        against reference statistics computed with the same dtype, never for numbers compared with papers.
     channels_last: NHWC convolutions (faster on CPU, same values up to float round-off).
     size: Inception input side; only 299 gives comparable numbers (smaller sides exist for fast tests).
     """
@@ -37,22 +43,26 @@ class FeatureCollector:
     def __init__(self, inception: FIDInception, mode: str = "pytorch-fid", features=FEATURES, device=None,
                  dtype: str = "fp32", channels_last: bool = False, batch_size: int = 50, size: int = INCEPTION_SIZE):
         features = tuple(features)
-        unknown = [f for f in features if f not in FEATURES]
+        unknown = [f for f in features if f not in ALL_FEATURES]
         if unknown or not features:
-            raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features}")
-        if "logits" in features and not inception.has_fc:
+            raise ValueError(f"features must be a non-empty subset of {ALL_FEATURES}, got {features}")
+        if any(f in LOGIT_FEATURES for f in features) and not inception.has_fc:
             raise ValueError(f"logits (Inception Score) are unavailable: the weights ({inception.weights_source}) "
                              "have no fc layer")
-        if dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(AUTOCAST_DTYPES)}, got {dtype!r}")
+        if dtype not in PRECISION_WORDS:
+            raise ValueError(f"dtype must be one of {PRECISION_WORDS}, got {dtype!r}")
         check_images(torch.zeros(1, 3, 1, 1, dtype=torch.uint8), mode)  # validates `mode` early
         self.device = torch.device(device) if device is not None else next(inception.parameters()).device
+        self.dtype_requested = dtype
+        dtype, self.dtype_reason = resolve_precision(dtype, self.device, "inception")
+        if self.dtype_requested == "auto":
+            channels_last = True  # NHWC is oneDNN's preferred convolution layout (faster in fp32 and bf16, bench_fid)
         self.model = inception.eval().requires_grad_(False).to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mode, self.features, self.dtype = mode, features, dtype
         self.channels_last, self.batch_size, self.size = channels_last, int(batch_size), int(size)
-        self.dims = {"pool3": POOL3_DIM, "logits": N_CLASSES, "spatial": spatial_dim(self.size)}
+        self.dims = feature_dims(self.size)
         self.reset()
 
     def reset(self) -> None:
@@ -79,7 +89,7 @@ class FeatureCollector:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                y = self.model(x, logits="logits" in self.features, spatial="spatial" in self.features)
+                y = self.model(x, features=self.features)
             for f in self.features:
                 out[f].append(y[f].float().cpu())
         return {f: torch.cat(v) if v else torch.zeros(0, self.dims[f]) for f, v in out.items()}

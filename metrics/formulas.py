@@ -125,17 +125,47 @@ def frechet_distance_to_features(feats, mu2, sigma2) -> float:
     return float(diff @ diff + (b * b).sum() + np.trace(s2) - 2.0 * np.sqrt(ev).sum())
 
 
-def inception_score(logits, splits: int = 10) -> tuple[float, float]:
-    """IS from unbiased logits [N, C]: exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std over splits).
+# torch-fidelity's default shuffle seed (its `rng_seed`); with samples_shuffle=True it reorders the samples once before
+# splitting. Recipe as of torch-fidelity 0.4.0 (metric_isc.isc_features_to_metric): rows = rows[perm] with
+# perm = numpy.random.RandomState(seed).permutation(N) (legacy MT19937 generator), then the usual contiguous chunks
+# i*N//splits .. (i+1)*N//splits of the permuted rows, float64 softmax, std by np.std (ddof 0).
+TORCH_FIDELITY_SHUFFLE_SEED = 2020
 
-    Splits are contiguous with bounds i*N//splits, no shuffle (for N = 50k this is ADM's 10 x 5000 chunks); the std
-    uses ddof=0 (np.std, as torch-fidelity). Softmax in float64.
+
+def check_is_settings(splits: int, ddof: int, shuffle) -> int | None:
+    """Validate Inception Score settings; returns the shuffle seed (None: no shuffle, True: 2020, int: itself)."""
+    if not isinstance(splits, (int, np.integer)) or splits < 1:
+        raise ValueError(f"IS splits must be a positive int, got {splits!r}")
+    if ddof not in (0, 1) or (ddof == 1 and splits < 2):
+        raise ValueError(f"IS std ddof must be 0 or 1 (1 needs at least 2 splits), got ddof={ddof!r}, "
+                         f"splits={splits}")
+    if shuffle is None or shuffle is False:
+        return None
+    if shuffle is True:
+        return TORCH_FIDELITY_SHUFFLE_SEED
+    if isinstance(shuffle, (int, np.integer)) and shuffle >= 0:
+        return int(shuffle)
+    raise ValueError(f"IS shuffle must be None, a bool or a non-negative int seed, got {shuffle!r}")
+
+
+def inception_score_splits(logits, splits: int = 10, ddof: int = 0, shuffle=None) -> dict:
+    """IS from unbiased logits [N, C]: exp(E_x KL(p(y|x) || p(y))) per split, softmax in float64.
+
+    Returns {'is': mean over splits, 'is_std': std over splits with `ddof`, 'is_splits': [per-split IS]}.
+    splits: contiguous chunks with bounds i*N//splits (for N = 50k, ADM's 10 x 5000 chunks).
+    ddof: 0 as np.std (torch-fidelity), 1 as torch.std (torchmetrics).
+    shuffle: None (ADM: no shuffle, sample order), True (torch-fidelity's default: seed 2020) or an int seed; the rows
+        are permuted with numpy.random.RandomState(seed).permutation(N) before splitting (torch-fidelity's recipe).
+        torchmetrics shuffles with an unseeded torch.randperm, which cannot be reproduced.
     """
+    seed = check_is_settings(splits, ddof, shuffle)
     logits = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
     logits = logits.astype(np.float64)
     n = logits.shape[0]
     if logits.ndim != 2 or n < splits:
         raise ValueError(f"inception_score needs logits [N, C] with N >= splits={splits}, got {logits.shape}")
+    if seed is not None:
+        logits = logits[np.random.RandomState(seed).permutation(n)]
     logp = logits - logits.max(axis=1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
     scores = []
@@ -144,8 +174,14 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
         p = np.exp(part)
         log_marginal = np.log(p.mean(axis=0))
         kl = (p * (part - log_marginal)).sum(axis=1).mean()
-        scores.append(np.exp(kl))
-    return float(np.mean(scores)), float(np.std(scores))
+        scores.append(float(np.exp(kl)))
+    return {"is": float(np.mean(scores)), "is_std": float(np.std(scores, ddof=ddof)), "is_splits": scores}
+
+
+def inception_score(logits, splits: int = 10, ddof: int = 0, shuffle=None) -> tuple[float, float]:
+    """(mean, std) of inception_score_splits(logits, splits, ddof, shuffle); defaults: no shuffle, ddof 0."""
+    r = inception_score_splits(logits, splits, ddof, shuffle)
+    return r["is"], r["is_std"]
 
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor, half: bool) -> torch.Tensor:

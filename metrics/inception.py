@@ -4,11 +4,20 @@ Names follow torchvision (num_classes=1008, aux_logits=False) so `pt_inception-2
 The forward differs from torchvision's in the places where the 2015 TF graph differs:
   * every 3x3/s1 average pool inside a Mixed block ignores the zero padding (count_include_pad=False, TF semantics);
   * the pool branch of Mixed_7c uses a 3x3/s1 max pool instead of an average pool.
-The module takes already preprocessed images (see metrics/preprocess.py) and returns, in one pass,
-  pool3   [B, 2048]  global average pool after Mixed_7c (TF `pool_3:0`), for FID and precision/recall;
-  logits  [B, 1008]  pool3 @ fc.weight.T without the bias (TF `softmax/logits/MatMul`), for the Inception Score;
-  spatial [B, 7*h*w] first 7 channels of Mixed_6d.branch1x1 (TF `mixed_6/conv:0`) flattened in H, W, C order,
-                     2023-d at 299 px, for sFID.
+The module takes already preprocessed images (see metrics/preprocess.py) and returns, in one pass, the features named in
+FEATURES (a dict, see FIDInception.forward):
+  block64, block192, block768  [B, 64 | 192 | 768]  outputs of pytorch-fid's blocks 0, 1, 2 (`--dims 64/192/768`),
+                               spatially averaged as pytorch-fid's get_activations does (adaptive average pool to 1x1);
+  pool3           [B, 2048]  global average pool after Mixed_7c (TF `pool_3:0`, pytorch-fid's block 3 / `--dims 2048`),
+                             for FID and precision/recall;
+  logits_unbiased [B, 1008]  pool3 @ fc.weight.T without the bias (TF `softmax/logits/MatMul`, torch-fidelity's
+                             `logits_unbiased`), what the Inception Score uses (ADM, torch-fidelity, torchmetrics);
+  logits          the same tensor as logits_unbiased (this project's historical name; note that torch-fidelity's
+                  `logits` carry the bias, which is our logits_biased);
+  logits_biased   [B, 1008]  fc(pool3) with the bias (torch-fidelity's `logits`);
+  spatial         [B, 7*h*w] first 7 channels of Mixed_6d.branch1x1 (TF `mixed_6/conv:0`) flattened in H, W, C order,
+                             2023-d at 299 px, for sFID.
+Every sub-module runs through its `__call__`, so forward hooks on any of them fire.
 """
 from __future__ import annotations
 
@@ -19,6 +28,20 @@ import torch.nn.functional as F
 N_CLASSES = 1008  # 1000 ImageNet classes + 8 unused outputs of the 2015 TF graph
 POOL3_DIM = 2048
 SPATIAL_CHANNELS = 7
+FEATURES = ("block64", "block192", "block768", "pool3", "logits_unbiased", "logits", "logits_biased", "spatial")
+LOGIT_FEATURES = ("logits_unbiased", "logits", "logits_biased")
+# pytorch-fid's `--dims` choices and the feature each one selects.
+PYTORCH_FID_DIMS = {64: "block64", 192: "block192", 768: "block768", 2048: "pool3"}
+# Last stage (pytorch-fid block index) a feature needs; the forward stops after the last one requested.
+_STAGE = {"block64": 0, "block192": 1, "block768": 2, "spatial": 2, "pool3": 3, "logits_unbiased": 3, "logits": 3,
+          "logits_biased": 3}
+
+
+def feature_dims(size: int = 299) -> dict[str, int]:
+    """Length of every feature for square inputs of `size` pixels."""
+    dims = {"block64": 64, "block192": 192, "block768": 768, "pool3": POOL3_DIM, "spatial": spatial_dim(size)}
+    dims.update({f: N_CLASSES for f in LOGIT_FEATURES})
+    return dims
 
 
 def spatial_dim(size: int) -> int:
@@ -101,17 +124,14 @@ class FIDInceptionC(nn.Module):
         self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
         self.branch_pool = BasicConv2d(cin, 192, 1)
 
-    def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block output and the branch1x1 activation (the sFID tap when this block is Mixed_6d)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # branch1x1 comes first in the concatenation: FIDInception reads the sFID tap off this block's output.
         a = self.branch1x1(x)
         b = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         c = self.branch7x7dbl_1(x)
         c = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(c))))
         d = self.branch_pool(_tf_avg_pool(x))
-        return torch.cat([a, b, c, d], 1), a
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_tap(x)[0]
+        return torch.cat([a, b, c, d], 1)
 
 
 class FIDInceptionD(nn.Module):
@@ -192,30 +212,65 @@ class FIDInception(nn.Module):
         # Where the weights came from; set by the loaders in metrics/inception_weights.py.
         self.weights_source = "random init"
 
-    def forward(self, x: torch.Tensor, logits: bool = True, spatial: bool = True) -> dict[str, torch.Tensor]:
+    def requested(self, logits: bool = True, spatial: bool = True, features=None) -> tuple[str, ...]:
+        """The feature names a forward call returns (see forward)."""
+        if features is None:
+            return ("pool3",) + (("logits",) if logits and self.has_fc else ()) + (("spatial",) if spatial else ())
+        features = (features,) if isinstance(features, str) else tuple(features)
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown or not features:
+            raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {features}")
+        if not self.has_fc and any(f in LOGIT_FEATURES for f in features):
+            raise ValueError(f"logits are unavailable: the weights ({self.weights_source}) have no fc layer")
+        return tuple(dict.fromkeys(features))
+
+    def forward(self, x: torch.Tensor, logits: bool = True, spatial: bool = True,
+                features=None) -> dict[str, torch.Tensor]:
         """x: preprocessed float images [B, 3, S, S] (S = 299 for comparable numbers; S >= 75 runs).
 
-        Returns float32 features {'pool3', 'logits' (if asked and has_fc), 'spatial' (if asked)}.
+        features: names from FEATURES, e.g. ("pool3", "logits_unbiased"); returns float32 tensors under exactly those
+            names, computed in one pass that stops after the last stage any of them needs. Without `features` the
+            historical outputs: {'pool3', 'logits' (if `logits` and has_fc), 'spatial' (if `spatial`)}.
         """
+        want = self.requested(logits, spatial, features)
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"FIDInception expects preprocessed images [B, 3, S, S], got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < 75:
             raise ValueError(f"FIDInception needs inputs of at least 75x75 pixels, got {tuple(x.shape[-2:])}")
+        last = max(_STAGE[f] for f in want)
+        out = {}
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, 3, stride=2)
-        x = self.Mixed_6a(self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))
-        x = self.Mixed_6c(self.Mixed_6b(x))
-        x, tap = self.Mixed_6d.forward_with_tap(x)
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(self.Mixed_6e(x))))
-        pool3 = x.mean(dim=(2, 3), dtype=torch.float32)
-        out = {"pool3": pool3}
-        if logits and self.has_fc:
-            # Outside autocast: the IS softmax is sensitive to the logits' precision, and this matmul is cheap.
-            with torch.autocast(device_type=pool3.device.type, enabled=False):
-                out["logits"] = pool3 @ self.fc.weight.float().t()
-        if spatial:
-            # H, W, C flatten order is what ADM's reference mu_s/sigma_s were computed with.
-            out["spatial"] = tap[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(tap.shape[0], -1).float()
-        return out
+        if "block64" in want:
+            out["block64"] = _spatial_mean(x)
+        if last > 0:
+            x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+            x = F.max_pool2d(x, 3, stride=2)
+            if "block192" in want:
+                out["block192"] = _spatial_mean(x)
+        if last > 1:
+            x = self.Mixed_6a(self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))
+            x = self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x)))
+            if "spatial" in want:
+                # Channels 0..191 of Mixed_6d's output are its branch1x1 (TF mixed_6/conv); H, W, C flatten order is
+                # what ADM's reference mu_s/sigma_s were computed with.
+                tap = x[:, :SPATIAL_CHANNELS]
+                out["spatial"] = tap.permute(0, 2, 3, 1).reshape(tap.shape[0], -1).float()
+            x = self.Mixed_6e(x)
+            if "block768" in want:
+                out["block768"] = _spatial_mean(x)
+        if last > 2:
+            x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
+            pool3 = x.mean(dim=(2, 3), dtype=torch.float32)
+            out["pool3"] = pool3
+            if any(f in LOGIT_FEATURES for f in want):
+                # Outside autocast: the IS softmax is sensitive to the logits' precision, and this matmul is cheap.
+                with torch.autocast(device_type=pool3.device.type, enabled=False):
+                    out["logits_biased"] = self.fc(pool3.to(self.fc.weight.dtype)).float()
+                    out["logits"] = out["logits_unbiased"] = pool3 @ self.fc.weight.float().t()
+        return {f: out[f] for f in want}
+
+
+def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C] float32 mean over H, W (pytorch-fid: adaptive average pool to 1x1, then squeeze)."""
+    return x.mean(dim=(2, 3), dtype=torch.float32)

@@ -1,11 +1,14 @@
 """NAT (AutoNAT U-ViT) throughput on this machine, in one run:
 
   (a) training and sampling images/s of the demo NAT (the model of configs/demo/nat_fmnist.yaml) and of the AutoNAT
-      "S-like" size (D 512, depth 12, 256 tokens), fp32 vs bf16 autocast;
+      "S-like" size (D 512, depth 12, 256 tokens), fp32 vs the --precision choice (default `auto`: bf16 autocast
+      where the CPU has AMX-BF16/AVX512-BF16, else fp32 only; what auto chose and why is printed);
   (b) AutoNAT-L-shaped sampling (random weights, the released 8-step strategy, guidance on): images/s and GFLOPs per
-      image of the fast path (guidance batched into one forward of 2B rows, bf16 autocast, SDPA attention) against a
-      naive path (two separate guidance forwards, fp32, explicit softmax attention), and their ratio;
-  (c) this machine's matmul peak (large fp32 / bf16 matmuls) and each row's achieved FLOP/s as a fraction of it;
+      image of "<precision> autocast, batched CFG, SDPA" (guidance batched into one forward of 2B rows, SDPA
+      attention) against "fp32, 2 fwd/step, math attn" (two separate guidance forwards, explicit softmax attention,
+      the official code's way), and their ratio;
+  (c) this machine's matmul peak per dtype (large fp32 and bf16 matmuls) and each row's achieved FLOP/s as a fraction
+      of the peak of ITS OWN dtype (fp32 rows against the fp32 peak, bf16 rows against the bf16 peak);
   (d) with --only ...,enat (not in the default set: it trains two models and needs the demo's tokenizer and token
       file from scripts/demo.sh): ENAT vs NAT on the demo data at similar parameter counts, training and sampling
       images/s and FID-1k after the same CPU training time (scripts/bench_enat_vs_nat.py; its flags after --enat-args).
@@ -16,6 +19,7 @@ every step and counts each at the median step time; the matmul peak is the bette
 one at the end. The machine may be shared: the figures are noisy, the ratios less so.
 
     .venv/bin/python scripts/bench_nat.py [--l-images 1] [--s-images 2] [--demo-images 64] [--only demo,S,L]
+        [--precision auto|bf16|fp32]
     .venv/bin/python scripts/bench_nat.py --only enat [--enat-args "--minutes 3 --fid-n 1000"]
 """
 from __future__ import annotations
@@ -32,6 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
 
 from bench_flops import autonat_generation_flops, build_meta, register_cpu_sdpa_flops  # noqa: E402
+from bench_peak import best_time, matmul_peaks, quiet_logs  # noqa: E402
+from core.precision import resolve_precision  # noqa: E402
 from engine.precision import autocast  # noqa: E402
 from models.family import TrainContext  # noqa: E402
 from models.layers import attention_backend, count_params  # noqa: E402
@@ -78,22 +84,6 @@ class StepClock:
         out = self.fn(*args)
         self.times.append(time.perf_counter() - t)
         return out
-
-
-def best_time(fn, iters: int) -> float:
-    """Fastest of `iters` calls after one warm-up call: on a shared machine the fastest is the least disturbed."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def matmul_peak(dtype, n: int, reps: int = 3) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n ** 3 / best_time(lambda: torch.mm(a, b), reps) / 1e9
 
 
 def forward_gflops(flavour: str, rows: int = 1, **kwargs) -> float:
@@ -151,28 +141,28 @@ def sample_ips(model, strategy: Strategy, images: int, precision: str, two_pass:
 
 
 @torch.inference_mode()
-def interleaved_step_ratio(model, images: int, reps: int) -> float:
-    """Median time of one naive step (two fp32 forwards, explicit attention) over one fast step (one bf16 forward
-    of 2B rows, SDPA), timed alternately so both see the same machine load."""
+def interleaved_step_ratio(model, images: int, reps: int, precision: str) -> float:
+    """Median time of one two-pass fp32 step (two forwards, explicit attention) over one batched step (one forward
+    of 2B rows under `precision` autocast, SDPA), timed alternately so both see the same machine load."""
     model.eval()
     ids = torch.full((images, model.seq_len), model.mask_id)
     labels = torch.arange(images) % model.null_label
     null = torch.full_like(labels, model.null_label)
 
-    def naive():
+    def two_pass_fp32():
         with attention_backend("math"):
             model(ids, labels), model(ids, null)
 
-    def fast():
-        with attention_backend("sdpa"), autocast(CPU, "bf16"):
+    def batched():
+        with attention_backend("sdpa"), autocast(CPU, precision):
             model(torch.cat([ids, ids]), torch.cat([labels, null]))
 
-    times = {naive: [], fast: []}
-    for fn in (naive, fast) * (reps + 1):
+    times = {two_pass_fp32: [], batched: []}
+    for fn in (two_pass_fp32, batched) * (reps + 1):
         t = time.perf_counter()
         fn()
         times[fn].append(time.perf_counter() - t)
-    return statistics.median(times[naive][1:]) / statistics.median(times[fast][1:])  # first of each: warm-up
+    return statistics.median(times[two_pass_fp32][1:]) / statistics.median(times[batched][1:])  # first: warm-up
 
 
 def row(rows, what, model, params, precision, batch, ips, gflop_img, peaks):
@@ -193,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--l-step-reps", type=int, default=3, help="interleaved single-step timings (0 = skip)")
     ap.add_argument("--train-iters", type=int, default=2)
     ap.add_argument("--peak-size", type=int, default=2048)
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="the reduced-precision path compared with fp32 (auto: bf16 only where native)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     unknown = only - {"demo", "S", "L", "enat"}
@@ -200,12 +192,16 @@ def main(argv=None) -> int:
         ap.error(f"--only: unknown part(s) {sorted(unknown)}; choose from demo, S, L, enat")
     if only == {"enat"}:
         return enat_vs_nat(args.enat_args)
+    quiet_logs()
     register_cpu_sdpa_flops()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: figures are noisy)")
-    dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    peaks = {p: matmul_peak(d, args.peak_size) for p, d in dtypes}
+    low, why = resolve_precision(args.precision, CPU, "bench")
+    print(f"--precision {args.precision} -> {low} ({why})")
+    precisions = ("fp32",) if low == "fp32" else ("fp32", low)
+    label = {"fp32": "fp32", "bf16": "bf16 autocast"}
+    peaks = matmul_peaks(precisions, args.peak_size)
 
     rows, ratios = [], []
     cosine = Strategy.enat_cosine(8, cfg_scale=1.0, mask_temp=1.0, samp_temp=1.0)
@@ -219,11 +215,11 @@ def main(argv=None) -> int:
         model = FLAVOURS[flavour](**kw)
         n, fwd = count_params(model), forward_gflops(flavour, **kw)
         flavour = "demo NAT" if key == "demo" else flavour
-        for precision in ("fp32", "bf16"):
-            row(rows, "train", flavour, n, precision, batch, train_ips(model, batch, args.train_iters, precision),
-                3 * fwd, peaks)
-        for precision in ("fp32", "bf16"):
-            row(rows, "sample 8 steps, CFG", flavour, n, precision, images,
+        for precision in precisions:
+            row(rows, f"train, {label[precision]}", flavour, n, precision, batch,
+                train_ips(model, batch, args.train_iters, precision), 3 * fwd, peaks)
+        for precision in precisions:
+            row(rows, f"sample 8 steps, CFG, {label[precision]}", flavour, n, precision, images,
                 sample_ips(model, cosine, images, precision, two_pass=False), 16 * fwd, peaks)
         del model
     if "L" in only:
@@ -231,33 +227,36 @@ def main(argv=None) -> int:
         strategy = Strategy.from_yaml(STRATEGY_L, gen_steps=8)
         n, per_image = count_params(model), 8 * forward_gflops("AutoNAT_L", rows=2)
         with attention_backend("math"):
-            naive = sample_ips(model, strategy, args.l_images, "fp32", two_pass=True)
-        row(rows, "sample naive: 2 fwd/step, math attn", "AutoNAT_L", n, "fp32", args.l_images, naive, per_image,
+            two_pass = sample_ips(model, strategy, args.l_images, "fp32", two_pass=True)
+        row(rows, "sample fp32, 2 fwd/step, math attn", "AutoNAT_L", n, "fp32", args.l_images, two_pass, per_image,
             peaks)
         with attention_backend("sdpa"):
-            fast = sample_ips(model, strategy, args.l_images, "bf16", two_pass=False)
-        row(rows, "sample fast: batched CFG, SDPA", "AutoNAT_L", n, "bf16", args.l_images, fast, per_image, peaks)
-        ratios.append(("AutoNAT-L sampling fast / naive", fast / naive))
+            batched = sample_ips(model, strategy, args.l_images, low, two_pass=False)
+        row(rows, f"sample {label[low]}, batched CFG, SDPA", "AutoNAT_L", n, low, args.l_images, batched, per_image,
+            peaks)
+        name = f"{label[low]} batched CFG + SDPA / fp32 2 fwd + math"
+        ratios.append((f"AutoNAT-L sampling: {name}", batched / two_pass))
         if args.l_step_reps:
-            ratios.append((f"AutoNAT-L one step fast / naive (interleaved x{args.l_step_reps})",
-                           interleaved_step_ratio(model, args.l_images, args.l_step_reps)))
+            ratios.append((f"AutoNAT-L one step (interleaved x{args.l_step_reps}): {name}",
+                           interleaved_step_ratio(model, args.l_images, args.l_step_reps, low)))
 
     # the peak is measured again at the end and the higher value kept: a loaded moment would overstate the fractions
-    peaks.update({p: max(peaks[p], matmul_peak(d, args.peak_size)) for p, d in dtypes})
+    peaks = matmul_peaks(precisions, args.peak_size, before=peaks)
     for r in rows:
         r[-1] = 100 * r[-2] / peaks[r[3]]
-    print(f"matmul peak ({args.peak_size}^3, best of start/end): fp32 {peaks['fp32']:.1f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.1f} GFLOP/s")
-    head = ("run", "model", "params", "prec", "batch", "img/s", "GFLOP/img", "GFLOP/s", "% peak")
-    fmt = "{:<36} {:<10} {:>7} {:>5} {:>5} {:>9} {:>10} {:>8} {:>7}"
+    print(f"matmul peak ({args.peak_size}^3, best of start/end): "
+          + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peaks.items()))
+    head = ("run", "model", "params", "prec", "batch", "img/s", "GFLOP/img", "GFLOP/s", "% own peak")
+    fmt = "{:<50} {:<10} {:>7} {:>5} {:>5} {:>9} {:>10} {:>8} {:>10}"
     print("\n" + fmt.format(*head))
     for r in rows:
-        print(fmt.format(*r[:5], f"{r[5]:.3f}", f"{r[6]:.1f}", f"{r[7]:.1f}", f"{r[8]:.0f}%"))
-    pairs = [(f"{a[1]} {a[0]}: bf16 / fp32", b[5] / a[5]) for a, b in zip(rows[::2], rows[1::2])
-             if (a[0], a[1], a[3], b[3]) == (b[0], b[1], "fp32", "bf16")]
+        print(fmt.format(*r[:5], f"{r[5]:.3f}", f"{r[6]:.1f}", f"{r[7]:.1f}", f"{r[8]:.1f}%"))
+    pairs = [(f"{a[1]} {a[0].rsplit(', ', 1)[0]}: {label[b[3]]} / fp32", b[5] / a[5])
+             for a, b in zip(rows[::2], rows[1::2]) if (a[0].rsplit(", ", 1)[0], a[1], a[3]) ==
+             (b[0].rsplit(", ", 1)[0], b[1], "fp32") and b[3] != "fp32"]
     print()
     for name, r in pairs + ratios:
-        print(f"{name:<45} {r:5.2f}x")
+        print(f"{name:<80} {r:5.2f}x")
     return enat_vs_nat(args.enat_args) if "enat" in only else 0
 
 

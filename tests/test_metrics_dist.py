@@ -40,7 +40,8 @@ def test_two_process_evaluation_matches_single_process(tmp_path):
     single = Evaluator(model, mode="adm", ref=str(ref), size=SIZE, batch_size=3, is_splits=3)
     single.update(make_images())
     want = single.compute()
-    assert want["n"] == N_IMAGES and set(want) == {"n", "fid", "is", "is_std", "sfid", "precision", "recall"}
+    assert want["n"] == N_IMAGES and set(want) == {"n", "fid", "is", "is_std", "is_splits", "sfid", "precision",
+                                                     "recall"}
     close(got["contiguous"], want)
     close(got["interleaved"], want)
     close(got["resumed"], want)
