@@ -21,7 +21,7 @@ from core import dist
 from core.images import save_grid, to_uint8
 from core.io import atomic_write_text
 from core.seeding import row_generators
-from engine.config import to_container
+from engine.config import to_container, to_yaml
 from engine.generate import build_generator, build_tokenizer, decode, generate
 from engine.logging import logger, progress, setup_logging
 from engine.precision import autocast
@@ -40,12 +40,23 @@ def eval_labels(cfg, indices, num_classes: int, seed: int | None = None) -> torc
     raise ValueError(f"eval.labels must be 'balanced' or 'random', got '{cfg.eval.labels}'")
 
 
-def _tag(cfg, weights: str | None) -> str:
+def _file_id(path) -> list | None:
+    """What identifies a weights file's content cheaply: its path, size and modification time."""
+    if not path or not os.path.exists(path):
+        return None
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _tag(cfg, weights: str | None, collector) -> str:
+    """Hash of everything that determines a unit's images and features: a cached unit is reused only when all agree
+    (generator and its weights, sampling, tokenizer, the Inception weights, its dtype and the feature set)."""
     key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
            "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
-           "model": to_container(cfg.model), "fid_mode": cfg.eval.fid_mode, "dtype": cfg.eval.inception_dtype,
-           "precision": cfg.eval.precision,
-           "weights": [weights, os.path.getmtime(weights) if weights and os.path.exists(weights) else None]}
+           "tokenizer_weights": _file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
+           "fid_mode": cfg.eval.fid_mode, "dtype": collector.dtype, "precision": cfg.eval.precision,
+           "decode_batch": int(cfg.eval.decode_batch), "weights": _file_id(weights) or weights,
+           "inception": _file_id(collector.weights_path), "features": sorted(collector.features)}
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg.eval.source}_n{int(cfg.eval.n)}_{h}"
 
@@ -70,13 +81,19 @@ class ImageSource:
             if "eval" not in self.fam.modes:
                 raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
             self.weights = cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
-            self.settings = self.fam.settings(cfg, self.model)
+            self._settings = None  # from cfg on first use: a search passes its own and never needs the config's
             self.num_classes = (self.fam.num_classes(self.model, cfg) if self.fam.num_classes is not None
                                 else int(cfg.data.num_classes))
         else:
             self.test = reference_dataset(cfg) if self.kind == "reconstructions" else None
             self.grid = random_token_grid(cfg) if self.kind == "random_tokens" else None
             self.num_classes = int(cfg.data.num_classes)
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            self._settings = self.fam.settings(self.cfg, self.model)
+        return self._settings
 
     @torch.inference_mode()
     def __call__(self, indices: list[int], settings=None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,14 +140,21 @@ def reference_dataset(cfg):
 
 
 def _inception(cfg, device):
-    from metrics import build_fid_inception
-    return build_fid_inception(cfg.eval.inception_weights, device=device)
+    from metrics import build_fid_inception, find_fid_weights
+    path = find_fid_weights(cfg.eval.inception_weights)
+    net = build_fid_inception(path, device=device)
+    net.weights_path = str(path)
+    return net
 
 
 def build_evaluator(cfg, device, ref_stats):
     from metrics import Evaluator
-    return Evaluator(_inception(cfg, device), mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
-                     device=device, dtype=cfg.eval.inception_dtype, channels_last=True)
+    inc = _inception(cfg, device)
+    ev = Evaluator(inc, mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
+                   device=device, dtype=cfg.eval.inception_dtype, channels_last=True)
+    ev.collector.weights_path = inc.weights_path
+    logger.info(f"FID-Inception {inc.weights_path}, {ev.collector.dtype} ({getattr(ev.collector, 'dtype_reason', '')})")
+    return ev
 
 
 def ensure_ref_stats(cfg, device) -> str | None:
@@ -164,16 +188,23 @@ def evaluate(cfg) -> dict:
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     setup_logging(str(out))
+    if dist.is_main():
+        logger.info("config:\n" + to_yaml(cfg))
     ref = ensure_ref_stats(cfg, device)
-    src = ImageSource(cfg, device)
-    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
-    tag = _tag(cfg, src.weights)
-    udir = out / "eval" / tag
     ev = build_evaluator(cfg, device, ref)
+    src = ImageSource(cfg, device)
+    if src.kind == "samples":
+        src.settings  # noqa: B018 - bad sampling settings stop here, before any image is made
+    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
+    tag = _tag(cfg, src.weights, ev.collector)
+    udir = out / "eval" / tag
     units = my_units(n, bs)
     reused, feats, index = 0, [], []
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
-    for u in progress(iterable=units, desc=f"eval {src.kind}"):
+    keep_images = max(grid_n, int(cfg.eval.save_png))
+    mine = sum(min(n, (u + 1) * bs) - u * bs for u in units)
+    bar = progress(total=mine * dist.world_size(), desc=f"eval {src.kind}", unit="img")
+    for u in units:
         f = udir / f"unit_{u:06d}.pt"
         idx = list(range(u * bs, min(n, (u + 1) * bs)))
         if cfg.eval.resume and f.exists():
@@ -182,11 +213,13 @@ def evaluate(cfg) -> dict:
         else:
             images, labels = src(idx)
             rec = {"feats": ev.collector.extract(images), "labels": labels}
-            if cfg.eval.save_npz or idx[0] < max(grid_n, int(cfg.eval.save_png)):
+            if cfg.eval.save_npz or idx[0] < keep_images:
                 rec["images"] = images
             ck.atomic_save(rec, f)
         feats.append(rec["feats"])
         index.append(torch.tensor(idx))
+        bar.update(len(idx) * dist.world_size())
+    bar.close()
     _load_features(ev, feats, index)
     if reused:
         logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")
@@ -194,11 +227,21 @@ def evaluate(cfg) -> dict:
     result = {"source": src.kind, "n": n, **result}
     dist.barrier()
     if dist.is_main():
-        _write_outputs(cfg, udir, n, bs, grid_n, result)
+        written = _write_outputs(cfg, udir, n, bs, grid_n, result, _provenance(cfg, src, ev))
         logger.info("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                       for k, v in result.items()))
+                                       for k, v in result.items() if not isinstance(v, list)))
+        logger.info("wrote " + ", ".join(str(p) for p in written))
     dist.barrier()
     return result
+
+
+def _provenance(cfg, src, ev) -> dict:
+    """What made the numbers, for result.json."""
+    return {"generator_weights": src.weights, "tokenizer": to_container(cfg.tokenizer),
+            "sample": to_container(cfg.sample) if "sample" in cfg else None, "seed": int(cfg.seed),
+            "labels": cfg.eval.labels, "precision": cfg.eval.precision,
+            "inception_weights": ev.collector.weights_path, "inception_dtype": ev.collector.dtype,
+            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats}
 
 
 def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
@@ -210,22 +253,27 @@ def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
                         "index": torch.cat(index) if index else torch.zeros(0, dtype=torch.long)})
 
 
-def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict) -> None:
-    units = math.ceil(n / bs)
-    atomic_write_text(udir / "result.json", json.dumps(result, indent=1))
-    need = max(grid_n, int(cfg.eval.save_png))
-    if cfg.eval.save_npz or need:
-        imgs, labels = [], []
-        for u in range(units if cfg.eval.save_npz else math.ceil(min(need, n) / bs)):
-            rec = ck.load_file(udir / f"unit_{u:06d}.pt")
-            imgs.append(rec["images"])
-            labels.append(rec["labels"])
-        imgs, labels = torch.cat(imgs), torch.cat(labels)
+def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, provenance: dict) -> list[Path]:
+    """result.json, the samples.png grid, the first eval.save_png PNGs and the ADM-style samples.npz (streamed unit
+    by unit); with the npz written, the unit files keep only their features (no image is stored twice)."""
+    written = [udir / "result.json"]
+    atomic_write_text(written[0], json.dumps({**result, "provenance": provenance}, indent=1))
+    need = min(max(grid_n, int(cfg.eval.save_png)), n)
+    npz = udir / "samples.npz"
+    if cfg.eval.save_npz and not npz.exists():
+        from metrics import SampleBatchWriter
+        with SampleBatchWriter(npz) as w:
+            for u in range(math.ceil(n / bs)):
+                rec = _unit_with_images(udir, u)
+                w.add(rec["images"], rec["labels"])
+    if need:
+        imgs = torch.cat([_unit_with_images(udir, u)["images"] for u in range(math.ceil(need / bs))])[:need]
         if grid_n and len(imgs) >= grid_n:
             k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
             order = [c + k * j for c in range(k) for j in range(per)] if cfg.eval.labels == "balanced" else \
                 list(range(grid_n))
-            save_grid(imgs[order], k, Path(cfg.output_dir) / "samples.png")
+            written.append(Path(cfg.output_dir) / "samples.png")
+            save_grid(imgs[order], k, written[-1])
         if int(cfg.eval.save_png):
             from PIL import Image
             pdir = udir / "png"
@@ -233,6 +281,27 @@ def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict) 
             for i in range(min(int(cfg.eval.save_png), len(imgs))):
                 a = imgs[i].permute(1, 2, 0).numpy()
                 Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(pdir / f"{i:06d}.png")
-        if cfg.eval.save_npz:
-            from metrics import write_sample_batch
-            write_sample_batch(udir / "samples.npz", imgs, labels)
+            written.append(pdir)
+    if cfg.eval.save_npz:
+        written.append(npz)
+        _drop_unit_images(udir, n, bs, need)
+    return written
+
+
+def _unit_with_images(udir: Path, u: int) -> dict:
+    f = udir / f"unit_{u:06d}.pt"
+    rec = ck.load_file(f)
+    if "images" not in rec:
+        raise ValueError(f"{f} holds no images (they are in samples.npz; eval.save_png or the grid asked for more "
+                         f"than were kept); delete {udir} to generate them again")
+    return rec
+
+
+def _drop_unit_images(udir: Path, n: int, bs: int, keep: int) -> None:
+    for u in range(math.ceil(n / bs)):
+        if u * bs < keep:
+            continue
+        f = udir / f"unit_{u:06d}.pt"
+        rec = ck.load_file(f)
+        if rec.pop("images", None) is not None:
+            ck.atomic_save(rec, f)
