@@ -3,7 +3,7 @@ import torch
 
 from models.nit import FLAVOURS, pack_latents
 from models.nit_loss import nit_loss, nit_lr, nit_optimizer, sample_t
-from tests.test_nit_model import randomized
+from tests.nit_helpers import randomized
 
 
 def _batch(seed=0, with_target=True):

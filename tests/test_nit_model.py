@@ -8,17 +8,9 @@ import torch
 from models.layers import count_params
 from models.nit import FLAVOURS, NiT, TimestepEmbedder, pack_latents, rope_angles, rope_positions, unpack
 from models.varlen_attention import varlen_backend
+from tests.nit_helpers import randomized
 
 LAYOUT = Path(__file__).resolve().parents[1] / "assets" / "layouts" / "keys_nit_xl.json"
-
-
-def randomized(model: NiT, seed: int = 0) -> NiT:
-    """A model whose every weight (including the zero-initialised adaLN/output layers) is random."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 1.0 / math.sqrt(p.shape[-1])))
-    return model.eval()
 
 
 def test_xl_layout_matches_official_on_meta():

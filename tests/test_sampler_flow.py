@@ -3,7 +3,7 @@ import torch
 
 from models.nit import FLAVOURS, unpack
 from samplers.flow import (latent_size, ode_grid, packed_noise, sample_nit, sample_ode, sample_sde, sde_grid)
-from tests.test_nit_model import randomized
+from tests.nit_helpers import randomized
 
 
 class Counter:
@@ -146,3 +146,17 @@ def test_packed_noise_layout_and_sample_shape():
         latent_size(432, 768)
     with pytest.raises(ValueError, match="one generator per image"):
         packed_noise([torch.Generator()], hw, 4)
+
+
+def test_sample_entry_uses_defaults_settings_and_image_size():
+    from samplers.flow import README_SETTINGS, sample
+    model = randomized(FLAVOURS["debug"]())
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
+    out = sample(model, torch.tensor([1, 2]), gens(), {"steps": 3, "cfg_scale": 2.0}, size=(64, 96))
+    assert out.shape == (2, 32, 2, 3)
+    with torch.no_grad():
+        ref = sample_nit(model, torch.tensor([1, 2]), gens(), size=(2, 3), steps=3, cfg_scale=2.0)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown sampling settings"):
+        sample(model, torch.tensor([1]), gens()[:1], {"num_steps": 3}, size=(64, 64))
+    assert README_SETTINGS[(256, 256)] == {"mode": "sde", "steps": 250, "cfg_scale": 2.25, "guidance_high": 0.7}

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import models.varlen_attention as va
 from models.nit import FLAVOURS, pack_latents
 from models.varlen_attention import Segments, get_varlen_backend, varlen_attention, varlen_backend
-from tests.test_nit_model import randomized
+from tests.nit_helpers import randomized
 
 TORCH_PATHS = ["runs", "loop", "grouped", "dense"]
 
