@@ -14,7 +14,7 @@ and are moved to the batch's device, so a value reproduces across devices.
 REPA targets: `batch['repa_target']` Float[N, z_dim] (precomputed, in the pack's token order) if present, else
 `repa_encoder(batch)` under no_grad, returning Float[N, z_dim] or a list of per-image grids (z_dim, h, w) matching
 hw_list (packed here row-major). Any frozen feature extractor fits (RADIO-v2.5 in the paper, at 16× the latent
-grid so one patch = one token).
+grid so one patch = one token); `repa_image_encoder(encoder)` turns an image encoder into such a callable.
 """
 from __future__ import annotations
 
@@ -63,6 +63,36 @@ def pack_features(feats, hw_list) -> torch.Tensor:
             raise ValueError(f"REPA features of image {i} have grid {list(f.shape[1:])}, the latent has {[h, w]}")
         out.append(f.flatten(1).T)
     return torch.cat(out)
+
+
+def repa_image_encoder(encoder: Callable[[torch.Tensor], torch.Tensor], patch: int = 16,
+                       mode: str = "bicubic") -> Callable[[dict], list[torch.Tensor]]:
+    """A `repa_encoder` from a frozen image encoder with patch size `patch`: each image of batch['images']
+    (list of Float (3, H, W) in the encoder's input range) gets the pack's flip (batch['flip'], when present), is
+    resized to (h·patch, w·patch) for its latent grid (h, w) so that one encoder patch is one NiT token, and
+    `encoder(img[None])` must return its patch features as (1, z, h, w) or (1, h·w, z) (cls/register tokens
+    removed). The resize filter of the official pipeline is not documented; `mode` picks it."""
+    def run(batch: dict) -> list[torch.Tensor]:
+        hw = torch.as_tensor(batch["hw_list"]).tolist()
+        images = batch["images"]
+        flips = batch.get("flip", torch.zeros(len(hw), dtype=torch.bool)).tolist()
+        if len(images) != len(hw):
+            raise ValueError(f"batch['images'] holds {len(images)} images for {len(hw)} latents")
+        out = []
+        for img, (h, w), flip in zip(images, hw, flips):
+            img = img.flip(-1) if flip else img
+            img = F.interpolate(img[None].float(), size=(h * patch, w * patch), mode=mode,
+                                align_corners=False, antialias=mode in ("bilinear", "bicubic"))
+            z = encoder(img)
+            if z.dim() == 3:  # (1, h·w, z) tokens, row-major
+                z = z[0].T.reshape(-1, h, w)
+            elif z.dim() == 4:
+                z = z[0]
+            else:
+                raise ValueError(f"REPA encoder returned shape {list(z.shape)}; need (1, z, h, w) or (1, h*w, z)")
+            out.append(z)
+        return out
+    return run
 
 
 def nit_loss(model: nn.Module, batch: dict, *, label_drop: float = 0.1, repa_coeff: float = 1.0,

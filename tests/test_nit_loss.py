@@ -131,3 +131,29 @@ def test_optimizer_settings_and_lr():
     group = opt.param_groups[0]
     assert group["betas"] == (0.9, 0.95) and group["weight_decay"] == 0.01 and group["eps"] == 1e-6
     assert nit_lr("NiT_XL", 8) == pytest.approx(1e-4) and nit_lr("NiT_B", 8) == pytest.approx(4e-4)
+
+
+def test_repa_image_encoder_resizes_to_one_patch_per_token_and_follows_the_flip():
+    from models.nit_loss import pack_features, repa_image_encoder
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 48, kernel_size=16, stride=16)
+    seen = []
+
+    def encoder(img):
+        seen.append(img.shape)
+        return conv(img)
+
+    images = [torch.rand(3, 70, 100), torch.rand(3, 64, 64)]
+    hw = torch.tensor([[2, 3], [4, 4]], dtype=torch.int32)
+    batch = {"hw_list": hw, "images": images, "flip": torch.tensor([True, False])}
+    grids = repa_image_encoder(encoder)(batch)
+    assert [tuple(s) for s in seen] == [(1, 3, 32, 48), (1, 3, 64, 64)]
+    assert [tuple(g.shape) for g in grids] == [(48, 2, 3), (48, 4, 4)]
+    with torch.no_grad():
+        torch.testing.assert_close(grids[1], conv(images[1][None])[0])  # 64 -> 64: no resampling
+        flipped = torch.nn.functional.interpolate(images[0].flip(-1)[None], size=(32, 48), mode="bicubic",
+                                                  align_corners=False, antialias=True)
+        torch.testing.assert_close(grids[0], conv(flipped)[0])
+    tokens = repa_image_encoder(lambda img: conv(img).flatten(2).transpose(1, 2))(batch)  # (1, h*w, z) form
+    torch.testing.assert_close(pack_features(tokens, hw), pack_features(grids, hw))
+    assert pack_features(grids, hw).shape == (22, 48)
