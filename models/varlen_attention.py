@@ -7,16 +7,16 @@ Backends (`varlen_attention(..., backend=None)` follows the process-wide choice)
   'auto'    flash-attn's `flash_attn_varlen_func` when it imports and q is a CUDA fp16/bf16 tensor, else 'runs'
   'flash'   as 'auto' (the same rule; never required, falls back to 'runs' when unusable)
   'runs'    one SDPA call per run of consecutive equal-length segments, on views (no copy). LPFHP packs list their
-            images by ascending length, so a pack of 64/256/1024-token images costs about 3 calls. The fastest torch
-            path measured on CPU (scripts/bench_varlen.py): as fast as 'loop' on shuffled mixed packs, faster when
-            runs exist
+            images by ascending length, so a pack of 64/256/1024-token images costs about 3 calls
   'loop'    one SDPA call per segment
-  'grouped' segments gathered by length, one SDPA call per distinct length (the gather/scatter copies cost more
-            than they save on CPU unless the whole pack has one length)
+  'grouped' segments gathered by length, one SDPA call per distinct length (pays a gather/scatter copy)
   'dense'   one SDPA call with an (N, N) boolean block-diagonal mask: the reference in tests, quadratic memory
-Measured and left out (scripts/bench_varlen.py): SDPA on jagged nested tensors and flex attention with a document
-mask, both ~90x slower than 'runs' on CPU (unfused fallbacks there). The torch paths never build an N×N mask
-except 'dense'. `NIT_VARLEN_BACKEND=<name>` sets the process-wide default, `set_varlen_backend()` /
+CPU measurements (scripts/bench_varlen.py, 4096 tokens = 2×1024 + 6×256 + 8×64, 16 heads × 72, 2 threads, shared
+machine): 'runs', 'loop' and 'grouped' within 1.0-1.6x of each other (run-to-run noise is of that size), 'dense'
+5-10x slower, SDPA on jagged nested tensors and flex attention with a document mask (unfused on CPU) 35-95x
+slower, so those two are not offered. 'runs' is the default torch path: never worse than 'loop' beyond noise and
+one call per run when images of one size are adjacent. The torch paths never build an N×N mask except 'dense'.
+`NIT_VARLEN_BACKEND=<name>` sets the process-wide default, `set_varlen_backend()` /
 `varlen_backend()` change it at run time (tests force the torch fallback with them).
 """
 from __future__ import annotations
