@@ -4,12 +4,13 @@ import os
 import pytest
 import torch
 
-from datasets.latent_writer import meta_line, save_latent
+from datasets.latent_writer import meta_line
 from datasets.lpfhp import assign_indices, lpfhp, pack_lengths
 from datasets.nit_meta import (read_data_meta, read_sampler_meta, sampler_meta_name, token_lengths,
                                write_data_meta, write_sampler_meta)
 from datasets.nit_packs import NiTPackDataset, PackOrder, pack_for
 from models.nit import pack_latents
+from tests.nit_helpers import write_latent_dataset
 
 
 def _hist(lengths, L):
@@ -102,26 +103,9 @@ def test_pack_order_is_a_pure_strided_permutation():
     assert set(seen) == set(range(10)) and len(seen) == 12
 
 
-def _write_dataset(tmp_path, shapes, labels):
-    g = torch.Generator().manual_seed(0)
-    root = tmp_path / "latents"
-    entries, lats = [], []
-    for k, ((h, w), label) in enumerate(zip(shapes, labels)):
-        data_type = "native-resolution" if h != w else f"fixed-{32 * h}x{32 * h}"
-        lat = torch.randn(2, 4, h, w, generator=g)
-        image_file = f"n{label:02d}/img{k}.JPEG"
-        line = json.loads(meta_line(image_file, data_type, 32 * w, 32 * h, 32 * w, 32 * h, w, h))
-        save_latent(str(root / data_type / line["latent_file"]), lat, label)
-        entries.append(line)
-        lats.append(lat)
-    meta = tmp_path / "meta" / "x_merge_meta.jsonl"
-    write_data_meta(str(meta), entries)
-    return str(root), str(meta), lats
-
-
 def test_dataset_reads_packs_and_flips_deterministically(tmp_path):
     shapes = [(2, 3), (4, 4), (2, 2), (3, 1)]
-    root, meta, lats = _write_dataset(tmp_path, shapes, [3, 1, 4, 1])
+    root, meta, lats = write_latent_dataset(tmp_path, shapes, [3, 1, 4, 1])
     ds = NiTPackDataset(meta, [[1, 3], [0, 2]], root, max_seq_len=20, seed=7)
     b = ds.batch_for(step=3, rank=1, world=2)
     j = pack_for(3, 1, 2, 7, 2)
@@ -141,7 +125,7 @@ def test_dataset_reads_packs_and_flips_deterministically(tmp_path):
 
 
 def test_dataset_errors_name_the_image(tmp_path):
-    root, meta, _ = _write_dataset(tmp_path, [(2, 3), (4, 4)], [0, 1])
+    root, meta, _ = write_latent_dataset(tmp_path, [(2, 3), (4, 4)], [0, 1])
     with pytest.raises(ValueError, match=r"n01/img1.safetensors \(16 tokens"):
         NiTPackDataset(meta, [[0, 1]], root, max_seq_len=20)
     ds = NiTPackDataset(meta, [[0], [1]], root, max_seq_len=20)
@@ -153,7 +137,7 @@ def test_dataset_errors_name_the_image(tmp_path):
 def test_pack_dataset_cli(tmp_path, capsys):
     from scripts.pack_dataset import main
     shapes = [(2, 2)] * 5 + [(4, 4)] * 2 + [(3, 5)]
-    root, meta, _ = _write_dataset(tmp_path, shapes, list(range(8)))
+    root, meta, _ = write_latent_dataset(tmp_path, shapes, list(range(8)))
     assert main(["--data-meta", meta, "--max-seq-len", "32"]) == 0
     out = os.path.join(os.path.dirname(meta), "x_merge_LPFHP_32.json")
     packs = read_sampler_meta(out)
