@@ -38,7 +38,8 @@ ROPE_POSITIONS = ("official", "rowcol")
 
 # ------------------------------------------------------------------------------------------------------- packing
 def pack_latents(latents: Sequence[torch.Tensor], patch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(C, H, W), ...] -> (x Float[N, C, p, p], hw_list Int32[B, 2] = [H/p, W/p]) ('c (h p1) (w p2) -> (h w) c p1 p2')."""
+    """[(C, H, W), ...] -> (x Float[N, C, p, p], hw_list Int32[B, 2] = [H/p, W/p]);
+    each latent is rearranged 'c (h p1) (w p2) -> (h w) c p1 p2' and the images are concatenated."""
     p = int(patch_size)
     tokens, hw = [], []
     for i, lat in enumerate(latents):

@@ -29,7 +29,8 @@ def test_packs_train_and_sample(tmp_path):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     # on fixed draws (t, noise, no drop, no REPA) the trained model beats the fresh one (which predicts 0)
-    kw = dict(t=torch.full((len(fixed["label"]),), 0.5), noise=torch.randn(fixed["x"].shape, generator=torch.Generator().manual_seed(9)),
+    noise = torch.randn(fixed["x"].shape, generator=torch.Generator().manual_seed(9))
+    kw = dict(t=torch.full((len(fixed["label"]),), 0.5), noise=noise,
               drop=torch.zeros(len(fixed["label"]), dtype=torch.bool), repa_coeff=0.0)
     fresh = FLAVOURS["debug"](in_channels=4, num_classes=10)
     first, _ = nit_loss(fresh, fixed, **kw)
