@@ -90,3 +90,25 @@ def test_debug_network_pack_equals_alone_on_every_path(backend):
                                for i, lat in enumerate(lats)])
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(out, alone, rtol=0, atol=1e-5)
+
+
+def test_flash_call_contract(monkeypatch):
+    """When flash-attn is usable it gets (q, k, v, cu_seqlens int32 x2, max_seqlen x2), as the official model calls it."""
+    seen = {}
+
+    def fake_flash(q, k, v, cu_q, cu_k, max_q, max_k):
+        seen.update(cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k)
+        return varlen_attention(q, k, v, Segments((cu_q[1:] - cu_q[:-1]).tolist(), q.device), backend="dense")
+
+    monkeypatch.setattr(va, "_flash_fn", fake_flash)
+    monkeypatch.setattr(va, "flash_usable", lambda q: True)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(9, 2, 8, generator=g) for _ in range(3))
+    seg = Segments([2, 3, 4], torch.device("cpu"))
+    out = varlen_attention(q, k, v, seg, backend="auto")
+    assert seen["cu_q"].dtype == torch.int32 and seen["cu_q"].tolist() == [0, 2, 5, 9]
+    assert seen["cu_k"] is seen["cu_q"] and seen["max_q"] == seen["max_k"] == 4
+    torch.testing.assert_close(out, varlen_attention(q, k, v, seg, backend="loop"), rtol=0, atol=1e-5)
+    seen.clear()
+    varlen_attention(q, k, v, seg, backend="runs")  # an explicit torch path never goes to flash
+    assert not seen
