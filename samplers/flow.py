@@ -1,0 +1,211 @@
+"""Flow-matching samplers of NiT (Euler / Heun ODE, Euler–Maruyama SDE) as functions of a model function.
+
+Model-function protocol: `model_fn(x Float[N, C, p, p], t Float[B], y Long[B], hw_list Int[B, 2]) -> v` (a NiT
+model fits as is). t = 1 is pure noise, t = 0 data; v is the velocity dx/dt of x_t = (1 − t)·x0 + t·ε.
+
+Guidance (`cfg_scale` = the official `--cfg-scale`, the weight w in u + w·(c − u); w = 1 is no guidance, 0 is the
+unconditional model): a guided step evaluates the pack twice in ONE call (the pack duplicated, labels [y; null],
+conditional first) and combines u + w·(c − u). A step is guided iff w != 1 and guidance_low <= t_cur <=
+guidance_high; an unguided step costs one evaluation of the pack. Heun's corrector reuses the decision of t_cur.
+
+State is float64; the model gets `x.to(model_dtype)` (default: the noise's dtype; the official script uses bf16)
+and t as float64. Grids (exactly the official ones):
+  ODE: linspace(1, 0, steps + 1); Euler x += (t_next − t_cur)·v; Heun corrects every step but the last.
+  SDE: linspace(1, 0.04, steps) then 0. Each of the first steps − 1 intervals: ε drawn (per image, from its own
+       generator) before the model call, w = 2·t_cur, score s = −(x + (1 − t)·v)/t, drift d = v − ½·w·s,
+       x += d·dt + sqrt(w)·sqrt(|dt|)·ε (dt < 0). Last interval 0.04 → 0: x += (0 − 0.04)·d, no noise.
+  Model calls: ODE steps (+ steps − 1 with Heun), SDE steps.
+
+Randomness (`packed_noise`, `sample_nit`): image i draws its initial noise and every SDE step noise from
+generators[i] only (float32 normals on the CPU, then moved), so image i depends on (its generator, its label, its
+size) and not on the batch it shares or the number of processes.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+SDE_T_LAST = 0.04
+MODES = ("ode", "sde")
+
+
+def ode_grid(steps: int) -> torch.Tensor:
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+def sde_grid(steps: int) -> torch.Tensor:
+    return torch.cat([torch.linspace(1.0, SDE_T_LAST, steps, dtype=torch.float64),
+                      torch.zeros(1, dtype=torch.float64)])
+
+
+def _check(steps: int, cfg_scale: float, low: float, high: float) -> None:
+    if int(steps) < 1:
+        raise ValueError(f"need steps >= 1, got {steps}")
+    if not low <= high:
+        raise ValueError(f"guidance interval must satisfy low <= high, got [{low}, {high}]")
+
+
+def _lengths(hw_list: torch.Tensor) -> list[int]:
+    return [int(h) * int(w) for h, w in torch.as_tensor(hw_list).tolist()]
+
+
+class _Velocity:
+    """Guided velocity of the pack at (x, t): one model call, the pack doubled when guided."""
+
+    def __init__(self, model_fn, labels, hw_list, cfg_scale, low, high, null_label, model_dtype):
+        self.model_fn, self.labels, self.hw = model_fn, labels, hw_list
+        self.scale, self.low, self.high = float(cfg_scale), float(low), float(high)
+        self.null = torch.full_like(labels, int(null_label))
+        self.model_dtype = model_dtype
+        self.calls = 0
+
+    def guided(self, t: float) -> bool:
+        return self.scale != 1.0 and self.low <= t <= self.high
+
+    def __call__(self, x: torch.Tensor, t: float, guided: bool) -> torch.Tensor:
+        self.calls += 1
+        b = self.labels.shape[0]
+        xin = x.to(self.model_dtype)
+        if not guided:
+            tt = torch.full((b,), t, dtype=torch.float64, device=x.device)
+            return self.model_fn(xin, tt, self.labels, self.hw).to(torch.float64)
+        tt = torch.full((2 * b,), t, dtype=torch.float64, device=x.device)
+        out = self.model_fn(torch.cat([xin, xin]), tt, torch.cat([self.labels, self.null]),
+                            torch.cat([self.hw, self.hw])).to(torch.float64)
+        cond, uncond = out.chunk(2)
+        return uncond + self.scale * (cond - uncond)
+
+
+def sample_ode(model_fn: ModelFn, noise: torch.Tensor, labels: torch.Tensor, hw_list: torch.Tensor,
+               steps: int = 50, cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
+               heun: bool = False, null_label: int = 1000, model_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Packed noise (N, C, p, p) at t = 1 -> Float64 (N, C, p, p) at t = 0. cfg_scale: the official w (docstring)."""
+    _check(steps, cfg_scale, guidance_low, guidance_high)
+    vel = _Velocity(model_fn, labels, hw_list, cfg_scale, guidance_low, guidance_high, null_label,
+                    model_dtype or noise.dtype)
+    grid = ode_grid(steps).tolist()
+    x = noise.to(torch.float64)
+    for i, (t_cur, t_next) in enumerate(zip(grid[:-1], grid[1:])):
+        guided = vel.guided(t_cur)
+        d_cur = vel(x, t_cur, guided)
+        x_next = x + (t_next - t_cur) * d_cur
+        if heun and i < steps - 1:
+            d_prime = vel(x_next, t_next, guided)
+            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+def packed_noise(generators: Sequence[torch.Generator], hw_list: torch.Tensor, channels: int, patch_size: int = 1,
+                 device=None) -> torch.Tensor:
+    """Float32 (N, C, p, p): image i's tokens drawn from generators[i] alone."""
+    lengths = _lengths(hw_list)
+    if len(generators) != len(lengths):
+        raise ValueError(f"need one generator per image: {len(generators)} generators for {len(lengths)} images")
+    p = int(patch_size)
+    parts = [torch.randn((n, channels, p, p), generator=g, dtype=torch.float32) for g, n in zip(generators, lengths)]
+    return torch.cat(parts).to(device if device is not None else "cpu")
+
+
+def sample_sde(model_fn: ModelFn, noise: torch.Tensor, labels: torch.Tensor, hw_list: torch.Tensor,
+               generators: Sequence[torch.Generator], steps: int = 250, cfg_scale: float = 1.0,
+               guidance_low: float = 0.0, guidance_high: float = 1.0, null_label: int = 1000,
+               model_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Euler–Maruyama from packed noise at t = 1 to Float64 samples at t = 0; step noise per image from
+    generators[i]. Needs steps >= 2 (the grid ends with the deterministic 0.04 -> 0 step)."""
+    _check(steps, cfg_scale, guidance_low, guidance_high)
+    if steps < 2:
+        raise ValueError(f"the SDE sampler needs steps >= 2, got {steps}")
+    vel = _Velocity(model_fn, labels, hw_list, cfg_scale, guidance_low, guidance_high, null_label,
+                    model_dtype or noise.dtype)
+    channels, p = noise.shape[1], noise.shape[2]
+    grid = sde_grid(steps).tolist()
+    x = noise.to(torch.float64)
+
+    def drift(x, t):
+        v = vel(x, t, vel.guided(t))
+        score = -(x + (1 - t) * v) / t
+        return v - 0.5 * (2 * t) * score
+
+    for t_cur, t_next in zip(grid[:-2], grid[1:-1]):
+        dt = t_next - t_cur
+        eps = packed_noise(generators, hw_list, channels, p, device=x.device).to(torch.float64)
+        x = x + drift(x, t_cur) * dt + (2 * t_cur) ** 0.5 * abs(dt) ** 0.5 * eps
+    t_cur, t_next = grid[-2], grid[-1]
+    return x + (t_next - t_cur) * drift(x, t_cur)
+
+
+def latent_size(height: int, width: int, downsample: int = 32, patch_size: int = 1) -> tuple[int, int]:
+    """Image (H, W) -> token grid (h, w); sizes must be multiples of downsample·patch_size."""
+    m = downsample * patch_size
+    if height % m or width % m:
+        raise ValueError(f"image size {height}x{width} must be a multiple of {m} (DC-AE f{downsample}, patch "
+                         f"{patch_size})")
+    return height // m, width // m
+
+
+def sample_nit(model_fn: ModelFn, labels: torch.Tensor, generators: Sequence[torch.Generator], *,
+               size: tuple[int, int], channels: int = 32, patch_size: int = 1, mode: str = "ode", steps: int = 50,
+               cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0, heun: bool = False,
+               null_label: int = 1000, model_dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """B images of one latent token grid `size` = (h, w) -> latents Float32 (B, C, h·p, w·p) for the decoder
+    (DC-AE latents are in the scaled space; divide by the scaling factor before decoding)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    b = labels.shape[0]
+    h, w = int(size[0]), int(size[1])
+    hw_list = torch.tensor([[h, w]] * b, dtype=torch.int32, device=device)
+    noise = packed_noise(generators, hw_list, channels, patch_size, device=device)
+    if model_dtype is not None:
+        # the official script draws its noise in the model dtype: round the draw the same way
+        noise = noise.to(model_dtype)
+    kw = dict(cfg_scale=cfg_scale, guidance_low=guidance_low, guidance_high=guidance_high, null_label=null_label,
+              model_dtype=model_dtype)
+    if mode == "ode":
+        out = sample_ode(model_fn, noise, labels, hw_list, steps, heun=heun, **kw)
+    else:
+        out = sample_sde(model_fn, noise, labels, hw_list, generators, steps, **kw)
+    p = int(patch_size)
+    out = out.to(torch.float32).reshape(b, h, w, channels, p, p)
+    return out.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, h * p, w * p)
+
+
+# the official sampling script's defaults (projects/sample/sample_c2i_ddp.py)
+SAMPLE_DEFAULTS = {"mode": "ode", "steps": 50, "cfg_scale": 1.5, "guidance_low": 0.0, "guidance_high": 1.0,
+                   "heun": False}
+# the README's settings for NiT-XL-1000K, by image (height, width); the paper's "432" rows were generated at 416
+README_SETTINGS = {
+    (256, 256): {"mode": "sde", "steps": 250, "cfg_scale": 2.25, "guidance_high": 0.7},
+    (512, 512): {"mode": "sde", "steps": 250, "cfg_scale": 2.05, "guidance_high": 0.7},
+    (768, 768): {"mode": "ode", "steps": 50, "cfg_scale": 3.0, "guidance_high": 0.7},
+    (1024, 1024): {"mode": "ode", "steps": 50, "cfg_scale": 3.0, "guidance_high": 0.8},
+    (1536, 1536): {"mode": "ode", "steps": 50, "cfg_scale": 3.5, "guidance_high": 0.9},
+    (2048, 2048): {"mode": "ode", "steps": 50, "cfg_scale": 4.5, "guidance_high": 0.9},
+    (320, 960): {"mode": "ode", "steps": 50, "cfg_scale": 4.0, "guidance_high": 0.9},
+    (416, 768): {"mode": "ode", "steps": 50, "cfg_scale": 2.75, "guidance_high": 0.7},
+    (480, 640): {"mode": "ode", "steps": 50, "cfg_scale": 2.75, "guidance_high": 0.7},
+    (640, 480): {"mode": "ode", "steps": 50, "cfg_scale": 2.5, "guidance_high": 0.7},
+    (768, 416): {"mode": "ode", "steps": 50, "cfg_scale": 2.85, "guidance_high": 0.7},
+    (960, 320): {"mode": "ode", "steps": 50, "cfg_scale": 4.5, "guidance_high": 0.9},
+}
+SETTING_KEYS = ("mode", "steps", "cfg_scale", "guidance_low", "guidance_high", "heun", "model_dtype")
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, labels: torch.Tensor, generators: Sequence[torch.Generator],
+           settings: dict | None = None, size: tuple[int, int] = (256, 256), downsample: int = 32) -> torch.Tensor:
+    """Image size (H, W) in pixels -> scaled latents Float32 (B, C, H/downsample, W/downsample) of the model
+    (a NiT, possibly DDP-wrapped), with SAMPLE_DEFAULTS overridden by `settings` (keys SETTING_KEYS; cfg_scale in
+    the official w convention)."""
+    net = model.module if hasattr(model, "module") else model
+    opts = {**SAMPLE_DEFAULTS, **(settings or {})}
+    unknown = sorted(set(opts) - set(SETTING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sampling settings {unknown}; known: {list(SETTING_KEYS)}")
+    p = net.patch_size
+    grid = latent_size(int(size[0]), int(size[1]), downsample, p)
+    device = next(net.parameters()).device
+    return sample_nit(model, labels.to(device), generators, size=grid, channels=net.in_channels, patch_size=p,
+                      null_label=net.null_label, device=device, **opts)
