@@ -26,14 +26,20 @@ def _flag_table() -> str:
     return "\n".join(lines)
 
 
+def _family_flags(name: str) -> dict:
+    from models import get_family
+    return get_family(name).official_flags
+
+
 def _parser(with_flags: bool) -> argparse.ArgumentParser:
     epilog = _flag_table() if with_flags else None
     p = argparse.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="recipe YAML (configs/...)")
-    p.add_argument("--mode", default=None, choices=MODES,
-                   help="default: eval when --pretrained_path is given (the ENAT README's eval commands name no "
-                        "mode), else pretrain")
+    p.add_argument("--mode", default=None,
+                   help="pretrain | eval | search; default: eval when --pretrained_path is given (the ENAT README's "
+                        "eval commands name no mode), else pretrain. Another value goes to the family's official "
+                        "flags (NiT's --mode sde|ode names its solver) and the run mode is then eval")
     return p
 
 
@@ -66,11 +72,16 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = _parser(with_flags=any(a in ("-h", "--help") for a in argv)).parse_known_args(argv)
 
-    from engine.config import ConfigError, parse_command_line
+    from engine.config import ConfigError, command_family, parse_command_line
     try:
+        family_mode = args.mode is not None and args.mode not in MODES
+        if family_mode:
+            if "--mode" not in _family_flags(command_family(args.config, rest)):
+                raise ConfigError(f"--mode {args.mode}: expected one of {', '.join(MODES)}")
+            rest = ["--mode", args.mode, *rest]
         cfg, flags = parse_command_line(args.config, rest)
-        mode = args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
-    except (ConfigError, FileNotFoundError) as e:
+        mode = "eval" if family_mode else args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
             _repeat_after_launcher(f"error: {e}")

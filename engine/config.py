@@ -288,11 +288,16 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags
     return cfg
 
 
-def parse_command_line(config: str | None, argv: list[str], environ=None) -> tuple[DictConfig, dict]:
-    """train.py's arguments after --config/--mode -> (config, the official flags found as {key: value})."""
+def command_family(config: str | None, argv: list[str]) -> str:
+    """The family a command line runs: a `family=` override, else the recipe's, else the base default."""
     base = _load_yaml(BASE, "base config")
     recipe = _load_yaml(Path(config), "config file") if config is not None else None
-    family = _family_of(recipe, _overrides([a for a in argv if "=" in a and not a.startswith("--")]), base)
+    return _family_of(recipe, _overrides([a for a in argv if "=" in a and not a.startswith("--")]), base)
+
+
+def parse_command_line(config: str | None, argv: list[str], environ=None) -> tuple[DictConfig, dict]:
+    """train.py's arguments after --config/--mode -> (config, the official flags found as {key: value})."""
+    family = command_family(config, argv)
     _, table = family_schema(family)
     flags, rest = split_official_flags(argv, table)
     stray = [a for a in rest if a.startswith("--")]
