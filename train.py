@@ -52,7 +52,11 @@ def _repeat_after_launcher(line: str) -> None:
     sys.stderr.flush()
     if os.fork() != 0:
         return
+    import signal
     import time
+    os.setsid()  # out of the worker's process group, which the launcher kills when it cleans up
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     deadline = time.time() + 60
     while time.time() < deadline and _alive(launcher):
         time.sleep(0.05)

@@ -190,7 +190,8 @@ RANGES = {
     "train.ema_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "train.betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
     "eval.n": _POS, "eval.batch_size": _POS, "eval.ref_n": _POS, "eval.save_png": _NONNEG,
-    "eval.decode_batch": _NONNEG, "search.max_upd": _NONNEG, "search.spsa_pairs": _POS,
+    "eval.decode_batch": _NONNEG, "eval.is_splits": _POS,
+    "eval.is_std_ddof": (lambda v: v in (0, 1), "0 or 1"), "search.max_upd": _NONNEG, "search.spsa_pairs": _POS,
     "search.budget_images": _NONNEG,
 }
 

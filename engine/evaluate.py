@@ -103,8 +103,8 @@ class ImageSource:
         labels = eval_labels(cfg, indices, self.num_classes, seed)
         if self.kind == "samples":
             with autocast(self.device, str(cfg.eval.precision)):
-                out = generate(self.model, self.fam, self.settings if settings is None else settings,
-                               labels.to(self.device), indices, seed)
+                out, labels = generate(self.model, self.fam, self.settings if settings is None else settings,
+                                       labels.to(self.device), indices, seed)
             img = decode(self.tok, out, self.decode_batch)
         elif self.kind == "reconstructions":
             if max(indices) >= len(self.test):
@@ -151,7 +151,9 @@ def build_evaluator(cfg, device, ref_stats):
     from metrics import Evaluator
     inc = _inception(cfg, device)
     ev = Evaluator(inc, mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
-                   device=device, dtype=cfg.eval.inception_dtype, channels_last=True)
+                   device=device, dtype=cfg.eval.inception_dtype, channels_last=True,
+                   is_splits=int(cfg.eval.is_splits), is_std_ddof=int(cfg.eval.is_std_ddof),
+                   is_shuffle=cfg.eval.is_shuffle)
     ev.collector.weights_path = inc.weights_path
     logger.info(f"FID-Inception {inc.weights_path}, {ev.collector.dtype} ({getattr(ev.collector, 'dtype_reason', '')})")
     return ev
@@ -193,8 +195,10 @@ def evaluate(cfg) -> dict:
     ref = ensure_ref_stats(cfg, device)
     ev = build_evaluator(cfg, device, ref)
     src = ImageSource(cfg, device)
-    if src.kind == "samples":
-        src.settings  # noqa: B018 - bad sampling settings stop here, before any image is made
+    sequential = src.kind == "samples" and bool(getattr(src.settings, "sequential", False))
+    if sequential and dist.world_size() > 1:  # (building the settings also checks them before any image is made)
+        raise ValueError(f"these sampling settings (sample.rng=official) replay one process's random stream in "
+                         f"order: run with 1 process, not {dist.world_size()}")
     n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
     tag = _tag(cfg, src.weights, ev.collector)
     udir = out / "eval" / tag
@@ -207,7 +211,7 @@ def evaluate(cfg) -> dict:
     for u in units:
         f = udir / f"unit_{u:06d}.pt"
         idx = list(range(u * bs, min(n, (u + 1) * bs)))
-        if cfg.eval.resume and f.exists():
+        if cfg.eval.resume and f.exists() and not sequential:  # a replayed stream cannot skip a unit
             rec = ck.load_file(f)
             reused += 1
         else:

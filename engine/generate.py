@@ -54,8 +54,10 @@ def build_tokenizer(cfg, device):
 
 @torch.inference_mode()
 def generate(model, fam, settings, labels: torch.Tensor, indices, seed: int, size=None):
-    """The family's samples of these sample indices (row i from generator (seed, i))."""
-    return fam.sample(model, labels, row_generators(seed, indices), settings, size=size)
+    """(samples, labels) of these sample indices, row i from generator (seed, i); the labels are the given ones
+    unless the family's settings draw their own (a family's `sample` then returns (samples, labels))."""
+    out = fam.sample(model, labels, row_generators(seed, indices), settings, size=size)
+    return out if isinstance(out, tuple) else (out, labels)
 
 
 @torch.inference_mode()
@@ -72,7 +74,7 @@ def sample_preview(ema, fam, cfg, device, path) -> None:
     tok = build_tokenizer(cfg, device)
     k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
     labels = torch.arange(k).repeat_interleave(per).to(device)
-    out = generate(ema, fam, fam.settings(cfg, ema), labels, range(len(labels)), int(cfg.seed) + 12345)
+    out, _ = generate(ema, fam, fam.settings(cfg, ema), labels, range(len(labels)), int(cfg.seed) + 12345)
     save_grid(to_uint8(decode(tok, out, int(cfg.eval.decode_batch))).cpu(), k, path)
 
 

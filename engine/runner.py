@@ -48,8 +48,10 @@ def preflight(cfg, mode: str, fam) -> None:
         if n < world:
             raise ConfigError(f"eval.n (--eval_n) {n} is smaller than the {world} processes: every process needs at "
                               f"least one image")
-        if "is" in list(cfg.eval.metrics) and n < 10:
-            raise ConfigError(f"eval.n (--eval_n) {n} is smaller than the 10 Inception-Score splits")
+        splits = int(cfg.eval.is_splits)
+        if "is" in list(cfg.eval.metrics) and n < splits:
+            raise ConfigError(f"eval.n (--eval_n) {n} is smaller than eval.is_splits {splits} (Inception-Score "
+                              f"splits)")
     _check_writable(Path(cfg.output_dir))
 
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.enat_blocks import ENATBlock, PrevProj, TokenSet, key_padding_mask
-from datasets.sampling import row_batches
 from models import token_family as tf
 from models.family import Family, TrainContext
 from models.layers import BertEmbeddings, Mlp, MlmLayer
@@ -320,40 +319,32 @@ def enat_sample(model: nn.Module, labels: torch.Tensor, generators, settings: tf
     temporal feature reuse model function when settings.reuse."""
     from models.enat_reuse import ReuseModelFn
     fn = ReuseModelFn(model) if settings.reuse else model
-    return tf.mask_predict_grid(fn, model, labels, generators, settings.strategy, rule="exact", size=size)
+    return tf.mask_predict_grid(fn, model, labels, generators, settings, rule="exact", size=size)
 
 
 def enat_sample_settings(cfg, model) -> tf.TokenSampling:
-    return tf.TokenSampling(tf.strategy_from_config(cfg), reuse=bool(cfg.sample.reuse))
+    # the official ENAT eval makes eval_n / 1000 images of every class: its labels are not random draws
+    return tf.sampling_from_config(cfg, "enat", reuse=bool(cfg.sample.reuse))
 
 
-# official ENAT README flags -> config keys
+# official ENAT README flags -> config keys: the NAT ones plus the architecture and reuse training
 OFFICIAL_FLAGS = {
-    "--gen_steps": ("sample.gen_steps", 1),
-    "--searched_strategy": ("sample.strategy", 1),
-    "--cfg_scale": ("sample.cfg_scale", 1),
-    "--mask_temp": ("sample.mask_temp", 1),
-    "--samp_temp": ("sample.samp_temp", 1),
-    "--beta_alpha_beta": ("loss.beta_alpha_beta", 2),
+    **tf.OFFICIAL_FLAGS,
     "--enc_dec": ("model.enc_dec", 2),
     "--embed_dim": ("model.embed_dim", 1),
     "--num_heads": ("model.num_heads", 1),
-    "--input_res": ("data.input_res", 1),
     "--reuse_prob": ("loss.reuse_prob", 1),
 }
 
 FAMILY = Family(
     name="enat",
     flavours=FLAVOURS,
-    dataset=tf.token_dataset,
-    batches=row_batches,
     loss=enat_training_loss,
     config="configs/family/enat.yaml",
     official_flags=OFFICIAL_FLAGS,
     sample=enat_sample,
     sample_settings=enat_sample_settings,
-    sample_shape=tf.token_grid,
-    num_classes=tf.null_label_classes,
+    **tf.record_fields(),
     # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
     ddp_find_unused=True,
 )

@@ -81,6 +81,8 @@ class Family:
     # (model, labels Long[B], generators (one CPU torch.Generator per row), settings, size=None) -> what the
     # tokenizer decodes, row i a function of generators[i] alone. It owns its model-function wrappers (guidance,
     # feature reuse, KV cache). `size`: the requested image size (H, W) in pixels, None = the model's own.
+    # Settings that replay an official sampler's own random stream may draw the labels too: `sample` then returns
+    # (samples, labels), and `settings.sequential` is True (one process, batches in order, no resumed units).
     sample: Callable[..., torch.Tensor] | None = None
     # (cfg, model) -> the settings object `sample` takes, validated once per run
     sample_settings: Callable[[Any, nn.Module], Any] | None = None

@@ -9,24 +9,13 @@ dx/dt = v from t = 1 to 0 with Euler steps evaluated at t = i/N, i = N..1.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.layers import timestep_embedding
+
 T_EPS = 1e-5  # t <- t(1 - T_EPS) + T_EPS keeps the training time away from 0
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos | sin] sinusoids of t (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 class TimestepEmbedder(nn.Module):

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from datasets.sampling import row_batches
 from models import token_family as tf
 from models.family import Family, TrainContext
 from models.layers import Attention, BertEmbeddings, Mlp, MlmLayer, init_weights_trunc_normal
@@ -186,9 +185,15 @@ def nat_training_loss(model: nn.Module, batch: dict, ctx: TrainContext) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------------ family
-def nat_sample(model: nn.Module, labels: torch.Tensor, generators, strategy, size=None) -> torch.Tensor:
-    """Codes Long[B, h, w] by mask-predict with AutoNAT's rule (re-mask every confidence <= the cutoff)."""
-    return tf.mask_predict_grid(model, model, labels, generators, strategy, rule="ties", size=size)
+def nat_sample(model: nn.Module, labels: torch.Tensor, generators, settings, size=None):
+    """Codes Long[B, h, w] by mask-predict with AutoNAT's rule (re-mask every confidence <= the cutoff).
+    `settings`: TokenSampling (or a bare Strategy, from the search)."""
+    return tf.mask_predict_grid(model, model, labels, generators, settings, rule="ties", size=size)
+
+
+def nat_sample_settings(cfg, model):
+    # the official AutoNAT eval draws its labels from the same torch generator as the tokens
+    return tf.sampling_from_config(cfg, "nat", stream_labels=True)
 
 
 def nat_search_space(cfg):
@@ -212,15 +217,9 @@ def initial_strategy(cfg):
     return Strategy.from_yaml(init, gen_steps=steps)
 
 
-# official AutoNAT README flags -> config keys
+# official AutoNAT README flags -> config keys: the NAT ones plus the search's
 OFFICIAL_FLAGS = {
-    "--gen_steps": ("sample.gen_steps", 1),
-    "--searched_strategy": ("sample.strategy", 1),
-    "--cfg_scale": ("sample.cfg_scale", 1),
-    "--mask_temp": ("sample.mask_temp", 1),
-    "--samp_temp": ("sample.samp_temp", 1),
-    "--beta_alpha_beta": ("loss.beta_alpha_beta", 2),
-    "--input_res": ("data.input_res", 1),
+    **tf.OFFICIAL_FLAGS,
     "--max_upd": ("search.max_upd", 1),
     "--clip_grad": ("search.clip_grad", 1),
     "--sche_lr": ("search.lr_ratio", 1),
@@ -233,14 +232,11 @@ OFFICIAL_FLAGS = {
 FAMILY = Family(
     name="nat",
     flavours=FLAVOURS,
-    dataset=tf.token_dataset,
-    batches=row_batches,
     loss=nat_training_loss,
     config="configs/family/nat.yaml",
     official_flags=OFFICIAL_FLAGS,
     sample=nat_sample,
-    sample_settings=lambda cfg, model: tf.strategy_from_config(cfg),
-    sample_shape=tf.token_grid,
-    num_classes=tf.null_label_classes,
+    sample_settings=nat_sample_settings,
     search_space=nat_search_space,
+    **tf.record_fields(),
 )

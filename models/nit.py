@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.layers import Mlp
+from models.layers import Mlp, timestep_embedding
 from models.varlen_attention import BACKENDS as VARLEN_BACKENDS
 from models.varlen_attention import Segments, varlen_attention
 
@@ -130,18 +130,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size, bias=True), nn.SiLU(),
                                  nn.Linear(hidden_size, hidden_size, bias=True))
 
-    @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-        half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        if dim % 2:
-            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
-
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = self.timestep_embedding(t, self.frequency_embedding_size)
+        emb = timestep_embedding(t, self.frequency_embedding_size)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 

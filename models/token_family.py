@@ -11,6 +11,17 @@ from torch import nn
 from samplers.strategy import Strategy
 
 DATA_KINDS = ("tokens", "synthetic")
+
+# flags both official NAT READMEs (AutoNAT, ENAT) share -> config keys
+OFFICIAL_FLAGS = {
+    "--gen_steps": ("sample.gen_steps", 1),
+    "--searched_strategy": ("sample.strategy", 1),
+    "--cfg_scale": ("sample.cfg_scale", 1),
+    "--mask_temp": ("sample.mask_temp", 1),
+    "--samp_temp": ("sample.samp_temp", 1),
+    "--beta_alpha_beta": ("loss.beta_alpha_beta", 2),
+    "--input_res": ("data.input_res", 1),
+}
 KNOBS = ("cfg_scale", "mask_temp", "samp_temp")
 KNOB_DEFAULTS = {"cfg_scale": 0.0, "mask_temp": 1.0, "samp_temp": 1.0}  # the cosine schedule's when left null
 
@@ -66,21 +77,58 @@ def uses_guidance(strategy: Strategy) -> bool:
     return any(float(c) != 0.0 for c in strategy.cfg)
 
 
+@dataclass(frozen=True)
+class TokenSampling:
+    """Settings of a mask-predict family's `sample`: the per-step strategy, (ENAT) temporal feature reuse, and the
+    random stream. `stream` (sample.rng: official) replays the official single-process sampler: it carries on from
+    call to call, so the samples depend on the order of the calls (`sequential`: one process, in order, no resume);
+    with `stream_labels` the labels are drawn from it too, as the official AutoNAT eval does."""
+    strategy: Strategy
+    reuse: bool = False
+    stream: object = None
+    stream_labels: bool = False
+
+    @property
+    def sequential(self) -> bool:
+        return self.stream is not None
+
+
+RNGS = ("per_row", "official")
+
+
+def sampling_from_config(cfg, family: str, reuse: bool = False, stream_labels: bool = False) -> TokenSampling:
+    rng = str(cfg.sample.rng)
+    if rng not in RNGS:
+        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
+    stream = None
+    if rng == "official":
+        from samplers.official_stream import OfficialStream
+        stream = OfficialStream.for_family(family, int(cfg.seed))
+    return TokenSampling(strategy_from_config(cfg), reuse=reuse, stream=stream, stream_labels=stream_labels)
+
+
 @torch.no_grad()
-def mask_predict_grid(model_fn, model: nn.Module, labels: torch.Tensor, generators, strategy: Strategy,
-                      rule: str, size=None) -> torch.Tensor:
-    """Long[B, h, w] codes for the tokenizer, from samplers.mask_predict on the model's token grid."""
+def mask_predict_grid(model_fn, model: nn.Module, labels: torch.Tensor, generators, settings, rule: str,
+                      size=None):
+    """Long[B, h, w] codes for the tokenizer, from samplers.mask_predict on the model's token grid; with an official
+    stream that draws the labels, (codes, labels)."""
     from samplers.mask_predict import sample
     if size is not None:
         raise ValueError(f"family of {type(model).__name__} samples its fixed token grid {token_grid(model)}; an "
                          f"image size ({size}) cannot be requested")
-    tokens = sample(model_fn, labels, generators, seq_len=model.seq_len, codebook_size=model.codebook_size,
-                    strategy=strategy, null_label=model.null_label if uses_guidance(strategy) else None, rule=rule)
-    return tokens.reshape(tokens.shape[0], *token_grid(model))
+    if isinstance(settings, Strategy):  # the search hands over bare strategies
+        settings = TokenSampling(settings)
+    strategy, stream = settings.strategy, settings.stream
+    if stream is not None and settings.stream_labels:
+        labels = stream.labels(labels.shape[0], int(model.null_label), labels.device)
+    tokens = sample(model_fn, labels, None if stream is not None else generators, seq_len=model.seq_len,
+                    codebook_size=model.codebook_size, strategy=strategy,
+                    null_label=model.null_label if uses_guidance(strategy) else None, rule=rule, rng=stream)
+    grid = tokens.reshape(tokens.shape[0], *token_grid(model))
+    return (grid, labels) if stream is not None and settings.stream_labels else grid
 
 
-@dataclass(frozen=True)
-class TokenSampling:
-    """Settings of a mask-predict family's `sample`: the per-step strategy and (ENAT) temporal feature reuse."""
-    strategy: Strategy
-    reuse: bool = False
+def record_fields() -> dict:
+    """The Family fields the mask-predict families fill in alike."""
+    from datasets.sampling import row_batches
+    return dict(dataset=token_dataset, batches=row_batches, sample_shape=token_grid, num_classes=null_label_classes)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from tests.helpers import parse_train_args
+from tests.helpers import parse_train_args, run, torchrun_cmd
 from engine.config import load_config
 from engine.generate import load_weights
 from engine.search import search_eval_n
@@ -71,7 +71,7 @@ def test_readme_commands_map_onto_the_recipe(monkeypatch):
         "tokens", "assets/imagenet256_vq_features/train.npy", 1000)
     assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.weight_decay, list(t.betas)) == (
         500000, 2048, 4e-4, 5000, 0.03, [0.99, 0.99])
-    assert (t.ema_decay, t.grad_clip, t.precision) == (0.9999, 0.0, "fp16")
+    assert (t.ema_decay, t.grad_clip, t.precision) == (0.9999, 0.0, "auto")
     assert (cfg.loss.label_drop, cfg.loss.label_smoothing) == (0.15, 0.1) and "per_sample_ratio" not in cfg.loss
 
     cfg, mode = parsed(monkeypatch, readme_args("search"))
@@ -192,3 +192,34 @@ def test_search_with_two_processes_matches_one(assets, tmp_path):
     assert len(rows["one"]) == len(rows["two"]) == 2
     for a, b in zip(rows["one"], rows["two"]):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_official_rng_replays_the_official_stream_through_eval(assets, tmp_path):
+    """sample.rng=official: the eval's images are the decoded tokens of the official loop for this seed (labels and
+    tokens from one torch stream, batch after batch); with 2 processes it is refused in one line."""
+    from core.images import to_uint8
+    from core.loading import load_file
+    from engine.generate import build_tokenizer, decode
+    from samplers.mask_predict import sample
+    from samplers.official_stream import OfficialStream
+    d, sd = assets
+    argv = ["--config", DEBUG, "--mode", "eval", f"--pretrained_path={d / 'nnet_ema.pth'}", "--eval_n", "6",
+            "--test_bsz", "3", "sample.rng=official", "sample.gen_steps=8", *debug_args(assets, tmp_path)]
+    assert train.main(argv) == 0
+    (tag,) = (tmp_path / "eval").iterdir()
+    units = [load_file(tag / f"unit_{u:06d}.pt") for u in range(2)]
+    cfg = load_config(DEBUG, [f"eval.pretrained_path={d / 'nnet_ema.pth'}", *debug_args(assets, tmp_path)[:1]])
+    model, _ = build_model(cfg)
+    model.load_state_dict(sd)
+    model.eval()
+    tok = build_tokenizer(cfg, torch.device("cpu"))
+    strategy = Strategy.from_yaml("configs/AutoNAT_L-T8_strategy.yaml", gen_steps=8)
+    stream = OfficialStream(int(cfg.seed), "autonat")
+    for rec in units:  # the official eval loop: labels of a batch, then its sampling, on the same stream
+        labels = stream.labels(3, model.null_label)
+        toks = sample(model, labels, rng=stream, seq_len=model.seq_len, codebook_size=model.codebook_size,
+                      strategy=strategy, null_label=model.null_label, rule="ties")
+        assert torch.equal(rec["labels"], labels)
+        assert torch.equal(rec["images"], to_uint8(decode(tok, toks.reshape(3, *model.grid))))
+    p = run(torchrun_cmd(2, *argv[:-1], f"output_dir={tmp_path / 'two'}"), check=False)
+    assert p.returncode != 0 and "run with 1 process" in p.stderr.strip().splitlines()[-1]

@@ -115,7 +115,7 @@ def check_train(cfg, res, batch, lr, out):
     assert (cfg.data.kind, cfg.data.path) == ("tokens", f"assets/imagenet{res}_vq_features/train.npy")
     assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.weight_decay, list(t.betas)) == (
         500000, batch, lr, 5000, 0.03, [0.99, 0.99])
-    assert (t.ema_decay, t.grad_clip, t.precision) == (0.9999, 0.0, "fp16")
+    assert (t.ema_decay, t.grad_clip, t.precision) == (0.9999, 0.0, "auto")
     lo = cfg.loss
     assert (list(lo.beta_alpha_beta), lo.label_drop, lo.label_smoothing, lo.reuse_prob, lo.per_sample_ratio) == (
         [12, 3], 0.15, 0.1, 0.5, False)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.layers import count_params
-from models.nit import FLAVOURS, NiT, TimestepEmbedder, pack_latents, rope_angles, rope_positions, unpack
+from models.layers import count_params, timestep_embedding
+from models.nit import FLAVOURS, NiT, pack_latents, rope_angles, rope_positions, unpack
 from models.varlen_attention import varlen_backend
 from tests.nit_helpers import randomized
 
@@ -109,7 +109,7 @@ def test_rope_angles_frequencies_and_relative_property():
 
 def test_timestep_embedding_is_unscaled_cos_then_sin():
     t = torch.tensor([0.0, 0.5, 1.0])
-    emb = TimestepEmbedder.timestep_embedding(t, 256)
+    emb = timestep_embedding(t, 256)
     freqs = torch.exp(-math.log(10000) * torch.arange(128) / 128)
     torch.testing.assert_close(emb, torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], 1))
     assert emb[1, 0] == pytest.approx(math.cos(0.5)) and emb[1, 128] == pytest.approx(math.sin(0.5))
