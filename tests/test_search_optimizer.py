@@ -203,5 +203,5 @@ def test_spsa_search_descends_and_counts_evaluations(tmp_path):
     assert res["update"] == 1 and res["images"] == 32
     with pytest.raises(ValueError, match="started with gradient='spsa'"):
         search(_cfg(tmp_path / "b", "search.max_upd=10", "search.budget_images=40"), objective=g)
-    with pytest.raises(ValueError, match="search.gradient must be one of"):
+    with pytest.raises(ValueError, match="search.gradient'? must be one of"):
         search(_cfg(tmp_path / "c", "search.gradient=sgd"), objective=g)
