@@ -74,3 +74,29 @@ def collate_list(items):
 def stack_uint8(arrays: list[np.ndarray]) -> torch.Tensor:
     """list of HWC uint8 arrays of equal shape -> uint8 tensor [B, C, H, W]."""
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class CenterCropFolder:
+    """An ImageNet-layout folder as rows of images: ADM center crop to `size`, [-1, 1] floats (reference statistics
+    and tokenizer reconstructions of real images). An unreadable file is an error naming it: a reference set with
+    holes would silently change the statistics."""
+
+    def __init__(self, root: str, size: int):
+        from datasets.transforms import center_crop_arr
+        self.root, self.size, self._crop = root, int(size), center_crop_arr
+        self.files, labels, self.classes = list_image_folder(root)
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get_batch(self, idx: torch.Tensor) -> dict:
+        arrays = []
+        for i in idx.tolist():
+            path = os.path.join(self.root, self.files[i])
+            try:
+                arrays.append(self._crop(load_rgb(path), self.size))
+            except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
+                raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+        images = stack_uint8(arrays).float().div(127.5).sub(1.0)
+        return {"image": images, "label": self.labels[idx]}

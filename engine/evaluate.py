@@ -132,11 +132,20 @@ def random_token_grid(cfg) -> tuple[int, int]:
 
 
 def reference_dataset(cfg):
-    """The real images behind eval.ref_images (reference statistics, reconstructions)."""
-    if cfg.eval.ref_images != "fmnist-test":
-        raise ValueError(f"eval.ref_images must be 'fmnist-test' to use real test images, got {cfg.eval.ref_images!r}")
-    from datasets.fmnist import FashionMNIST
-    return FashionMNIST(cfg.eval.ref_images_path, "test", size=int(cfg.data.image_size))
+    """The real images behind eval.ref_images (reference statistics, reconstructions): `fmnist-test`, or an
+    ImageNet-layout folder center-cropped to data.input_res (the resolution the tokenizer and generator work at)."""
+    ref = cfg.eval.ref_images
+    if ref == "fmnist-test":
+        from datasets.fmnist import FashionMNIST
+        return FashionMNIST(cfg.eval.ref_images_path, "test", size=int(cfg.data.image_size))
+    if ref is not None and Path(str(ref)).is_dir():
+        from datasets.imagefolder import CenterCropFolder
+        size = cfg.data.get("input_res", None) if "data" in cfg else None
+        if size is None:
+            raise ValueError(f"eval.ref_images={ref} is a folder: its images are center-cropped to data.input_res, "
+                             f"which family '{cfg.family}' does not have")
+        return CenterCropFolder(str(ref), int(size))
+    raise ValueError(f"eval.ref_images must be 'fmnist-test' or an image folder (<class>/<images>), got {ref!r}")
 
 
 def _inception(cfg, device):
@@ -208,22 +217,24 @@ def evaluate(cfg) -> dict:
     keep_images = max(grid_n, int(cfg.eval.save_png))
     mine = sum(min(n, (u + 1) * bs) - u * bs for u in units)
     bar = progress(total=mine * dist.world_size(), desc=f"eval {src.kind}", unit="img")
-    for u in units:
-        f = udir / f"unit_{u:06d}.pt"
-        idx = list(range(u * bs, min(n, (u + 1) * bs)))
-        if cfg.eval.resume and f.exists() and not sequential:  # a replayed stream cannot skip a unit
-            rec = ck.load_file(f)
-            reused += 1
-        else:
-            images, labels = src(idx)
-            rec = {"feats": ev.collector.extract(images), "labels": labels}
-            if cfg.eval.save_npz or idx[0] < keep_images:
-                rec["images"] = images
-            ck.atomic_save(rec, f)
-        feats.append(rec["feats"])
-        index.append(torch.tensor(idx))
-        bar.update(len(idx) * dist.world_size())
-    bar.close()
+    try:
+        for u in units:
+            f = udir / f"unit_{u:06d}.pt"
+            idx = list(range(u * bs, min(n, (u + 1) * bs)))
+            if cfg.eval.resume and f.exists() and not sequential:  # a replayed stream cannot skip a unit
+                rec = ck.load_file(f)
+                reused += 1
+            else:
+                images, labels = src(idx)
+                rec = {"feats": ev.collector.extract(images), "labels": labels}
+                if cfg.eval.save_npz or idx[0] < keep_images:
+                    rec["images"] = images
+                ck.atomic_save(rec, f)
+            feats.append(rec["feats"])
+            index.append(torch.tensor(idx))
+            bar.update(len(idx) * dist.world_size())
+    finally:
+        bar.close()  # before any error line
     _load_features(ev, feats, index)
     if reused:
         logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")

@@ -39,6 +39,9 @@ def preflight(cfg, mode: str, fam) -> None:
         if on_cpu and OmegaConf.select(cfg, key) == "fp16":
             raise ConfigError(f"{key}=fp16 needs CUDA (autocast + GradScaler), but this run is on the CPU; use "
                               f"{key}=bf16, fp32 or auto")
+    from models import build_model
+    with torch.device("meta"):  # flavour and its arguments (e.g. --input_res) checked without memory
+        build_model(cfg, fam)
     world, accum = _world(), int(cfg.train.grad_accum)
     if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} (global) is not divisible by {world} "

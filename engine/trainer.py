@@ -129,9 +129,9 @@ class Trainer:
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / len(micro)
         if not _finite_everywhere(logs_sum, device):
+            kept = f"the last checkpoint (step {self.saved}) is kept" if self.saved else "no checkpoint was written"
             raise NonFiniteError(f"non-finite training loss at step {step + 1} ({_fmt(logs_sum)}): stopped before "
-                                 f"the update; the last checkpoint (step {self.saved}) is kept. Lower train.lr or "
-                                 f"set train.grad_clip")
+                                 f"the update; {kept}. Lower train.lr or set train.grad_clip")
         if self.scaler:
             self.scaler.unscale_(self.opt)
         if float(tc.grad_clip) > 0:
@@ -189,6 +189,9 @@ class Trainer:
             bar.close()
             raise Interrupted(f"interrupted at step {step}; last checkpoint step {self.saved} in {self.ckdir}; "
                               f"re-run the same command to resume") from None
+        except BaseException:
+            bar.close()  # before the error line, not after it when the bar is collected
+            raise
         bar.close()
         if dist.is_main():
             logger.info(f"done: step {self.stop_at}/{self.steps}; checkpoints in {self.ckdir}, losses in "

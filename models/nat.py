@@ -105,7 +105,12 @@ AUTONAT_L = dict(img_size=16, codebook_size=1024, embed_dim=768, depth=24, num_h
 
 
 def _builder(defaults: dict):
-    def build(**overrides) -> UViT:
+    def build(input_res: int | None = None, downsample: int = 16, **overrides) -> UViT:
+        """`input_res` (with the tokenizer's `downsample`) sets the token grid, as --input_res does for ENAT."""
+        if input_res is not None:
+            if int(input_res) % int(downsample):
+                raise ValueError(f"input_res {input_res} is not a multiple of the tokenizer downsample {downsample}")
+            overrides["img_size"] = int(input_res) // int(downsample)
         return UViT(**{**defaults, **overrides})
     build.defaults = dict(defaults)
     return build
