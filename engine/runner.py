@@ -41,7 +41,9 @@ def preflight(cfg, mode: str, fam) -> None:
                               f"{key}=bf16, fp32 or auto")
     from models import build_model
     with torch.device("meta"):  # flavour and its arguments (e.g. --input_res) checked without memory
-        build_model(cfg, fam)
+        model, _ = build_model(cfg, fam)
+        if mode == "eval" and cfg.eval.source == "samples":
+            fam.settings(cfg, model)  # sampling settings (strategy files, knobs a strategy would ignore)
     world, accum = _world(), int(cfg.train.grad_accum)
     if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} (global) is not divisible by {world} "

@@ -123,3 +123,11 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
         state = load_file(ck)
         assert all(torch.isfinite(t).all() for part in ("model", "ema") for t in state[part].values()
                    if t.is_floating_point()), ck
+
+
+def test_knobs_a_strategy_file_would_ignore_are_refused(capsys):
+    rc = train.main(["--config", "configs/AutoNAT_L.yaml", "--mode", "eval", "--pretrained_path", "absent.pth",
+                     "--cfg_scale", "3", "device=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: sample.cfg_scale=3")
+    assert "has no effect with sample.strategy=configs/AutoNAT_L-T8_strategy.yaml" in err[0]
