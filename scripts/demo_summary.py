@@ -23,6 +23,15 @@ def latest_result(eval_dir: Path, source: str) -> dict:
     return json.loads(found[-1].read_text())
 
 
+def train_precision(log: Path) -> str:
+    """The line the trainer logged when it resolved train.precision (auto), else the word itself."""
+    if log.exists():
+        for line in log.read_text().splitlines():
+            if "precision" in line and "train" in line and ("auto:" in line or "->" in line):
+                return line.split("|", 2)[-1].strip()
+    return "see the config printed in outputs/demo/nat/log.txt"
+
+
 @torch.inference_mode()
 def test_psnr(ckpt: str, data: str | None) -> float:
     tok = DemoVQTokenizer.from_checkpoint(ckpt).eval()
@@ -54,6 +63,8 @@ def main():
              f"  random tokens decoded      {res['random_tokens']['fid']:8.2f}",
              f"  samples / random = {ratio:.3f} ({'OK' if ratio <= 0.5 else 'FAIL'}: must be <= 0.5)",
              f"tokenizer reconstruction PSNR on the 10k test images: {psnr:.2f} dB",
+             f"FID-Inception dtype: {res['samples'].get('provenance', {}).get('inception_dtype', '?')}; "
+             f"NAT training precision: {train_precision(out / 'nat' / 'log.txt')}",
              f"sample grid: {out / 'nat' / 'samples.png'} (copied to {out / 'samples.png'})"]
     if a.seconds:
         lines.append(f"demo wall time: {a.seconds // 60} min {a.seconds % 60} s")
