@@ -73,11 +73,35 @@ class Tokenizer(nn.Module, abc.ABC):
         return out
 
 
-class CheckpointMismatchError(KeyError):
-    """Raised when a state dict does not match a module; the message lists the offending keys."""
+class CheckpointMismatchError(KeyError, ValueError):
+    """Raised when a state dict does not match a module; the one-line message lists the offending keys.
+
+    Also a ValueError, so entry points that report bad input as `error: ...` catch it with the other input errors.
+    """
 
     def __str__(self) -> str:  # KeyError would repr() the message and escape its newlines
         return str(self.args[0]) if self.args else ""
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words (torch's own text runs over many lines and
+    suggests weights_only=False, which must not be followed for a file of unknown origin)."""
+    text = str(e)
+    if isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
+        return "truncated or corrupted: not a complete torch.save file"
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects besides tensors, which a weights-only load refuses"
+    if isinstance(e, (KeyError, ValueError)) or "pickle" in type(e).__name__.lower() or "magic" in text:
+        return "not a torch.save file"
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def read_weights_file(path: str, expected: str):
+    """torch.load(path, weights_only=True) on the CPU; any failure becomes one ValueError line naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read ({_load_failure(e)}); expected {expected}") from None
 
 
 def strip_prefixes(state_dict: dict, prefixes=("module.", "_orig_mod.")) -> dict:
@@ -104,11 +128,10 @@ def load_strict(module: nn.Module, state_dict: dict, source: str) -> None:
                     if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape))
     if missing or unexpected or shapes:
         def _fmt(name, items):
-            if not items:
-                return ""
-            head = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-            return f"\n  {name}: {head}"
-        raise CheckpointMismatchError(f"{source} does not match {type(module).__name__}:"
-                       + _fmt("missing keys", missing) + _fmt("unexpected keys", unexpected)
-                       + _fmt("shape mismatches", shapes))
+            head = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            return f"{name}: {head}"
+        parts = [_fmt(n, i) for n, i in (("missing keys", missing), ("unexpected keys", unexpected),
+                                          ("shape mismatches", shapes)) if i]
+        raise CheckpointMismatchError(f"{source} does not match {type(module).__name__} "
+                                      f"({len(own)} tensors): " + "; ".join(parts))
     module.load_state_dict(state_dict, strict=True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import dist
-from tokenizer.base import Tokenizer, load_strict, strip_prefixes
+from tokenizer.base import CheckpointMismatchError, Tokenizer, load_strict, read_weights_file, strip_prefixes
 
 # flavour name -> constructor kwargs; 'demo' is the recommended Fashion-MNIST size (409k parameters; width 16 runs
 # a training step several times faster than width 32 on a CPU, and steps matter most in a minutes budget);
@@ -222,12 +222,13 @@ class DemoVQTokenizer(Tokenizer):
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"demo VQ checkpoint {path} not found; train it first with the demo recipe")
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = read_weights_file(path, "a train.py checkpoint of family demo_vq ({model, ema, config, ...})")
         if key is None:
             key = "ema" if isinstance(ckpt, dict) and ckpt.get("ema") else "model"
         if not isinstance(ckpt, dict) or key not in ckpt:
             found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise KeyError(f"{path}: expected a checkpoint dict with key {key!r}, found {found}")
+            raise CheckpointMismatchError(f"{path}: expected a train.py checkpoint of family demo_vq with key "
+                                          f"{key!r}, found {found}")
         cfg = ckpt.get("config") or {}
         mcfg = dict(cfg.get("model", {})) if isinstance(cfg, dict) else {}
         flavour = mcfg.pop("flavour", ckpt.get("flavour", "demo"))
