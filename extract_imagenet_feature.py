@@ -303,14 +303,18 @@ def main(argv=None) -> int:
     try:
         device = dist.init_distributed(None if args.device == "auto" else args.device)
         code = run(args, device)
-    except USER_ERRORS as e:  # raised the same way on every rank (settings, files every rank reads)
+    except USER_ERRORS as e:  # process-group set-up (errors of the run itself are agreed on inside run)
         code = report(one_line(e))
     dist.destroy()
     return code
 
 
-def report(message: str) -> int:
+def report(message: str, agreed: bool = False) -> int:
+    """Print the error line -> exit code 2. `agreed`: every rank reports this same error now, so they wait for each
+    other before exiting (torchrun stops the remaining workers as soon as one exits with an error)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
+    if agreed:
+        dist.barrier()
     return 2
 
 
@@ -333,7 +337,13 @@ def plan_on_main(job, root: str) -> dict:
 
 
 def run(args, device) -> int:
-    job = Job(args, device)
+    try:  # settings and files every rank checks the same way; agreed on anyway, so that no rank runs on alone
+        job, err = Job(args, device), None
+    except USER_ERRORS as e:
+        job, err = None, one_line(e)
+    errors = [e for e in all_gather(err) if e]
+    if errors:
+        return report(errors[0], agreed=True)
     root = os.path.join(args.path, args.split)
 
     # rank 0 decides everything that must agree across processes and shares it, errors included, so that every
@@ -349,7 +359,7 @@ def run(args, device) -> int:
             raise
     plan = dist.broadcast_object(plan)
     if "error" in plan:
-        return report(plan["error"])
+        return report(plan["error"], agreed=True)
     if plan.get("exists"):
         if dist.is_main():
             logger.info(f"{job.final} exists; nothing to do (delete it to extract again)")
@@ -372,7 +382,7 @@ def run(args, device) -> int:
     elapsed = time.time() - t0
     errors = [g[0] for g in gathered if g[0]]
     if errors:
-        return report(errors[0] + ("" if len(errors) == 1 else f" (and {len(errors) - 1} more rank(s))"))
+        return report(errors[0] + ("" if len(errors) == 1 else f" (and {len(errors) - 1} more rank(s))"), agreed=True)
 
     result = None
     if dist.is_main():
@@ -392,7 +402,7 @@ def run(args, device) -> int:
         except USER_ERRORS as e:
             result = {"error": one_line(e)}
     result = dist.broadcast_object(result)
-    return report(result["error"]) if "error" in result else result["code"]
+    return report(result["error"], agreed=True) if "error" in result else result["code"]
 
 
 def encode_shards(job, root, files, labels, shards, mine) -> tuple[int, int, int | None]:

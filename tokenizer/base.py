@@ -83,15 +83,15 @@ class CheckpointMismatchError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def _load_failure(e: Exception) -> str:
+def _load_failure(e: Exception, head: bytes) -> str:
     """Why torch.load(weights_only=True) refused a file, in a few words (torch's own text runs over many lines and
     suggests weights_only=False, which must not be followed for a file of unknown origin)."""
     text = str(e)
-    if isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
-        return "truncated or corrupted: not a complete torch.save file"
     if "Weights only load failed" in text:
         return "it holds pickled Python objects besides tensors, which a weights-only load refuses"
-    if isinstance(e, (KeyError, ValueError)) or "pickle" in type(e).__name__.lower() or "magic" in text:
+    if head[:2] == b"PK" or isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
+        return "truncated or corrupted: not a complete torch.save file"
+    if head[:1] != b"\x80":  # neither a zip archive (torch.save) nor a pickle (legacy torch.save)
         return "not a torch.save file"
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -101,7 +101,9 @@ def read_weights_file(path: str, expected: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot be read ({_load_failure(e)}); expected {expected}") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+        raise ValueError(f"{path}: cannot be read ({_load_failure(e, head)}); expected {expected}") from None
 
 
 def strip_prefixes(state_dict: dict, prefixes=("module.", "_orig_mod.")) -> dict:
