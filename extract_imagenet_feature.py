@@ -355,11 +355,11 @@ def run(args, device) -> int:
         except USER_ERRORS as e:
             plan = {"error": one_line(e)}
         except Exception as e:  # a bug: the other ranks stop cleanly, rank 0 shows the traceback
-            dist.broadcast_object({"error": f"rank 0 failed: {type(e).__name__}: {one_line(e)}"})
+            dist.broadcast_object({"error": f"rank 0 failed: {type(e).__name__}: {one_line(e)}", "crash": True})
             raise
     plan = dist.broadcast_object(plan)
     if "error" in plan:
-        return report(plan["error"], agreed=True)
+        return report(plan["error"], agreed="crash" not in plan)
     if plan.get("exists"):
         if dist.is_main():
             logger.info(f"{job.final} exists; nothing to do (delete it to extract again)")
