@@ -324,10 +324,10 @@ def plan_on_main(job, root: str) -> dict:
     args = job.args
     if job.finished():
         return {"exists": True}
-    check_writable(job.out_dir)
     if not os.path.isdir(root):
         raise InputError(f"image folder {root} not found (--path {args.path} --split {args.split}); expected "
                          f"the ImageNet layout <path>/<split>/<class folder>/<images>")
+    check_writable(job.out_dir)
     files, labels, classes = imf.list_image_folder(root)
     job.tok = job.load()
     job.store.open(job.manifest(files, labels), MANIFEST_SETTINGS)

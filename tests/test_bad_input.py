@@ -77,6 +77,7 @@ def assets(tmp_path_factory) -> Path:
         (a / "noimg" / "train" / f"n{c}").mkdir(parents=True)
         (a / "noimg" / "train" / f"n{c}" / "notes.txt").write_text("no images here")
     (a / "empty" / "train").mkdir(parents=True)
+    _png(a / "flat" / "train" / "ILSVRC2012_val_00000001.JPEG", 99)  # ImageNet's val split as released
     # tokenizer checkpoints: good tiny VQGAN, truncated, garbage, pickled objects, other kinds
     torch.save({"state_dict": build_vqmodel("tiny").state_dict()}, a / "tiny.ckpt")
     _truncate(a / "tiny.ckpt", a / "trunc.ckpt")
@@ -304,6 +305,8 @@ CASES = [
          "image folder {t}/nowhere/train not found (--path {t}/nowhere --split train)"),
     case("extract-no-class-folders", EXTRACT, with_(VQ, "--path={a}/empty"), prior_tokens,
          "{a}/empty/train holds no class folders"),
+    case("extract-flat-folder", EXTRACT, with_(VQ, "--path={a}/flat"), prior_tokens,
+         "{a}/flat/train holds no class folders; expected <class folder>/<images> inside it (it holds images"),
     case("extract-no-images", EXTRACT, with_(VQ, "--path={a}/noimg"), prior_tokens, "{a}/noimg/train: no images"),
     case("extract-ckpt-missing", EXTRACT, with_(VQ, "--vq_ckpt={t}/absent.ckpt"), prior_tokens,
          "VQGAN checkpoint not found: {t}/absent.ckpt (--vq_ckpt)"),
