@@ -12,6 +12,10 @@ exit code 3, for time-limited jobs). A finished output is never rewritten. Unrea
 counted and listed next to the output (`<output stem>_skipped.txt`). Across nodes, --output must be on a file
 system that every node sees (rank 0 plans the shards and assembles the result).
 
+Bad input (missing or empty folder, unreadable checkpoint, unwritable output, every image unreadable, ...) stops
+with one `error: ...` line on stderr and exit code 2, on every process of a torchrun job; existing outputs and
+finished shards are left as they were.
+
 Row order of the .npy (train split): per block of 128 consecutive images of the sorted list (class folders sorted,
 then paths), the originals then their flips, as the official script does per batch of 128; fixed blocks make the
 file independent of --batch_size and of the number of processes. Other splits: originals only.
@@ -22,6 +26,7 @@ import argparse
 import functools
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -36,11 +41,49 @@ from datasets.transforms import center_crop_arr, native_resolution_resize
 from core import dist
 
 
+class InputError(Exception):
+    """Bad input: reported as one `error:` line and exit code 2, never as a traceback."""
+
+
+# exceptions that mean bad input (files, folders, settings) rather than a bug; KeyError covers
+# tokenizer.CheckpointMismatchError
+USER_ERRORS = (InputError, OSError, ValueError, KeyError)
+
+# manifest key -> the setting that changes it, for the message when unfinished shards were made otherwise
+MANIFEST_SETTINGS = {"input_res": "--input_res", "split": "--split", "tokenizer": "--tokenizer",
+                     "config": "--vq_config / DC-AE config.json",
+                     "weights": "tokenizer weights (--vq_ckpt / --dcae_path)",
+                     "images": "the image list under --path", "n_images": "the number of images under --path",
+                     "shard_size": "--shard_size", "row_block": "--row_block", "flip": "--split", "format": "format"}
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an exception on one line (KeyError's str() would quote it)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg = f"{e.filename}: {msg}"
+    return " ".join(msg.split()) or type(e).__name__
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # the house format: one `error:` line, exit code 2 (argparse adds the usage text)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(4, cores)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--path", default="data", help="ImageNet root holding <split>/<class>/<images>")
     p.add_argument("--split", default="train", help="sub-folder of --path; 'train' also encodes horizontal flips")
-    p.add_argument("--input_res", default="256", help="256 | 512 (any int) ; dcae also 'native'")
+    p.add_argument("--input_res", default="256", help="256 | 512 (any multiple of the tokenizer's downsampling "
+                                                      "factor: 16 for the VQGAN, 32 for DC-AE); dcae also 'native'")
     p.add_argument("--tokenizer", default="vqgan", choices=["vqgan", "dcae"])
     p.add_argument("--output", default=None, help="vqgan: .npy path; dcae: output folder")
     p.add_argument("--batch_size", type=int, default=128, help="images per forward (flips double it)")
@@ -48,7 +91,8 @@ def parse_args(argv=None):
     p.add_argument("--vq_config", default="mage", help="VQGAN size: mage (released) | tiny (tests)")
     p.add_argument("--dcae_path", default=os.path.join("assets", "dc-ae-f32c32-sana-1.1-diffusers"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--num_workers", type=int, default=4, help="image-decoding workers per process")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="image-decoding workers per process (default: min(4, available cores))")
     p.add_argument("--shard_size", type=int, default=1024, help="images per resumable shard (multiple of --row_block)")
     p.add_argument("--row_block", type=int, default=tw.ROW_BLOCK,
                    help="train split: rows are originals then flips per block of this many images (official 128)")
@@ -58,10 +102,24 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.row_block <= 0 or a.shard_size <= 0 or a.shard_size % a.row_block:
         p.error(f"--shard_size must be a positive multiple of --row_block ({a.row_block}), got {a.shard_size}")
-    if a.tokenizer == "vqgan" and not str(a.input_res).isdigit():
-        p.error(f"--input_res for the VQGAN must be an integer (256 or 512), got {a.input_res!r}")
-    if a.tokenizer == "dcae" and not (str(a.input_res).isdigit() or str(a.input_res).lower() in ("native", "nr")):
-        p.error(f"--input_res for DC-AE must be an integer (256, 512) or 'native', got {a.input_res!r}")
+    if a.batch_size <= 0:
+        p.error(f"--batch_size must be a positive number of images, got {a.batch_size}")
+    if a.max_shards < 0:
+        p.error(f"--max_shards must be >= 0 (0: no limit), got {a.max_shards}")
+    if a.num_workers is None:
+        a.num_workers = default_workers()
+    elif a.num_workers < 0:
+        p.error(f"--num_workers must be >= 0, got {a.num_workers}")
+    if a.device not in ("auto", "cpu") and not a.device.startswith("cuda"):
+        p.error(f"--device must be auto, cpu or cuda[:N], got {a.device!r}")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {a.device}: no CUDA GPU is available (torch.cuda.is_available() is False); "
+                f"use --device cpu or auto")
+    res = str(a.input_res)
+    if a.tokenizer == "vqgan" and not (res.isdigit() and int(res) > 0):
+        p.error(f"--input_res for the VQGAN must be a positive integer (256 or 512), got {a.input_res!r}")
+    if a.tokenizer == "dcae" and not ((res.isdigit() and int(res) > 0) or res.lower() in ("native", "nr")):
+        p.error(f"--input_res for DC-AE must be a positive integer (256, 512) or 'native', got {a.input_res!r}")
     return a
 
 
@@ -72,6 +130,34 @@ def prepare_image(img, res: int | None, multiple: int) -> np.ndarray:
     return native_resolution_resize(img, multiple=multiple)
 
 
+def check_res(res: int, downsample: int, what: str) -> None:
+    if res % downsample:
+        lo, hi = res // downsample * downsample, (res // downsample + 1) * downsample
+        near = f"{lo} or {hi}" if lo else f"{hi}"
+        raise InputError(f"--input_res {res} is not a multiple of {downsample}, the downsampling factor of {what} "
+                         f"(try {near})")
+
+
+def check_writable(folder: str) -> None:
+    """Create `folder` and write a probe file into it, so a bad --output fails before any image is decoded."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"output folder {folder} cannot be created or written ({e.strerror or e}); "
+                         f"choose another --output") from None
+
+
+def all_gather(obj) -> list:
+    if not dist.is_dist():
+        return [obj]
+    out = [None] * dist.world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 class Job:
     """What one extraction produces: how to prepare an image, encode a batch, write a shard, assemble."""
 
@@ -80,18 +166,21 @@ class Job:
         self.flip = args.split == "train" or args.tokenizer == "dcae"
         if args.tokenizer == "vqgan":
             from tokenizer.vqgan import VQGAN_CONFIGS, WEIGHTS_HELP, VQGANTokenizer
+            if args.vq_config not in VQGAN_CONFIGS:
+                raise InputError(f"--vq_config {args.vq_config!r} is unknown; known: {sorted(VQGAN_CONFIGS)}")
+            self.config = VQGAN_CONFIGS[args.vq_config]
+            self.downsample = 2 ** (len(self.config["ch_mult"]) - 1)
             self.res = int(args.input_res)
+            check_res(self.res, self.downsample, f"the VQGAN '{args.vq_config}'")
             self.out = args.output or os.path.join("assets", f"imagenet{self.res}_vq_features", f"{args.split}.npy")
+            if os.path.isdir(self.out):
+                raise InputError(f"--output {self.out} is a folder; for the VQGAN it names the .npy file to write")
             self.store = tw.ShardStore(os.path.join(os.path.dirname(self.out) or ".", f".{os.path.basename(self.out)}"
                                                     f".shards"), ".npz")
             if not os.path.isfile(args.vq_ckpt):
-                raise SystemExit(f"VQGAN checkpoint not found: {args.vq_ckpt}; {WEIGHTS_HELP}")
+                raise InputError(f"VQGAN checkpoint not found: {args.vq_ckpt} (--vq_ckpt); {WEIGHTS_HELP}")
             self.weights = tw.file_fingerprint(args.vq_ckpt)
             self.load = lambda: VQGANTokenizer.from_checkpoint(args.vq_ckpt, args.vq_config, device)
-            if args.vq_config not in VQGAN_CONFIGS:
-                raise SystemExit(f"--vq_config {args.vq_config!r} is unknown; known: {sorted(VQGAN_CONFIGS)}")
-            self.config = VQGAN_CONFIGS[args.vq_config]
-            self.downsample = 2 ** (len(self.config["ch_mult"]) - 1)
             self.data_type = None
         else:
             self.data_type = lw.data_type_for(args.input_res)
@@ -104,12 +193,37 @@ class Job:
             from tokenizer.dcae import DCAETokenizer, load_dcae_config
             self.load = lambda: DCAETokenizer.from_local_dir(args.dcae_path, device=device)
             self.config = load_dcae_config(args.dcae_path)
-            blocks = self.config.get("encoder_block_out_channels") or self.config["block_out_channels"]
+            blocks = self.config.get("encoder_block_out_channels") or self.config.get("block_out_channels")
+            if not blocks:
+                raise InputError(f"{os.path.join(args.dcae_path, 'config.json')}: no encoder_block_out_channels; "
+                                 f"expected the config of a diffusers AutoencoderDC (--dcae_path)")
             self.downsample = 2 ** (len(blocks) - 1)
+            if self.res is not None:
+                check_res(self.res, self.downsample, "DC-AE")
+            if os.path.isfile(self.out):
+                raise InputError(f"--output {self.out} is a file; for DC-AE it names the output folder")
             wfile = os.path.join(args.dcae_path, "diffusion_pytorch_model.safetensors")
             self.weights = tw.file_fingerprint(wfile) if os.path.isfile(wfile) else "config-only"
         self.final = self.out if args.tokenizer == "vqgan" else self.meta_path
         self.skipped_path = os.path.splitext(self.final)[0] + "_skipped.txt"
+        self.out_dir = (os.path.dirname(self.out) or ".") if args.tokenizer == "vqgan" else self.out
+        self.tok = None
+
+    def finished(self) -> bool:
+        """The final output exists and holds rows (an empty token file, as older versions wrote when every image
+        was unreadable, does not count as finished)."""
+        if not os.path.isfile(self.final):
+            return False
+        if self.args.tokenizer != "vqgan":
+            return True
+        try:
+            n = np.load(self.final, mmap_mode="r").shape[0]
+        except (OSError, ValueError):
+            return True  # not ours to judge or replace: left alone
+        if n == 0:
+            logger.warning(f"{self.final} holds no rows (every image was unreadable in an earlier run); "
+                           f"extracting again")
+        return n > 0
 
     def manifest(self, files, labels):
         return {"format": 1, "tokenizer": self.args.tokenizer, "config": str(self.config), "weights": self.weights,
@@ -169,7 +283,7 @@ class ShardResult:
                 self.lines.append(lw.meta_line(files[i], job.data_type, info["ori_w"], info["ori_h"], arr.shape[1],
                                                arr.shape[0], lat.shape[-1], lat.shape[-2]))
 
-    def write(self) -> int:
+    def write(self) -> None:
         job = self.job
         if job.args.tokenizer == "vqgan":
             hw = (job.res // job.downsample) ** 2
@@ -181,37 +295,74 @@ class ShardResult:
             tw.save_token_shard(job.store, self.shard_id, rows, self.skipped)
         else:
             lw.save_meta_shard(job.store, self.shard_id, self.lines, self.skipped)
-        return len(self.skipped)
 
 
 def main(argv=None) -> int:
+    """Exit code 0 done, 3 stopped early (--max_shards), 2 bad input (one `error:` line on every process)."""
     args = parse_args(argv)
-    device = dist.init_distributed(None if args.device == "auto" else args.device)
-    job = Job(args, device)
+    try:
+        device = dist.init_distributed(None if args.device == "auto" else args.device)
+        code = run(args, device)
+    except USER_ERRORS as e:  # process-group set-up (errors of the run itself are agreed on inside run)
+        code = report(one_line(e))
+    dist.destroy()
+    return code
+
+
+def report(message: str, agreed: bool = False) -> int:
+    """Print the error line -> exit code 2. `agreed`: every rank reports this same error now, so they wait for each
+    other before exiting (torchrun stops the remaining workers as soon as one exits with an error)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if agreed:
+        dist.barrier()
+    return 2
+
+
+def plan_on_main(job, root: str) -> dict:
+    """Rank 0: check the output, list the images, load the tokenizer (a bad checkpoint fails here, before any
+    shard state is written), open the shard store. Returns the plan every rank follows."""
+    args = job.args
+    if job.finished():
+        return {"exists": True}
+    if not os.path.isdir(root):
+        raise InputError(f"image folder {root} not found (--path {args.path} --split {args.split}); expected "
+                         f"the ImageNet layout <path>/<split>/<class folder>/<images>")
+    check_writable(job.out_dir)
+    files, labels, classes = imf.list_image_folder(root)
+    job.tok = job.load()
+    job.store.open(job.manifest(files, labels), MANIFEST_SETTINGS)
+    shards = tw.shard_ranges(len(files), args.shard_size)
+    pending = [s for s in range(len(shards)) if not job.store.done(s)]
+    return {"files": files, "labels": labels, "n_classes": len(classes), "shards": shards, "pending": pending}
+
+
+def run(args, device) -> int:
+    try:  # settings and files every rank checks the same way; agreed on anyway, so that no rank runs on alone
+        job, err = Job(args, device), None
+    except USER_ERRORS as e:
+        job, err = None, one_line(e)
+    errors = [e for e in all_gather(err) if e]
+    if errors:
+        return report(errors[0], agreed=True)
     root = os.path.join(args.path, args.split)
 
-    # rank 0 decides everything that must agree across processes and shares it
+    # rank 0 decides everything that must agree across processes and shares it, errors included, so that every
+    # rank stops with the same message instead of waiting in a collective
     plan = None
     if dist.is_main():
         try:
-            if os.path.isfile(job.final):
-                plan = {"exists": True}
-            else:
-                files, labels, classes = imf.list_image_folder(root)
-                job.store.open(job.manifest(files, labels))
-                shards = tw.shard_ranges(len(files), args.shard_size)
-                pending = [s for s in range(len(shards)) if not job.store.done(s)]
-                plan = {"files": files, "labels": labels, "n_classes": len(classes), "shards": shards,
-                        "pending": pending}
-        except Exception as e:  # every rank must stop with the same message, not hang in a collective
-            plan = {"error": f"{type(e).__name__}: {e}"}
+            plan = plan_on_main(job, root)
+        except USER_ERRORS as e:
+            plan = {"error": one_line(e)}
+        except Exception as e:  # a bug: the other ranks stop cleanly, rank 0 shows the traceback
+            dist.broadcast_object({"error": f"rank 0 failed: {type(e).__name__}: {one_line(e)}", "crash": True})
+            raise
     plan = dist.broadcast_object(plan)
     if "error" in plan:
-        raise SystemExit(f"extract_imagenet_feature: {plan['error']}")
+        return report(plan["error"], agreed="crash" not in plan)
     if plan.get("exists"):
         if dist.is_main():
             logger.info(f"{job.final} exists; nothing to do (delete it to extract again)")
-        dist.destroy()
         return 0
     files, labels, shards, pending = plan["files"], plan["labels"], plan["shards"], plan["pending"]
     mine = pending[dist.rank()::dist.world_size()]
@@ -221,49 +372,89 @@ def main(argv=None) -> int:
         logger.info(f"{len(files)} images in {plan['n_classes']} classes under {root}; {len(shards)} shards, "
                     f"{len(pending)} to do on {dist.world_size()} process(es) -> {job.final}")
 
-    job.tok = job.load() if mine else None
+    dist.barrier()  # time the encoding of all ranks together, not rank 0's planning
+    t0 = time.time()
+    try:
+        err, stats = None, encode_shards(job, root, files, labels, shards, mine)
+    except USER_ERRORS as e:  # e.g. a full disk on one rank: every rank reports it below
+        err, stats = f"rank {dist.rank()}: {one_line(e)}", (0, 0, None)
+    gathered = all_gather((err, *stats))
+    elapsed = time.time() - t0
+    errors = [g[0] for g in gathered if g[0]]
+    if errors:
+        return report(errors[0] + ("" if len(errors) == 1 else f" (and {len(errors) - 1} more rank(s))"), agreed=True)
+
+    result = None
+    if dist.is_main():
+        n_enc, n_skip = sum(g[1] for g in gathered), sum(g[2] for g in gathered)
+        firsts = [g[3] for g in gathered if g[3] is not None]
+        first = f": first {files[min(firsts)]}" if firsts else ""
+        logger.info(f"encoded {n_enc} images, skipped {n_skip} unreadable{first} in {elapsed:.1f} s: "
+                    f"{n_enc / max(elapsed, 1e-9):.2f} img/s")
+        try:
+            left = sum(not job.store.done(s) for s in range(len(shards)))
+            if left:
+                logger.info(f"stopped with {left} of {len(shards)} shards left; run the same command again to "
+                            f"continue")
+                result = {"code": 3}
+            else:
+                result = {"code": finish(job, root, len(files), len(shards))}
+        except USER_ERRORS as e:
+            result = {"error": one_line(e)}
+    result = dist.broadcast_object(result)
+    return report(result["error"], agreed=True) if "error" in result else result["code"]
+
+
+def encode_shards(job, root, files, labels, shards, mine) -> tuple[int, int, int | None]:
+    """Encode and write this rank's shards -> (images encoded, images skipped, global index of the first skip)."""
+    args = job.args
+    if mine and job.tok is None:
+        job.tok = job.load()
     chunks = [(s, list(range(lo, hi))[c:c + args.batch_size])
               for s in mine for lo, hi in [shards[s]] for c in range(0, hi - lo, args.batch_size)]
     dataset = imf.ImageListDataset(root, files, job.prepare)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[c for _, c in chunks], collate_fn=imf.collate_list,
                                          num_workers=args.num_workers if chunks else 0)
-    n_mine = sum(len(c) for _, c in chunks)
-    bar = tqdm(total=n_mine, unit="img", disable=args.no_progress or not dist.is_main(), dynamic_ncols=True)
-    dist.barrier()  # time the encoding of all ranks together, not each rank's model loading
-    t0, done_imgs, n_skipped, result = time.time(), 0, 0, None
+    bar = tqdm(total=sum(len(c) for _, c in chunks), unit="img", disable=args.no_progress or not dist.is_main(),
+               dynamic_ncols=True)
+    t0, done_imgs, n_skipped, first_skip, result = time.time(), 0, 0, None, None
     for k, items in enumerate(loader):
         shard_id = chunks[k][0]
         if result is None:
             result = ShardResult(job, shard_id, files, labels)
         result.add(items)
+        bad = [i for i, arr, _ in items if arr is None]
+        if bad and first_skip is None:
+            first_skip = min(bad)
+        n_skipped += len(bad)
         if k + 1 == len(chunks) or chunks[k + 1][0] != shard_id:
-            n_skipped += result.write()
+            result.write()
             result = None
         done_imgs += len(items)
         bar.update(len(items))
         bar.set_postfix_str(f"~{done_imgs * dist.world_size() / max(time.time() - t0, 1e-9):.1f} img/s all ranks")
     bar.close()
-    totals = dist.all_reduce_mean(torch.tensor([float(done_imgs), float(n_skipped)])) * dist.world_size()
-    dist.barrier()
-    elapsed = time.time() - t0
+    return done_imgs - n_skipped, n_skipped, first_skip
 
-    code = 0
-    if dist.is_main():
-        all_done = all(job.store.done(s) for s in range(len(shards)))
-        logger.info(f"encoded {int(totals[0])} images ({int(totals[1])} skipped) in {elapsed:.1f} s: "
-                    f"{totals[0] / max(elapsed, 1e-9):.2f} img/s")
-        if not all_done:
-            left = sum(not job.store.done(s) for s in range(len(shards)))
-            logger.info(f"stopped with {left} of {len(shards)} shards left; run the same command again to continue")
-            code = 3
+
+def count_rows(job, n_shards: int) -> int:
+    """Images that made it into the shards (a pass over the shard files before anything is assembled)."""
+    n = 0
+    for i in range(n_shards):
+        if job.args.tokenizer == "vqgan":
+            n += tw.load_token_shard(job.store, i)[0].shape[0]
         else:
-            code = finish(job, len(shards))
-    dist.barrier()
-    dist.destroy()
-    return code
+            n += len(lw.load_meta_shard(job.store, i)[0])
+    return n
 
 
-def finish(job, n_shards: int) -> int:
+def finish(job, root: str, n_files: int, n_shards: int) -> int:
+    if count_rows(job, n_shards) == 0:
+        # nothing to assemble: an empty output would look finished to the next run and to training
+        first = next((s for i in range(n_shards) for s in shard_skipped(job, i)), None)
+        job.store.remove()
+        raise InputError(f"{root}: none of the {n_files} image files could be read (first: {first}); nothing was "
+                         f"written (the warnings above give each file's error)")
     if job.args.tokenizer == "vqgan":
         width = 1 + (job.res // job.downsample) ** 2
         n, skipped = tw.assemble_token_file(job.store, n_shards, job.out, width)
@@ -276,6 +467,12 @@ def finish(job, n_shards: int) -> int:
     job.store.remove()
     logger.info(f"wrote {what}; {len(skipped)} unreadable image(s) listed in {job.skipped_path}")
     return 0
+
+
+def shard_skipped(job, i: int) -> list[str]:
+    if job.args.tokenizer == "vqgan":
+        return tw.load_token_shard(job.store, i)[1]
+    return lw.load_meta_shard(job.store, i)[1]
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ class CheckpointError(ValueError):
     """A weight file that cannot be read, or whose tensors do not fit the module."""
 
 
-def load_file(path: str | os.PathLike, what: str = "checkpoint"):
+def load_file(path: str | os.PathLike, what: str = "a weights-only torch checkpoint"):
     """A torch pickle (weights_only=True) or a .safetensors file, with a one-line error for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"not found: {path} (expected {what})")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file as st_load
@@ -31,14 +31,27 @@ def load_file(path: str | os.PathLike, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code objects, not a torch file at all
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch {what} ({type(e).__name__}: "
-                              f"{_first_line(e)})") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+        raise CheckpointError(f"{path}: cannot be read ({_load_failure(e, head)}); expected {what}") from None
+
+
+def _load_failure(e: Exception, head: bytes) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words: torch's own text runs over many lines and
+    advises weights_only=False, which must not be followed for a file of unknown origin."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects besides tensors, which a weights-only load refuses"
+    if head[:2] == b"PK" or isinstance(e, EOFError) or "central directory" in text or "zip archive" in text:
+        return "truncated or corrupted: not a complete torch.save file"
+    if head[:1] != b"\x80":  # neither a zip archive (torch.save) nor a pickle (legacy torch.save)
+        return "not a torch.save file"
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _first_line(e: BaseException) -> str:
-    # torch's unpickler advice ("re-running with weights_only=False ...") is wrong for untrusted files: drop it
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return text.split(" Re-running `torch.load` with")[0].split("(1) In PyTorch")[0].strip()
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def is_state_dict(d) -> bool:

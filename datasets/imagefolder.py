@@ -22,7 +22,10 @@ def list_image_folder(root: str) -> tuple[list[str], list[int], list[str]]:
                                 f"<path>/<split>/<class folder>/<images>")
     classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not classes:
-        raise ValueError(f"{root} holds no class folders; expected <class folder>/<images> inside it")
+        flat = any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in os.listdir(root))
+        hint = (" (it holds images directly: sort them into one folder per class first, as for ImageNet's val "
+                "split)") if flat else ""
+        raise ValueError(f"{root} holds no class folders; expected <class folder>/<images> inside it{hint}")
     files, labels = [], []
     for label, cls in enumerate(classes):
         found = []

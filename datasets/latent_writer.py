@@ -54,6 +54,12 @@ def save_meta_shard(store: ShardStore, i: int, lines: list[str], skipped: list[s
     atomic_write_bytes(store.path(i), json.dumps({"lines": lines, "skipped": skipped}).encode())
 
 
+def load_meta_shard(store: ShardStore, i: int) -> tuple[list[str], list[str]]:
+    with open(store.path(i)) as f:
+        part = json.load(f)
+    return part["lines"], part["skipped"]
+
+
 def assemble_meta(store: ShardStore, n_shards: int, out_path: str) -> tuple[int, list[str]]:
     """Concatenate shard lines into the data-meta JSONL (streamed, atomically) -> (lines, skipped files)."""
     n, skipped = 0, []

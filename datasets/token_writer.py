@@ -67,17 +67,30 @@ class ShardStore:
     def done(self, i: int) -> bool:
         return os.path.isfile(self.path(i))
 
-    def open(self, manifest: dict) -> None:
-        """Create the directory and manifest, or check that an existing manifest matches `manifest`."""
+    def any_done(self) -> bool:
+        return os.path.isdir(self.dir) and any(n.startswith("shard_") and n.endswith(self.suffix)
+                                               for n in os.listdir(self.dir))
+
+    def open(self, manifest: dict, names: dict | None = None) -> None:
+        """Create the directory and manifest, or check that an existing manifest matches `manifest`.
+
+        A manifest without any finished shard (a run that stopped before its first shard) is simply replaced: there is
+        nothing to mix up. `names` maps manifest keys to the settings a user changes (for the message).
+        """
         os.makedirs(self.dir, exist_ok=True)
         mpath = os.path.join(self.dir, "manifest.json")
-        if os.path.isfile(mpath):
-            with open(mpath) as f:
-                old = json.load(f)
+        if os.path.isfile(mpath) and self.any_done():
+            try:
+                with open(mpath) as f:
+                    old = json.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{mpath}: unreadable ({e}); remove {self.dir} to start the extraction "
+                                 f"again") from None
             diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
             if diff:
-                raise ValueError(f"{mpath}: unfinished shards were made with other settings (differing: "
-                                 f"{', '.join(diff)}); remove {self.dir} or choose another --output")
+                what = ", ".join((names or {}).get(k, k) for k in diff)
+                raise ValueError(f"{mpath}: unfinished shards were made with other settings (differing: {what}); "
+                                 f"re-run with the earlier settings, remove {self.dir}, or choose another --output")
         else:
             atomic_write_bytes(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode())
 

@@ -15,10 +15,16 @@ class TokenFile(torch.utils.data.Dataset):
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{path}: not a readable .npy token file ({e})") from None
+            # numpy's own text for a non-.npy file suggests allow_pickle, which must not be followed for a data file
+            why = "not an .npy array file" if "pickle" in str(e) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+            raise ValueError(f"{path}: not a readable .npy token file ({why}); expected int64 [N, 1 + h*w], label "
+                             f"first, as extract_imagenet_feature.py writes") from None
         if arr.ndim != 2 or arr.shape[1] < 2 or not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"{path}: expected an integer array [N, 1 + h*w] (label first), got {arr.dtype} "
                              f"{arr.shape}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{path}: holds no rows (was every image unreadable when it was extracted?); delete it "
+                             f"and run extract_imagenet_feature.py again")
         self.path, self.arr = path, arr
         self.seq_len = arr.shape[1] - 1
         if codebook_size is not None or num_classes is not None:

@@ -19,6 +19,18 @@ import numpy as np
 import torch
 
 
+class StatsFileError(KeyError, ValueError):
+    """A reference/stats file that is not what it should be. A KeyError for a missing array (as before) and a
+    ValueError, so entry points that report bad input as one `error:` line catch it; str() is the plain message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+EXPECTED_STATS = ("an .npz with `mu` [D] and `sigma` [D, D] (FID statistics, e.g. "
+                  "fid_stats_imagenet256_guided_diffusion.npz) or an ADM reference batch (`arr_0` uint8 [N, H, W, 3])")
+
+
 @dataclass
 class Reference:
     """Reference side of FID/sFID/P&R. Any field may be None; `features` caches Inception features of `arr_0`."""
@@ -56,17 +68,23 @@ class Reference:
 
 
 def _check_pair(path, mu, sigma, mu_key: str, sigma_key: str):
-    mu = np.asarray(mu, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
+    try:
+        mu = np.asarray(mu, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: `{mu_key}` and `{sigma_key}` must be numeric arrays, got "
+                         f"{np.asarray(mu).dtype} and {np.asarray(sigma).dtype}") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: `{mu_key}` must be [D] and `{sigma_key}` [D, D]; got {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{path}: `{mu_key}`/`{sigma_key}` contain NaN or inf")
     return mu, sigma
 
 
 def _npy_member(z: zipfile.ZipFile, key: str, path) -> str:
     name = key + ".npy"
     if name not in z.namelist():
-        raise KeyError(f"{path}: no array `{key}` (members: {', '.join(sorted(z.namelist()))})")
+        raise StatsFileError(f"{path}: no array `{key}` (members: {', '.join(sorted(z.namelist()))})")
     return name
 
 
@@ -103,28 +121,47 @@ def iter_npz_rows(path, key: str, start: int = 0, stop: int | None = None, batch
             yield np.frombuffer(buf, dtype=dtype).reshape((n,) + tuple(shape[1:]))
 
 
+def _read_stats(path: str, ref: Reference) -> set:
+    """Fill ref.mu/sigma (and mu_s/sigma_s) from the npz at path -> its member names."""
+    f = np.load(path, allow_pickle=False)
+    if not isinstance(f, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise ValueError(f"{path}: a single .npy array {getattr(f, 'shape', '')}, not an .npz archive; "
+                         f"expected {EXPECTED_STATS}")
+    with f:
+        keys = set(f.files)
+        if "mu" in keys or "sigma" in keys:
+            if not {"mu", "sigma"} <= keys:
+                raise StatsFileError(f"{path}: has only one of `mu`/`sigma` (keys: {sorted(keys)})")
+            ref.mu, ref.sigma = _check_pair(path, f["mu"], f["sigma"], "mu", "sigma")
+        if "mu_s" in keys and "sigma_s" in keys:
+            ref.mu_s, ref.sigma_s = _check_pair(path, f["mu_s"], f["sigma_s"], "mu_s", "sigma_s")
+    return keys
+
+
 def load_reference(path) -> Reference:
     """Read a stats or reference-batch npz. Needs `mu`+`sigma`, or `arr_0` images to compute them from."""
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"reference statistics file not found: {path}")
     ref = Reference(source=path)
-    with np.load(path) as f:
-        keys = set(f.files)
-        if "mu" in keys or "sigma" in keys:
-            if not {"mu", "sigma"} <= keys:
-                raise KeyError(f"{path}: has only one of `mu`/`sigma` (keys: {sorted(keys)})")
-            ref.mu, ref.sigma = _check_pair(path, f["mu"], f["sigma"], "mu", "sigma")
-        if "mu_s" in keys and "sigma_s" in keys:
-            ref.mu_s, ref.sigma_s = _check_pair(path, f["mu_s"], f["sigma_s"], "mu_s", "sigma_s")
-    if "arr_0" in keys:
-        shape, dtype = npz_array_shape(path, "arr_0")
-        if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
-            raise ValueError(f"{path}: `arr_0` must be uint8 [N, H, W, 3] images, got {dtype} {shape}")
-        ref.path, ref.n_images = path, int(shape[0])
+    try:
+        keys = _read_stats(path, ref)
+        if "arr_0" in keys:
+            shape, dtype = npz_array_shape(path, "arr_0")
+            if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+                raise ValueError(f"{path}: `arr_0` must be uint8 [N, H, W, 3] images, got {dtype} {shape}")
+            ref.path, ref.n_images = path, int(shape[0])
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(path):
+            raise  # our own message, already naming the file
+        if isinstance(e, (zipfile.BadZipFile, EOFError)) or "pickled" in str(e):
+            why = "not a complete .npz archive: truncated, or another kind of file"  # numpy's hint is allow_pickle
+        else:
+            why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        raise ValueError(f"{path}: cannot be read as a stats file ({why}); expected {EXPECTED_STATS}") from None
     if ref.mu is None and not ref.has_images:
-        raise KeyError(f"{path}: not a reference file: needs `mu` and `sigma` (FID statistics) or `arr_0` "
-                       f"(uint8 NHWC images); found keys {sorted(keys)}")
+        raise StatsFileError(f"{path}: not a reference file: needs `mu` and `sigma` (FID statistics) or `arr_0` "
+                             f"(uint8 NHWC images); found keys {sorted(keys)}")
     return ref
 
 

@@ -94,18 +94,66 @@ def test_one_vs_two_processes_and_resume(setup):
     assert os.stat(out1).st_mtime_ns == mtime
 
 
-def test_settings_change_is_refused(setup):
+def _last_error(capsys) -> str:
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert lines and lines[-1].startswith("error: "), lines[-3:]
+    return lines[-1]
+
+
+def test_settings_change_is_refused(setup, capsys):
     root = setup
     out = root / "refuse" / "train.npy"
     assert extract.main(_argv(root, out, "--max_shards", "1")) == 3
+    shards = sorted(p.name for p in (root / "refuse" / ".train.npy.shards").iterdir())
     argv = _argv(root, out)
     argv[argv.index("--input_res") + 1] = "64"
-    with pytest.raises(SystemExit, match="input_res"):
-        extract.main(argv)
+    assert extract.main(argv) == 2
+    assert "differing: --input_res" in _last_error(capsys)
+    assert sorted(p.name for p in (root / "refuse" / ".train.npy.shards").iterdir()) == shards  # kept for a re-run
 
 
-def test_missing_checkpoint_is_a_clear_error(setup, tmp_path):
+def test_missing_checkpoint_is_a_clear_error(setup, tmp_path, capsys):
     argv = _argv(setup, tmp_path / "x.npy")
     argv[argv.index("--vq_ckpt") + 1] = str(tmp_path / "absent.ckpt")
-    with pytest.raises(SystemExit, match="vqgan_jax_strongaug.ckpt"):
-        extract.main(argv)
+    assert extract.main(argv) == 2
+    assert "absent.ckpt" in _last_error(capsys) and not (tmp_path / "x.npy").exists()
+
+
+def test_bad_checkpoint_leaves_no_shard_state(setup, tmp_path, capsys):
+    """A run stopped by a bad checkpoint must not leave a manifest that blocks the next run with a good one."""
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes((setup / "tiny.ckpt").read_bytes()[:1000])
+    argv = _argv(setup, tmp_path / "x.npy")
+    argv[argv.index("--vq_ckpt") + 1] = str(bad)
+    assert extract.main(argv) == 2
+    msg = _last_error(capsys)
+    assert "bad.ckpt" in msg and "truncated" in msg and "weights_only=False" not in msg
+    assert not (tmp_path / ".x.npy.shards").exists()
+    assert extract.main(_argv(setup, tmp_path / "x.npy")) == 0 and np.load(tmp_path / "x.npy").shape[0] == 60
+
+
+def test_count_line_and_all_unreadable(tmp_path, setup, capsys):
+    from loguru import logger
+    seen = []
+    sink = logger.add(seen.append, format="{message}", level="INFO")
+    try:
+        assert extract.main(_argv(setup, tmp_path / "ok.npy")) == 0
+    finally:
+        logger.remove(sink)
+    assert any("encoded 30 images, skipped 1 unreadable: first n00000001/img_05b_broken.JPEG" in m for m in seen)
+    for c in range(2):
+        d = tmp_path / "junk" / "train" / f"n{c}"
+        d.mkdir(parents=True)
+        for j in range(3):
+            (d / f"x{j}.JPEG").write_bytes(b"not an image")
+    argv = _argv(setup, tmp_path / "junk.npy")
+    argv[argv.index("--path") + 1] = str(tmp_path / "junk")
+    assert extract.main(argv) == 2
+    msg = _last_error(capsys)
+    assert "junk/train" in msg and "none of the 6 image files" in msg and "n0/x0.JPEG" in msg
+    assert not (tmp_path / "junk.npy").exists() and not (tmp_path / ".junk.npy.shards").exists()
+
+
+def test_default_workers_fit_the_machine():
+    assert 1 <= extract.default_workers() <= min(4, os.cpu_count())
+    assert extract.parse_args([]).num_workers == extract.default_workers()

@@ -45,9 +45,16 @@ def _pixels(ckpt=None, channels=3, device="cpu"):
 TOKENIZERS = {"vqgan_mage": _vqgan, "vqgan": _vqgan, "dcae": _dcae, "demo_vq": _demo_vq, "pixels": _pixels}
 
 
+class UnknownTokenizerError(KeyError, ValueError):
+    """A KeyError (as before) and a ValueError, so entry points report it as one `error:` line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def build_tokenizer(kind: str, **kw) -> Tokenizer:
     if kind not in TOKENIZERS:
-        raise KeyError(f"unknown tokenizer {kind!r}; known: {sorted(TOKENIZERS)}")
+        raise UnknownTokenizerError(f"unknown tokenizer kind {kind!r} (tokenizer.kind); known: {sorted(TOKENIZERS)}")
     return TOKENIZERS[kind](**kw)
 
 

@@ -50,8 +50,15 @@ def load_dcae_config(local_dir: str = DEFAULT_DCAE_DIR) -> dict:
     if not os.path.isfile(path):
         where = f"DC-AE directory not found: {local_dir}" if not os.path.isdir(local_dir) else f"{path} not found"
         raise FileNotFoundError(f"{where}; {DCAE_HELP}")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable diffusers config.json ({type(e).__name__}: {e}); "
+                         f"{DCAE_HELP}") from None
+    if not isinstance(cfg, dict) or "latent_channels" not in cfg:
+        raise ValueError(f"{path}: not an AutoencoderDC config (no 'latent_channels'); {DCAE_HELP}")
+    return cfg
 
 
 DCAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -63,7 +70,13 @@ def load_autoencoder_dc(local_dir: str = DEFAULT_DCAE_DIR, dtype: torch.dtype = 
     if not any(os.path.isfile(os.path.join(local_dir, f)) for f in DCAE_WEIGHT_FILES):
         raise FileNotFoundError(f"{local_dir} has config.json but no weights ({' or '.join(DCAE_WEIGHT_FILES)}); "
                                 f"{DCAE_HELP}")
-    return _autoencoder_dc_class().from_pretrained(local_dir, local_files_only=True, torch_dtype=dtype)
+    cls = _autoencoder_dc_class()
+    try:
+        return cls.from_pretrained(local_dir, local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # truncated or foreign weights: one line, the folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{local_dir}: cannot load AutoencoderDC weights ({type(e).__name__}: {first[:300]}); "
+                         f"{DCAE_HELP}") from None
 
 
 class DCAETokenizer(Tokenizer):

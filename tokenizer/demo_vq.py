@@ -223,12 +223,13 @@ class DemoVQTokenizer(Tokenizer):
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"demo VQ checkpoint {path} not found; train it first with the demo recipe")
-        ckpt = load_file(path, "demo VQ checkpoint")
+        ckpt = load_file(path, "a train.py checkpoint of family demo_vq ({model, ema, config, ...})")
         if key is None:
             key = "ema" if isinstance(ckpt, dict) and ckpt.get("ema") else "model"
         if not isinstance(ckpt, dict) or key not in ckpt:
             found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise CheckpointError(f"{path}: expected a demo_vq training checkpoint with key {key!r}, found {found}")
+            raise CheckpointError(f"{path}: expected a train.py checkpoint of family demo_vq with key "
+                                          f"{key!r}, found {found}")
         cfg = ckpt.get("config") or {}
         mcfg = dict(cfg.get("model", {})) if isinstance(cfg, dict) else {}
         flavour = mcfg.pop("flavour", ckpt.get("flavour", "demo"))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.base import Tokenizer, load_strict, strip_prefixes
+from tokenizer.base import Tokenizer, load_strict, read_weights_file, strip_prefixes
 
 VQGAN_CONFIGS = {
     # vq-f16-jax (MAGE): the released tokenizer
@@ -31,7 +31,8 @@ DEFAULT_CKPT = os.path.join("assets", "vqgan_jax_strongaug.ckpt")
 WEIGHTS_HELP = ("download vqgan_jax_strongaug.ckpt from the MAGE release (the Google Drive link under "
                 "'Data Preparation' in the ENAT / AutoNAT README: "
                 "https://drive.google.com/file/d/13S_unB87n6KKuuMdyMnyExW0G1kplTbP) and save it as "
-                "assets/vqgan_jax_strongaug.ckpt, or pass its path with --vq_ckpt")
+                "assets/vqgan_jax_strongaug.ckpt, or pass its path (extract_imagenet_feature.py --vq_ckpt, "
+                "train.py tokenizer.ckpt=)")
 
 
 def _gn(c: int) -> nn.GroupNorm:
@@ -209,15 +210,16 @@ def read_vqgan_state_dict(path: str) -> dict:
     """torch.load a VQGAN checkpoint that is the state dict itself or holds it under 'state_dict'."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {path}; {WEIGHTS_HELP}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled objects; say which file and why
-        raise ValueError(f"could not read {path} with torch.load(weights_only=True): {e}") from e
+    expected = "a VQGAN state dict (e.g. vqgan_jax_strongaug.ckpt, plain or under 'state_dict')"
+    obj = read_weights_file(path, expected)
+    if isinstance(obj, dict) and "family" in obj and "model" in obj:
+        raise ValueError(f"{path} is a train.py checkpoint of family '{obj['family']}', not a VQGAN checkpoint; "
+                         f"expected {expected}")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (optionally under 'state_dict'), "
-                         f"got {type(obj).__name__}")
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: expected {expected}, found {found}")
     return strip_prefixes(obj)
 
 
@@ -237,7 +239,7 @@ class VQGANTokenizer(Tokenizer):
                         map_location: str | torch.device = "cpu") -> "VQGANTokenizer":
         sd = read_vqgan_state_dict(path)
         model = build_vqmodel(config)
-        load_strict(model, sd, path)
+        load_strict(model, sd, f"{path} (expected VQGAN '{config if isinstance(config, str) else 'custom'}' weights)")
         return cls(model).to(map_location)
 
     @torch.no_grad()
