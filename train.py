@@ -86,9 +86,8 @@ def main(argv=None) -> int:
         cfg, flags = parse_command_line(args.config, rest)
         mode = "eval" if family_mode else args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
-            _repeat_after_launcher(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)  # every rank, so that each one's log ends in the line
+        _repeat_after_launcher(f"error: {e}")
         return 2
 
     from engine.runner import run

@@ -1,6 +1,6 @@
 """Mode dispatch: checks that need no large file come first (preflight), then the mode; bad input ends in one line.
 
-Under torchrun every rank runs the same preflight, so they all stop together and only rank 0 prints; an error raised
+Under torchrun every rank runs the same preflight, so they all stop together, each printing the line; an error raised
 later (which may concern one rank only) is printed by the rank that met it.
 """
 from __future__ import annotations
@@ -18,10 +18,6 @@ ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
 def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def preflight(cfg, mode: str, fam) -> None:
@@ -53,6 +49,8 @@ def preflight(cfg, mode: str, fam) -> None:
         if n < world:
             raise ConfigError(f"eval.n (--eval_n) {n} is smaller than the {world} processes: every process needs at "
                               f"least one image")
+        if n < 2 and any(m in list(cfg.eval.metrics) for m in ("fid", "sfid", "pr")):
+            raise ConfigError(f"eval.n (--eval_n) {n}: FID needs at least 2 images")
         splits = int(cfg.eval.is_splits)
         if "is" in list(cfg.eval.metrics) and n < splits:
             raise ConfigError(f"eval.n (--eval_n) {n} is smaller than eval.is_splits {splits} (Inception-Score "
@@ -80,8 +78,7 @@ def run(cfg, mode: str, on_error=None) -> int:
                               f"{', '.join(fam.modes)})")
         preflight(cfg, mode, fam)
     except ERRORS as e:
-        if _env_rank() == 0:
-            _say(f"error: {e}", on_error)
+        _say(f"error: {e}", on_error)  # every rank: each one's own log then ends in the line
         return 2
     try:
         if mode == "pretrain":
