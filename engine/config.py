@@ -234,33 +234,31 @@ def _coerce(key: str, value, default):
 
 def validate(cfg: DictConfig, schema: DictConfig) -> None:
     """Every value against its default's type and the shared keys' choices and ranges, naming the key."""
-    values = OmegaConf.to_container(cfg, resolve=True)
-    defaults = OmegaConf.to_container(schema, resolve=False)
+    _walk(cfg, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(schema, resolve=False), "")
 
-    def walk(node, dflt, prefix):
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if key.startswith("model.") or not isinstance(dflt, dict) or k not in dflt:
-                continue
-            d = dflt[k]
-            if isinstance(d, dict):
-                if not isinstance(v, dict):
-                    raise ConfigError(f"config key '{key}' is a section ({', '.join(d)}), got {v!r}")
-                walk(v, d, key + ".")
-                continue
-            new = _coerce(key, v, d)
-            if key in CHOICES and new is not None and str(new) not in CHOICES[key] and not (
-                    key == "device" and str(new).startswith("cuda:") and str(new)[5:].isdigit()):
-                raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}"
-                                  f"{' (or cuda:N)' if key == 'device' else ''}, got {new!r}")
-            if key in RANGES and new is not None:
-                test, what = RANGES[key]
-                if not test(new):
-                    raise ConfigError(f"config key '{key}' must be {what}, got {new!r}")
-            if new is not v and new != v or type(new) is not type(v):
-                OmegaConf.update(cfg, key, new, force_add=True)
 
-    walk(values, defaults, "")
+def _walk(cfg: DictConfig, node: dict, dflt: dict, prefix: str) -> None:
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if key.startswith("model.") or not isinstance(dflt, dict) or k not in dflt:
+            continue
+        d = dflt[k]
+        if isinstance(d, dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' is a section ({', '.join(d)}), got {v!r}")
+            _walk(cfg, v, d, key + ".")
+            continue
+        new = _coerce(key, v, d)
+        if key in CHOICES and new is not None and str(new) not in CHOICES[key] and not (
+                key == "device" and str(new).startswith("cuda:") and str(new)[5:].isdigit()):
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}"
+                              f"{' (or cuda:N)' if key == 'device' else ''}, got {new!r}")
+        if key in RANGES and new is not None:
+            test, what = RANGES[key]
+            if not test(new):
+                raise ConfigError(f"config key '{key}' must be {what}, got {new!r}")
+        if type(new) is not type(v) or new != v:
+            OmegaConf.update(cfg, key, new, force_add=True)
 
 
 # ----------------------------------------------------------------------------------------------------- loading

@@ -216,12 +216,12 @@ def _write_history(path: Path, rows: list[dict], names: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _on_main(fn):
-    """fn() on rank 0, its result (or its ValueError) on every rank: no rank is left waiting in a collective."""
+def _on_main(fn, *args):
+    """fn(*args) on rank 0, its result (or its ValueError) on every rank: no rank is left waiting in a collective."""
     res, err = None, None
     if dist.is_main():
         try:
-            res = fn()
+            res = fn(*args)
         except ValueError as e:
             err = str(e)
     res, err = dist.broadcast_object((res, err))
@@ -278,7 +278,7 @@ class SearchRun:
             atomic_write_text(self.out / STATE_FILE, json.dumps(asdict(self.state), indent=1))
 
     def start(self) -> None:
-        state = _on_main(lambda: load_state(self.out / STATE_FILE, self.settings))
+        state = _on_main(load_state, self.out / STATE_FILE, self.settings)
         if state is None:
             x0, source = self.space.initial()
             state = SearchState(0, x0.tolist(), [0.0] * self.d, None, None, None, 0, 0.0, self.settings)

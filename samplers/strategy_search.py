@@ -46,9 +46,8 @@ class StrategySpace:
         for key, v in self._hyper.items():
             if not v > 0:
                 raise ValueError(f"search.{key} must be > 0, got {v}")
-        pick = lambda r, o: np.where(self.is_ratio, float(r), float(o))  # noqa: E731
-        self.fd_step = pick(fd_step_ratio, fd_step_other)
-        self.lr = pick(lr_ratio, lr_other)
+        self.fd_step = np.where(self.is_ratio, float(fd_step_ratio), float(fd_step_other))
+        self.lr = np.where(self.is_ratio, float(lr_ratio), float(lr_other))
         self.names = vector_names(self.steps)
 
     def initial(self) -> tuple[np.ndarray, str]:
