@@ -7,7 +7,8 @@ micro-batch m at step s being pack stream position s·k + m of that rank (k = pa
 function of (seed, step, rank): a resumed run trains on exactly the packs of an uninterrupted one.
 
 Loss: models.nit_loss (token-mean MSE + direction term, logit-normal t, label drop 0.1) plus REPA when
-`loss.repa_encoder` names a frozen image encoder (a TorchScript file: no code is imported for it); without one the
+`loss.repa_encoder` names a frozen image encoder (a torch.export .pt2 or TorchScript file: no code is imported
+for it); without one the
 REPA term is off and the projector is frozen (it would get no gradient; DDP needs every trained parameter used).
 
 Sampling: samplers.flow with cfg.sample (`--mode ode|sde --num-steps --cfg-scale --guidance-low --guidance-high
@@ -143,6 +144,7 @@ def _image_dir(cfg) -> str:
 def load_pack_images(ds, indices: list[int]) -> list[torch.Tensor]:
     """Float (3, H, W) in [0, 1] per image, at the size it was encoded: ADM center crop for fixed-RxR types, the
     stored image_w x image_h (NiT's native resize) for native-resolution ones."""
+    import numpy as np
     from PIL import Image
 
     from datasets.transforms import center_crop_arr, to_unit
@@ -155,11 +157,10 @@ def load_pack_images(ds, indices: list[int]) -> list[torch.Tensor]:
         with Image.open(path) as im:
             im = im.convert("RGB")
             if e["type"].startswith("fixed-"):
-                arr = center_crop_arr(im, int(e["image_h"]))
+                arr = np.array(center_crop_arr(im, int(e["image_h"])))
             else:
                 size = (int(e["image_w"]), int(e["image_h"]))
-                import numpy as np
-                arr = np.asarray(im if im.size == size else im.resize(size, resample=Image.BICUBIC))
+                arr = np.array(im if im.size == size else im.resize(size, resample=Image.BICUBIC))
         out.append(to_unit(arr))
     return out
 
@@ -167,21 +168,30 @@ def load_pack_images(ds, indices: list[int]) -> list[torch.Tensor]:
 _ENCODERS: dict = {}
 
 
+def load_encoder(path: str, device) -> nn.Module:
+    """A frozen network from a self-contained export: `.pt2` (torch.export.save) or TorchScript (torch.jit.save);
+    both carry their own graph, so no encoder code is imported."""
+    if path.endswith(".pt2"):
+        enc = torch.export.load(path).module().to(device)
+    else:
+        enc = torch.jit.load(path, map_location=device).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc
+
+
 def repa_encoder(cfg, device) -> "callable":
-    """The frozen REPA encoder of loss.repa_encoder (a TorchScript file taking (1, 3, H, W) in [0, 1], returning
+    """The frozen REPA encoder of loss.repa_encoder (an exported network taking (1, 3, H, W) in [0, 1], returning
     patch features (1, z, H/patch, W/patch) or (1, H·W/patch², z)), as models.nit_loss wants it."""
     from models.nit_loss import repa_image_encoder
     path = str(cfg.loss.repa_encoder)
     key = (path, str(device))
     if key not in _ENCODERS:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"REPA encoder {path} not found (loss.repa_encoder: a TorchScript export of a "
-                                    f"frozen image encoder such as RADIO-v2.5-H; loss.repa_encoder=null turns REPA "
+            raise FileNotFoundError(f"REPA encoder {path} not found (loss.repa_encoder: a .pt2 (torch.export) or "
+                                    f"TorchScript export of a frozen image encoder such as RADIO-v2.5-H; loss.repa_encoder=null turns REPA "
                                     f"off)")
-        enc = torch.jit.load(path, map_location=device).eval()
-        for p in enc.parameters():
-            p.requires_grad_(False)
-        _ENCODERS[key] = repa_image_encoder(enc, patch=int(cfg.loss.repa_patch))
+        _ENCODERS[key] = repa_image_encoder(load_encoder(path, device), patch=int(cfg.loss.repa_patch))
     return _ENCODERS[key]
 
 

@@ -114,30 +114,18 @@ def test_other_official_flags(monkeypatch):
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, fid_weights):
-    from safetensors.torch import save_file
-
-    from models.nit import FLAVOURS
-    from tests.nit_helpers import randomized
-    from tokenizer.dcae import build_tiny_autoencoder_dc
-    d = tmp_path_factory.mktemp("nit_assets")
-    torch.manual_seed(0)
-    build_tiny_autoencoder_dc().save_pretrained(str(d / "dcae"))
-    model = randomized(FLAVOURS["debug"](), seed=0)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model_1000K.safetensors"))
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(2048, 16)) * 0.1
-    np.savez(d / "ref.npz", mu=rng.normal(size=2048) * 0.1, sigma=a @ a.T + 1e-3 * np.eye(2048))
-    return d, fid_weights
+    from tests.nit_helpers import write_eval_assets
+    return write_eval_assets(tmp_path_factory.mktemp("nit_assets")), fid_weights
 
 
 def debug_command(res: int, assets, out, steps: int = 2) -> list[str]:
-    d, inc = assets
+    a, inc = assets
     args = readme_args(res, DEBUG)
-    args[args.index("--ckpt") + 1] = str(d / "model_1000K.safetensors")
+    args[args.index("--ckpt") + 1] = str(a["weights"])
     args[args.index("--sample-dir") + 1] = str(out)
     args[args.index("--num-steps") + 1] = str(steps)
     args[args.index("--per-proc-batch-size") + 1] = "2"
-    return args + [f"tokenizer.ckpt={d / 'dcae'}", f"eval.inception_weights={inc}", f"eval.ref_stats={d / 'ref.npz'}",
+    return args + [f"tokenizer.ckpt={a['dcae']}", f"eval.inception_weights={inc}", f"eval.ref_stats={a['ref']}",
                    "eval.n=3", "device=cpu"]
 
 
