@@ -58,6 +58,17 @@ def _equal(model, sd):
     return all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
 
 
+def test_xl_recipe_fits_the_released_layout_on_meta():
+    from pathlib import Path
+
+    from core.loading import mismatch
+    spec = json.loads((Path(__file__).resolve().parents[1] / "assets/layouts/keys_nit_xl.json").read_text())
+    with torch.device("meta"):
+        model, _ = build_model(load_config("configs/nit_XL.yaml"))
+    official = {k: torch.empty(s, device="meta") for k, s in spec["keys"].items()}
+    assert mismatch(model, official) == ([], [], []) and len(official) == 409
+
+
 def test_released_flat_safetensors_loads_strictly(assets):
     cfg = load_config(DEBUG, [f"eval.pretrained_path={assets['weights']}"])
     model, fam = build_model(cfg)
