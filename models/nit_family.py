@@ -189,8 +189,8 @@ def repa_encoder(cfg, device) -> "callable":
     if key not in _ENCODERS:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"REPA encoder {path} not found (loss.repa_encoder: a .pt2 (torch.export) or "
-                                    f"TorchScript export of a frozen image encoder such as RADIO-v2.5-H; loss.repa_encoder=null turns REPA "
-                                    f"off)")
+                                    f"TorchScript export of a frozen image encoder such as RADIO-v2.5-H; "
+                                    f"loss.repa_encoder=null turns REPA off)")
         _ENCODERS[key] = repa_image_encoder(load_encoder(path, device), patch=int(cfg.loss.repa_patch))
     return _ENCODERS[key]
 
