@@ -44,14 +44,17 @@ $PY scripts/nit_fmnist_data.py --data "$DATA" --out $D --n-train "${NIT_TRAIN_N:
 $PY scripts/pack_dataset.py --data-meta $D/fmnist_merge_meta.jsonl --max-seq-len 1024 --patch-size 4
 lap
 echo "== 2/4 packed training ($STEPS steps, $NPROC processes, one pack each per step)"
-$RUN --config $CFG --mode pretrain "${DATA_ARGS[@]}" output_dir=$OUT/train train.steps=$STEPS 2>&1 | grep -E "\| (step|done|family)" || true
+# (progress bars end in carriage returns: one log line per line before filtering)
+$RUN --config $CFG --mode pretrain "${DATA_ARGS[@]}" output_dir=$OUT/train train.steps=$STEPS 2>&1 | tr '\r' '\n' \
+  | grep -E "\| (step|done|family)" || true
 lap
 echo "== 3/4 samples and FID-$EVAL_N at every trained size and the unseen $UNSEEN"
 CKPT=$OUT/train/checkpoints/step_$(printf %07d "$STEPS").pt
 for s in $SIZES $UNSEEN; do
   h=${s%x*}; w=${s#*x}
   $RUN --config $CFG --mode eval "${DATA_ARGS[@]}" "${FID[@]}" eval.pretrained_path=$CKPT sample.height=$h \
-    sample.width=$w eval.ref_stats=$D/ref_$s.npz eval.n=$EVAL_N output_dir=$OUT/eval_$s 2>&1 | grep -E "\| eval " || true
+    sample.width=$w eval.ref_stats=$D/ref_$s.npz eval.n=$EVAL_N output_dir=$OUT/eval_$s 2>&1 | tr '\r' '\n' \
+    | grep -E "\| eval " || true
   cp $OUT/eval_$s/samples.png $OUT/samples_$s.png
 done
 lap
