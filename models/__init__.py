@@ -16,6 +16,7 @@ FAMILIES = {
     "nat": "models.nat",
     "enat": "models.enat",
     "demo_vq": "models.demo_vq",
+    "nit": "models.nit_family",
 }
 FAMILY_NAMES = tuple(FAMILIES)
 

@@ -35,3 +35,21 @@ def write_latent_dataset(tmp_path, shapes, labels, channels=4):
     meta = tmp_path / "meta" / "x_merge_meta.jsonl"
     write_data_meta(str(meta), entries)
     return str(root), str(meta), lats
+
+
+def write_eval_assets(d, fid_weights=None):
+    """Random debug NiT saved like the released flat safetensors, a tiny random DC-AE folder, ADM-style reference
+    statistics -> {'weights', 'dcae', 'ref', 'state_dict'}."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from models.nit import FLAVOURS
+    from tokenizer.dcae import build_tiny_autoencoder_dc
+    torch.manual_seed(0)
+    build_tiny_autoencoder_dc().save_pretrained(str(d / "dcae"))
+    sd = {k: v.contiguous() for k, v in randomized(FLAVOURS["debug"](), seed=0).state_dict().items()}
+    save_file(sd, str(d / "model_1000K.safetensors"))
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2048, 16)) * 0.1
+    np.savez(d / "ref.npz", mu=rng.normal(size=2048) * 0.1, sigma=a @ a.T + 1e-3 * np.eye(2048))
+    return {"weights": d / "model_1000K.safetensors", "dcae": d / "dcae", "ref": d / "ref.npz", "state_dict": sd}

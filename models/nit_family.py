@@ -1,0 +1,333 @@
+"""Family `nit` (models/nit.py: the packed native-resolution flow-matching transformer): the record the engine drives.
+
+Training data: LPFHP packs of pre-extracted latents (datasets/nit_packs.py) named by cfg.data (data-meta JSONL,
+sampler-meta JSON, latent folders). `train.batch_size` counts PACKS per optimiser step (all processes): each rank
+takes batch_size / world packs per step, one per micro-batch (the official gradient accumulation), the pack of
+micro-batch m at step s being pack stream position s·k + m of that rank (k = packs per rank per step), a pure
+function of (seed, step, rank): a resumed run trains on exactly the packs of an uninterrupted one.
+
+Loss: models.nit_loss (token-mean MSE + direction term, logit-normal t, label drop 0.1) plus REPA when
+`loss.repa_encoder` names a frozen image encoder (a torch.export .pt2 or TorchScript file: no code is imported
+for it); without one the
+REPA term is off and the projector is frozen (it would get no gradient; DDP needs every trained parameter used).
+
+Sampling: samplers.flow with cfg.sample (`--mode ode|sde --num-steps --cfg-scale --guidance-low --guidance-high
+--heun`, `--height --width`). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance). The output is
+latents in the tokenizer's scaled space (DC-AE: times 0.41407), which tokenizer.decode turns into images.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.family import Family, TrainContext
+from models.nit import FLAVOURS, PACK_LEN
+from models.nit_loss import nit_loss
+
+SWITCH_HELP = "true/false (a bare official switch such as --heun also turns it on)"
+DOWNSAMPLE = {"dcae": 32, "pixels": 1}
+LATENT_CHANNELS = {"dcae": 32, "pixels": 3}
+
+
+def switch(value, key: str) -> bool:
+    """A config switch that an official store-true flag may set: the engine gives a flag of 0 values as []."""
+    if value is None or value is False:
+        return False
+    if value is True or (isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig") and \
+            len(value) == 0:
+        return True
+    raise ValueError(f"config key '{key}' must be {SWITCH_HELP}, got {value!r}")
+
+
+def _net(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _patch_size(cfg) -> int:
+    p = cfg.model.get("patch_size", None)
+    return int(p) if p is not None else int(FLAVOURS[cfg.model.flavour].defaults["patch_size"])
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def max_seq_len(cfg) -> int:
+    v = cfg.data.max_seq_len
+    if v is not None:
+        return int(v)
+    if cfg.model.flavour not in PACK_LEN:
+        raise ValueError(f"data.max_seq_len is not set and flavour '{cfg.model.flavour}' has no official pack length")
+    return PACK_LEN[cfg.model.flavour]
+
+
+def pack_dataset(cfg, split: str = "train"):
+    """data.kind packs: data.data_meta (JSONL) + data.sampler_meta (JSON) + data.latent_dirs (a folder with one
+    sub-folder per data type, or {type: folder})."""
+    d = cfg.data
+    if d.kind != "packs":
+        raise ValueError(f"family 'nit' trains on packed latents: data.kind must be 'packs', got '{d.kind}'")
+    for key in ("data_meta", "sampler_meta", "latent_dirs"):
+        if d[key] is None:
+            raise ValueError(f"data.{key} is not set (family 'nit' reads a data-meta JSONL, its sampler-meta JSON "
+                             f"from scripts/pack_dataset.py and the latent folders)")
+    from omegaconf import DictConfig, OmegaConf
+
+    from datasets.nit_packs import NiTPackDataset
+    dirs = OmegaConf.to_container(d.latent_dirs) if isinstance(d.latent_dirs, DictConfig) else str(d.latent_dirs)
+    if isinstance(dirs, str) and not os.path.isdir(dirs):
+        raise FileNotFoundError(f"data.latent_dirs {dirs} not found (a folder with one sub-folder per data type, as "
+                                f"extract_imagenet_feature.py writes it)")
+    ds = NiTPackDataset(str(d.data_meta), str(d.sampler_meta), dirs, max_seq_len(cfg), _patch_size(cfg),
+                        seed=int(cfg.seed), flip=bool(d.flip))
+    if repa_on(cfg):
+        ds.image_dir = _image_dir(cfg)
+    return ds
+
+
+def packs_per_rank(cfg, world: int) -> int:
+    bs, accum = int(cfg.train.batch_size), int(cfg.train.grad_accum)
+    if bs % world:
+        raise ValueError(f"train.batch_size {bs} counts packs per step (one per process and micro-batch); it is not "
+                         f"divisible by the {world} process(es)")
+    k = bs // world
+    if accum not in (1, k):
+        raise ValueError(f"train.grad_accum {accum} does not fit train.batch_size {bs} packs over {world} "
+                         f"process(es): each process takes {k} pack(s) per step, one per micro-batch; set "
+                         f"train.grad_accum to 1 or {k}")
+    return k
+
+
+def pack_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
+    """This rank's packs of global step `step`, one per micro-batch (module docstring)."""
+    k = packs_per_rank(cfg, world)
+    out = []
+    for m in range(k):
+        batch = ds.batch_for(step * k + m, rank, world)
+        if getattr(ds, "image_dir", None) is not None:
+            batch["images"] = load_pack_images(ds, batch["indices"].tolist())
+        out.append(batch)
+    return out
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, list) and v and torch.is_tensor(v[0]):
+            out[k] = [t.to(device, non_blocking=True) for t in v]
+        else:
+            out[k] = v
+    return out
+
+
+def batch_rows(batch: dict) -> int:
+    """Images in the pack."""
+    return int(batch["label"].shape[0])
+
+
+# ------------------------------------------------------------------------------------------------------ REPA
+def repa_on(cfg) -> bool:
+    return cfg.loss.repa_encoder is not None and float(cfg.loss.repa_coeff) > 0
+
+
+def _image_dir(cfg) -> str:
+    d = cfg.data.image_dir
+    if d is None or not os.path.isdir(str(d)):
+        raise FileNotFoundError(f"REPA (loss.repa_encoder) needs the training images: data.image_dir "
+                                f"{'is not set' if d is None else str(d) + ' not found'} (the image folder the "
+                                f"data-meta's image_file paths are relative to)")
+    return str(d)
+
+
+def load_pack_images(ds, indices: list[int]) -> list[torch.Tensor]:
+    """Float (3, H, W) in [0, 1] per image, at the size it was encoded: ADM center crop for fixed-RxR types, the
+    stored image_w x image_h (NiT's native resize) for native-resolution ones."""
+    import numpy as np
+    from PIL import Image
+
+    from datasets.transforms import center_crop_arr, to_unit
+    out = []
+    for i in indices:
+        e = ds.entries[i]
+        path = os.path.join(ds.image_dir, e["image_file"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path} (data-meta index {i}) not found under data.image_dir")
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if e["type"].startswith("fixed-"):
+                arr = np.array(center_crop_arr(im, int(e["image_h"])))
+            else:
+                size = (int(e["image_w"]), int(e["image_h"]))
+                arr = np.array(im if im.size == size else im.resize(size, resample=Image.BICUBIC))
+        out.append(to_unit(arr))
+    return out
+
+
+_ENCODERS: dict = {}
+
+
+def load_encoder(path: str, device) -> nn.Module:
+    """A frozen network from a self-contained export: `.pt2` (torch.export.save) or TorchScript (torch.jit.save);
+    both carry their own graph, so no encoder code is imported."""
+    if path.endswith(".pt2"):
+        enc = torch.export.load(path).module().to(device)
+    else:
+        enc = torch.jit.load(path, map_location=device).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc
+
+
+def repa_encoder(cfg, device) -> "callable":
+    """The frozen REPA encoder of loss.repa_encoder (an exported network taking (1, 3, H, W) in [0, 1], returning
+    patch features (1, z, H/patch, W/patch) or (1, H·W/patch², z)), as models.nit_loss wants it."""
+    from models.nit_loss import repa_image_encoder
+    path = str(cfg.loss.repa_encoder)
+    key = (path, str(device))
+    if key not in _ENCODERS:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"REPA encoder {path} not found (loss.repa_encoder: a .pt2 (torch.export) or "
+                                    f"TorchScript export of a frozen image encoder such as RADIO-v2.5-H; "
+                                    f"loss.repa_encoder=null turns REPA off)")
+        _ENCODERS[key] = repa_image_encoder(load_encoder(path, device), patch=int(cfg.loss.repa_patch))
+    return _ENCODERS[key]
+
+
+# ------------------------------------------------------------------------------------------------------ loss
+def family_loss(model: nn.Module, batch: dict, ctx: TrainContext) -> tuple[torch.Tensor, dict]:
+    cfg = ctx.cfg
+    lc = cfg.loss
+    use_repa = repa_on(cfg)
+    enc = repa_encoder(cfg, batch["x"].device) if use_repa else None
+    return nit_loss(model, batch, label_drop=float(lc.label_drop), repa_coeff=float(lc.repa_coeff) if use_repa
+                    else 0.0, repa_encoder=enc, P_mean=float(lc.P_mean), P_std=float(lc.P_std))
+
+
+def param_groups(model: nn.Module, cfg) -> list[dict]:
+    """Every trained parameter with train.weight_decay (the official AdamW decays all of them). Without REPA the
+    projector is frozen here: it gets no gradient, and DDP insists that every trained parameter is used."""
+    net = _net(model)
+    if net.projector is not None and not repa_on(cfg):
+        net.projector.requires_grad_(False)
+    return [{"params": [p for p in net.parameters() if p.requires_grad],
+             "weight_decay": float(cfg.train.weight_decay)}]
+
+
+# -------------------------------------------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class NiTSampling:
+    mode: str
+    steps: int
+    cfg_scale: float
+    guidance_low: float
+    guidance_high: float
+    heun: bool
+    height: int
+    width: int
+    downsample: int
+
+    def sampler_settings(self) -> dict:
+        return {"mode": self.mode, "steps": self.steps, "cfg_scale": self.cfg_scale,
+                "guidance_low": self.guidance_low, "guidance_high": self.guidance_high, "heun": self.heun}
+
+
+def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
+    from samplers.flow import MODES, latent_size
+    s = cfg.sample
+    mode = str(s.mode)
+    if mode not in MODES:
+        raise ValueError(f"sample.mode (--mode) must be one of {', '.join(MODES)}, got {mode!r}")
+    steps = int(s.steps)
+    if steps < (2 if mode == "sde" else 1):
+        raise ValueError(f"sample.steps (--num-steps) must be >= {2 if mode == 'sde' else 1} for --mode {mode}, "
+                         f"got {steps}")
+    low, high = float(s.guidance_low), float(s.guidance_high)
+    if not low <= high:
+        raise ValueError(f"--guidance-low {low} must not exceed --guidance-high {high}")
+    kind = cfg.tokenizer.kind
+    ds = s.downsample if s.downsample is not None else DOWNSAMPLE.get(kind)
+    if ds is None:
+        raise ValueError(f"sample.downsample is not set and tokenizer.kind {kind!r} has no known downsampling "
+                         f"(known: {DOWNSAMPLE})")
+    heun = switch(s.heun, "sample.heun")
+    switch(s.slice_vae, "sample.slice_vae")
+    if heun and mode != "ode":
+        raise ValueError("--heun is a corrector of the ODE sampler; it has no effect with --mode sde")
+    out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds))
+    if model is not None:
+        net = _net(model)
+        latent_size(out.height, out.width, out.downsample, net.patch_size)
+        want = LATENT_CHANNELS.get(kind)
+        if want is not None and net.in_channels != want:
+            raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
+                             f"({want} latent channels)")
+    return out
+
+
+@torch.no_grad()
+def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: NiTSampling,
+                  size=None) -> torch.Tensor:
+    """Scaled latents Float32 (B, C, H/downsample, W/downsample) at image size `size` (H, W), default the
+    settings' height x width; row i from generators[i] alone."""
+    from samplers.flow import sample
+    size = (settings.height, settings.width) if size is None else (int(size[0]), int(size[1]))
+    return sample(model, labels, generators, settings.sampler_settings(), size=size,
+                  downsample=settings.downsample)
+
+
+def num_classes(model: nn.Module, cfg) -> int:
+    return int(_net(model).num_classes)
+
+
+# --------------------------------------------------------------------------------------------------- weights
+ACCELERATE_FILES = {True: "model.safetensors", False: "model_1.safetensors"}
+
+
+def weights_file(path: str, use_ema: bool = True) -> str:
+    """An accelerate `save_state` folder of the official trainer -> its EMA (`model.safetensors`, the first model
+    it prepared) or online (`model_1.safetensors`) weights file; a file path is returned as is."""
+    if not os.path.isdir(path):
+        return path
+    f = os.path.join(path, ACCELERATE_FILES[bool(use_ema)])
+    if not os.path.isfile(f):
+        raise FileNotFoundError(f"{path} is a folder without {ACCELERATE_FILES[bool(use_ema)]} (an accelerate "
+                                f"save_state folder holds model.safetensors = EMA and model_1.safetensors = online)")
+    return f
+
+
+# ------------------------------------------------------------------------------------------- official flags
+# projects/sample/sample_c2i_ddp.py of the NiT README -> config keys
+OFFICIAL_FLAGS = {
+    "--ckpt": ("eval.pretrained_path", 1),
+    "--sample-dir": ("output_dir", 1),
+    "--height": ("sample.height", 1),
+    "--width": ("sample.width", 1),
+    "--per-proc-batch-size": ("eval.batch_size", 1),
+    "--mode": ("sample.mode", 1),
+    "--num-steps": ("sample.steps", 1),
+    "--cfg-scale": ("sample.cfg_scale", 1),
+    "--guidance-low": ("sample.guidance_low", 1),
+    "--guidance-high": ("sample.guidance_high", 1),
+    "--heun": ("sample.heun", 0),
+    "--slice_vae": ("sample.slice_vae", 0),
+    "--num-fid-samples": ("eval.n", 1),
+    "--global-seed": ("seed", 1),
+}
+
+FAMILY = Family(
+    name="nit",
+    flavours=FLAVOURS,
+    dataset=pack_dataset,
+    batches=pack_batches,
+    loss=family_loss,
+    config="configs/family/nit.yaml",
+    official_flags=OFFICIAL_FLAGS,
+    to_device=to_device,
+    batch_rows=batch_rows,
+    sample=family_sample,
+    sample_settings=sample_settings,
+    num_classes=num_classes,
+    param_groups=param_groups,
+)
