@@ -85,6 +85,8 @@ def main(argv=None) -> int:
             rest = ["--mode", args.mode, *rest]
         cfg, flags = parse_command_line(args.config, rest)
         mode = "eval" if family_mode else args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
+        if mode == "pretrain" and "eval.pretrained_path" in flags and cfg.train.init_from is None:
+            cfg.train.init_from = flags["eval.pretrained_path"]  # the official flag, given to a training run
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)  # every rank, so that each one's log ends in the line
         _repeat_after_launcher(f"error: {e}")

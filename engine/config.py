@@ -17,8 +17,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "base.yaml"
 
-# official flag -> (config key, number of values), for flags whose meaning is the same in every family's README;
-# a family adds its own (Family.official_flags), so that one flag name can mean different things in two families.
+# official flag -> (config key, number of values[, value of a switch]), for flags whose meaning is the same in every
+# family's README; a family adds its own (Family.official_flags), so that one flag name can mean different things in
+# two families. A flag of 0 values is a switch: it sets True, or the value given third.
 OFFICIAL_FLAGS = {
     "--pretrained_path": ("eval.pretrained_path", 1),
     "--eval_n": ("eval.n", 1),
@@ -94,7 +95,13 @@ def split_official_flags(argv: list[str], table: dict | None = None) -> tuple[di
         a = argv[i]
         name, eq, inline = a.partition("=")
         if name in table:
-            key, n = table[name]
+            key, n, *const = table[name]
+            if n == 0:  # a switch: on, or the constant the table gives (e.g. --slice_vae -> decode one at a time)
+                if eq:
+                    raise ConfigError(f"flag {name} takes no value (it sets {key})")
+                found[key] = const[0] if const else True
+                i += 1
+                continue
             vals = [inline] if eq else argv[i + 1:i + 1 + n]
             if len(vals) != n or (not eq and any(v.startswith("--") for v in vals)):
                 raise ConfigError(f"flag {name} takes {n} value(s) (it sets {key})")
@@ -189,8 +196,8 @@ RANGES = {
     "train.max_steps_this_run": _NONNEG, "train.eps": (lambda v: v > 0, "a number > 0"),
     "train.ema_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "train.betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
-    "eval.n": _POS, "eval.batch_size": _POS, "eval.ref_n": _POS, "eval.save_png": _NONNEG,
-    "eval.decode_batch": _NONNEG, "eval.is_splits": _POS,
+    "eval.n": _POS, "eval.batch_size": _POS, "eval.ref_n": _POS,
+    "eval.decode_batch": _NONNEG, "eval.save_png": (lambda v: v >= -1, "an integer >= -1 (-1: all)"), "eval.is_splits": _POS,
     "eval.is_std_ddof": (lambda v: v in (0, 1), "0 or 1"), "search.max_upd": _NONNEG, "search.spsa_pairs": _POS,
     "search.budget_images": _NONNEG,
 }

@@ -56,6 +56,7 @@ def _tag(cfg, weights: str | None, collector) -> str:
            "tokenizer_weights": _file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
            "fid_mode": cfg.eval.fid_mode, "dtype": collector.dtype, "precision": cfg.eval.precision,
            "decode_batch": int(cfg.eval.decode_batch), "weights": _file_id(weights) or weights,
+           "size": to_container(cfg.eval.size),
            "inception": _file_id(collector.weights_path), "features": sorted(collector.features)}
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg.eval.source}_n{int(cfg.eval.n)}_{h}"
@@ -102,9 +103,10 @@ class ImageSource:
         seed = int(cfg.seed) if seed is None else int(seed)
         labels = eval_labels(cfg, indices, self.num_classes, seed)
         if self.kind == "samples":
+            size = tuple(int(v) for v in cfg.eval.size) if cfg.eval.size is not None else None
             with autocast(self.device, str(cfg.eval.precision)):
                 out, labels = generate(self.model, self.fam, self.settings if settings is None else settings,
-                                       labels.to(self.device), indices, seed)
+                                       labels.to(self.device), indices, seed, size=size)
             img = decode(self.tok, out, self.decode_batch)
         elif self.kind == "reconstructions":
             if max(indices) >= len(self.test):
@@ -214,7 +216,9 @@ def evaluate(cfg) -> dict:
     units = my_units(n, bs)
     reused, feats, index = 0, [], []
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
-    keep_images = max(grid_n, int(cfg.eval.save_png))
+    png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
+    png_dir = Path(cfg.eval.png_dir) if cfg.eval.png_dir is not None else udir / "png"
+    keep_images = grid_n
     mine = sum(min(n, (u + 1) * bs) - u * bs for u in units)
     bar = progress(total=mine * dist.world_size(), desc=f"eval {src.kind}", unit="img")
     try:
@@ -229,6 +233,7 @@ def evaluate(cfg) -> dict:
                 rec = {"feats": ev.collector.extract(images), "labels": labels}
                 if cfg.eval.save_npz or idx[0] < keep_images:
                     rec["images"] = images
+                _write_pngs(images, idx, png_n, png_dir)
                 ck.atomic_save(rec, f)
             feats.append(rec["feats"])
             index.append(torch.tensor(idx))
@@ -273,7 +278,7 @@ def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, 
     by unit); with the npz written, the unit files keep only their features (no image is stored twice)."""
     written = [udir / "result.json"]
     atomic_write_text(written[0], json.dumps({**result, "provenance": provenance}, indent=1))
-    need = min(max(grid_n, int(cfg.eval.save_png)), n)
+    need = min(grid_n, n)
     npz = udir / "samples.npz"
     if cfg.eval.save_npz and not npz.exists():
         from metrics import SampleBatchWriter
@@ -289,18 +294,24 @@ def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, 
                 list(range(grid_n))
             written.append(Path(cfg.output_dir) / "samples.png")
             save_grid(imgs[order], k, written[-1])
-        if int(cfg.eval.save_png):
-            from PIL import Image
-            pdir = udir / "png"
-            pdir.mkdir(exist_ok=True)
-            for i in range(min(int(cfg.eval.save_png), len(imgs))):
-                a = imgs[i].permute(1, 2, 0).numpy()
-                Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(pdir / f"{i:06d}.png")
-            written.append(pdir)
     if cfg.eval.save_npz:
         written.append(npz)
         _drop_unit_images(udir, n, bs, need)
+    if int(cfg.eval.save_png):
+        written.append(Path(cfg.eval.png_dir) if cfg.eval.png_dir is not None else udir / "png")
     return written
+
+
+def _write_pngs(images: torch.Tensor, idx: list[int], limit: int, folder: Path) -> None:
+    """One PNG per image with global index < limit, named by that index (as the official samplers write them);
+    each rank writes its own units as they finish."""
+    from PIL import Image
+
+    from core.images import save_png
+    for img, i in zip(images, idx):
+        if i < limit:
+            a = img.permute(1, 2, 0).numpy()
+            save_png(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), folder / f"{i:06d}.png")
 
 
 def _unit_with_images(udir: Path, u: int) -> dict:

@@ -24,6 +24,10 @@ def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {Path(cfg.output_dir) / 'checkpoints'} and "
                                     f"eval.pretrained_path (--pretrained_path) is not set")
+    from models import get_family
+    fam = get_family(cfg.family)
+    if fam.weights_file is not None:
+        path = fam.weights_file(str(path), prefer_ema)
     obj = ck.load_file(path)
     if isinstance(obj, dict):
         ck.check_family(obj, fam_name, cfg.model.flavour, path)

@@ -80,12 +80,13 @@ class Trainer:
         self.ds = self.fam.dataset(cfg, "train")
         self.start = _resume(cfg, self.fam, self.model, self.ema, self.opt, self.scaler, self.ckdir, self.out) \
             if self.tc.resume else 0
-        if self.start == 0 and cfg.eval.pretrained_path is not None:
+        if self.start == 0 and cfg.train.init_from is not None:
             from engine.generate import load_weights
-            where = load_weights(self.model, cfg, self.fam.name, prefer_ema=bool(cfg.eval.use_ema))
+            where = load_weights(self.model, cfg, self.fam.name, source=cfg.train.init_from,
+                                 prefer_ema=bool(cfg.eval.use_ema))
             self.ema.load_state_dict(self.model.state_dict())
-            logger.info(f"initialised from {where} (eval.pretrained_path / --pretrained_path); training starts at "
-                        f"step 0")
+            logger.info(f"initialised from {where} (train.init_from; --pretrained_path with --mode pretrain); "
+                        f"training starts at step 0")
         dist.barrier()
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info(f"family {self.fam.name}, flavour {cfg.model.flavour}: {n_params / 1e6:.2f}M params; world "
@@ -97,7 +98,8 @@ class Trainer:
         if self.world > 1:
             self.train_model = DDP(self.train_model,
                                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                   find_unused_parameters=bool(self.fam.ddp_find_unused))
+                                   find_unused_parameters=bool(self.fam.ddp_find_unused(cfg) if callable(
+                                       self.fam.ddp_find_unused) else self.fam.ddp_find_unused))
         self.ctx = TrainContext(cfg=cfg, step=self.start, ema=self.ema)
         self.steps = int(self.tc.steps)
         extra = int(self.tc.max_steps_this_run)

@@ -99,7 +99,11 @@ class Family:
     param_groups: Callable[[nn.Module, Any], list[dict]] | None = None
     # (step, cfg) -> EMA decay of the update that makes step + 1; None: train.ema_decay at every step
     ema_decay: Callable[[int, Any], float] | None = None
-    ddp_find_unused: bool = False
+    # (path, prefer_ema) -> the weights file inside a folder the family's official trainer writes (e.g. an
+    # accelerate save_state folder); None: eval.pretrained_path must be a file
+    weights_file: Callable[[str, bool], str] | None = None
+    # bool, or (cfg) -> bool: DDP must tolerate parameters without a gradient in a step
+    ddp_find_unused: bool | Callable[[Any], bool] = False
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -252,7 +252,6 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
         raise ValueError(f"sample.downsample is not set and tokenizer.kind {kind!r} has no known downsampling "
                          f"(known: {DOWNSAMPLE})")
     heun = switch(s.heun, "sample.heun")
-    switch(s.slice_vae, "sample.slice_vae")
     if heun and mode != "ode":
         raise ValueError("--heun is a corrector of the ODE sampler; it has no effect with --mode sde")
     out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds))
@@ -311,7 +310,7 @@ OFFICIAL_FLAGS = {
     "--guidance-low": ("sample.guidance_low", 1),
     "--guidance-high": ("sample.guidance_high", 1),
     "--heun": ("sample.heun", 0),
-    "--slice_vae": ("sample.slice_vae", 0),
+    "--slice_vae": ("eval.decode_batch", 0, 1),  # DC-AE decodes one image at a time (memory only, same numbers)
     "--num-fid-samples": ("eval.n", 1),
     "--global-seed": ("seed", 1),
 }

@@ -66,7 +66,7 @@ def test_every_official_flag_targets_a_key_of_its_family():
     from models import FAMILY_NAMES
     for name in FAMILY_NAMES:
         schema, table = family_schema(name)
-        for flag, (key, n) in table.items():
+        for flag, (key, n, *_) in table.items():
             if key.startswith("model."):  # flavour kwargs, checked by the model builder
                 continue
             assert OmegaConf.select(schema, key, default="<missing>") != "<missing>", f"{name}: {flag} -> {key}"

@@ -89,8 +89,9 @@ def test_readme_command_maps_onto_the_recipe(monkeypatch, res):
                                                                                  EXPECTED[res][3])
     assert (s.height, s.width) == (res, res) and cfg.eval.batch_size == 32
     assert cfg.eval.pretrained_path == "checkpoints/model_1000K.safetensors" and cfg.output_dir == "./samples"
-    assert list(s.slice_vae) == []  # the bare switch was given
-    assert (cfg.tokenizer.kind, cfg.eval.n, cfg.eval.save_png, cfg.eval.save_npz) == ("dcae", 50000, 50000, True)
+    assert cfg.eval.decode_batch == 1  # --slice_vae: the DC-AE decodes one image at a time
+    assert (cfg.tokenizer.kind, cfg.eval.n, cfg.eval.save_png, cfg.eval.save_npz) == ("dcae", 50000, -1, True)
+    assert cfg.eval.png_dir == cfg.output_dir  # one PNG per image in --sample-dir, as the official sampler
     from models.nit_family import sample_settings
     with torch.device("meta"):
         from models import build_model
