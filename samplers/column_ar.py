@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from samplers.rng import check_generators
+from core.seeding import check_generators
 
 SCHEDULES = ("linear", "constant")
 

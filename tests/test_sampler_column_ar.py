@@ -3,7 +3,7 @@ import torch
 
 from models.eqar import FLAVOURS
 from samplers.column_ar import ColumnARSettings, cfg_scale_at, euler_flow, sample
-from samplers.rng import row_generators
+from core.seeding import row_generators
 
 
 def _model(seed=0, **kw):
