@@ -16,6 +16,8 @@ FAMILIES = {
     "nat": "models.nat",
     "enat": "models.enat",
     "demo_vq": "models.demo_vq",
+    "eqar": "models.eqar_family",
+    "eqtok": "models.eqtok",
 }
 FAMILY_NAMES = tuple(FAMILIES)
 
