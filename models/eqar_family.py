@@ -218,7 +218,8 @@ def training_tokenizer(cfg, device):
         if t.kind != "column":
             raise ValueError(f"family 'eqar' trains on column-tokenizer latents: tokenizer.kind must be 'column', "
                              f"got {t.kind!r}")
-        tok = build_tokenizer("column", ckpt=t.ckpt).to(device)
+        with torch.random.fork_rng(devices=[]):  # building draws init weights: keep the step's RNG stream intact
+            tok = build_tokenizer("column", ckpt=t.ckpt).to(device)
         h, w = int(cfg.data.image_size), int(cfg.data.column_width)
         if tok.height != h or tok.downsample != w:
             raise ValueError(f"tokenizer {t.ckpt} makes one token per {tok.downsample} px of {tok.height}-px-high "
