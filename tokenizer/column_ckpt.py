@@ -49,7 +49,21 @@ def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnToke
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok checkpoint")
-    model = build_column_autoencoder("official")
+    config = lightning_config(sd)
+    model = build_column_autoencoder(config)
     load_strict(model, module_state_from_lightning(sd, model, use_ema, path), path)
-    log.info("column tokenizer: Lightning checkpoint %s (%s weights)", path, "EMA" if use_ema else "live")
+    log.info("column tokenizer: Lightning checkpoint %s (%s size, %s weights)", path, config,
+             "EMA" if use_ema else "live")
     return ColumnTokenizer(model).to(device)
+
+
+def lightning_config(sd: dict) -> str:
+    """The COLUMN_CONFIGS entry whose module shapes the file's live weights have (checked on the meta device);
+    'official' when none fits, so that the strict load names what differs from the release."""
+    live = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith(("ema_", LOSS_PREFIX))}
+    for name in ["official", *[n for n in COLUMN_CONFIGS if n != "official"]]:
+        with torch.device("meta"):
+            own = {k: tuple(v.shape) for k, v in build_column_autoencoder(name).state_dict().items()}
+        if own == live:
+            return name
+    return "official"
