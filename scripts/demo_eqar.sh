@@ -24,16 +24,18 @@ fi
 
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo_eqar
-TOK_STEPS=${TOK_STEPS:-800}
-GEN_STEPS=${GEN_STEPS:-1500}
+TOK_STEPS=${TOK_STEPS:-600}
+GEN_STEPS=${GEN_STEPS:-1200}
 LENGTH=${LENGTH:-32}
 TOK=$OUT/tok/checkpoints/step_$(printf %07d "$TOK_STEPS").pt
 GEN="--config configs/demo/eqar_fmnist.yaml data.path=$OUT/latents.pt tokenizer.ckpt=$TOK eval.ref_images_path=$DATA"
 
 echo "== 1/5 column tokenizer (32x32 -> 8 column tokens x 16)"
 $RUN --config configs/demo/eqtok_fmnist.yaml --mode pretrain data.path=$DATA train.steps=$TOK_STEPS
-echo "== 2/5 caching posterior means of the 60k training images (+ flips) and measuring vae_norm"
-$PY scripts/eqar_cache_latents.py --tokenizer-ckpt "$TOK" --fmnist-dir "$DATA" --out $OUT/latents.pt
+CACHE_N=${CACHE_N:-20000}
+echo "== 2/5 caching posterior means of $CACHE_N training images (+ flips) and measuring vae_norm"
+$PY scripts/eqar_cache_latents.py --tokenizer-ckpt "$TOK" --fmnist-dir "$DATA" --out $OUT/latents.pt \
+  --limit $CACHE_N --threads $NPROC
 VAE_NORM=$(cat $OUT/latents.vae_norm)
 echo "== 3/5 column AR generator"
 $RUN $GEN --mode pretrain tokenizer.vae_norm=$VAE_NORM train.steps=$GEN_STEPS

@@ -30,8 +30,11 @@ def main():
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     tok = build_tokenizer("column", ckpt=a.tokenizer_ckpt)
     from datasets.column_images import FashionMNISTColumns, ImageFolderColumns
     ds = (FashionMNISTColumns(a.fmnist_dir, "train", a.height, a.width, hflip=False) if a.data == "fmnist"

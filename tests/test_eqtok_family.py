@@ -122,3 +122,19 @@ def test_stage2_from_lightning_and_tokenizer_kinds(tmp_path):
                        f"tokenizer.ckpt={c2}"]) == 0
     with pytest.raises(ValueError, match="not a column tokenizer"):
         build_tokenizer("column", ckpt=str(tmp_path / "g" / "checkpoints" / "step_0000002.pt"))
+
+
+@pytest.mark.slow
+def test_two_process_gan_step_under_ddp(tmp_path):
+    """The adaptive weight's autograd.grad and the detached-parameter generator term inside one DDP forward."""
+    import json
+    import subprocess
+
+    from tests.helpers import ROOT, env, torchrun_cmd
+    out = tmp_path / "ddp"
+    p = subprocess.run(torchrun_cmd(2, "--config", RECIPE, f"output_dir={out}", "loss.disc_start=0",
+                                    "train.batch_size=4"), cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3] and all(r["d_weight"] > 0 and r["d_loss"] > 0 for r in logs)
