@@ -32,7 +32,7 @@ GEN="--config configs/demo/eqar_fmnist.yaml data.path=$OUT/latents.pt tokenizer.
 
 echo "== 1/5 column tokenizer (32x32 -> 8 column tokens x 16)"
 $RUN --config configs/demo/eqtok_fmnist.yaml --mode pretrain data.path=$DATA train.steps=$TOK_STEPS
-CACHE_N=${CACHE_N:-20000}
+CACHE_N=${CACHE_N:-8000}
 echo "== 2/5 caching posterior means of $CACHE_N training images (+ flips) and measuring vae_norm"
 $PY scripts/eqar_cache_latents.py --tokenizer-ckpt "$TOK" --fmnist-dir "$DATA" --out $OUT/latents.pt \
   --limit $CACHE_N --threads $NPROC
