@@ -3,7 +3,8 @@ with full recomputation (the release's way), the flow head's share of it, fp32 v
 images/s (teacher-forced flow loss, backward, AdamW step).
 
     python scripts/bench_eqar.py [--flavour tiny] [--tokens 16 32 64 128] [--steps 10] [--batch 4] [--cfg 4]
-Random weights; the default size is the release's `tiny_model` width (256, 8 blocks) with 256-d tokens.
+Random weights; the default size is the release's `tiny_model` width (256, 8 blocks) with 256-d tokens. On a shared
+machine use --threads 1: two threads over-subscribed by other jobs made these small ops 20-30x slower here.
 """
 from __future__ import annotations
 
