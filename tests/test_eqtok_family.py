@@ -138,3 +138,26 @@ def test_two_process_gan_step_under_ddp(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3] and all(r["d_weight"] > 0 and r["d_loss"] > 0 for r in logs)
+
+
+def test_lpips_from_one_local_file(tmp_path):
+    """The merged VGG-16 + LPIPS file maps onto the network (lin{i}.model.1.weight -> lins.i), d(x, x) = 0, and the
+    eqtok loss picks it up when loss.lpips_path exists."""
+    from tokenizer.lpips import LPIPS, load_lpips
+    torch.manual_seed(0)
+    ref = LPIPS()
+    for lin in ref.lins:
+        torch.nn.init.uniform_(lin.weight, 0.0, 1.0)
+    sd = {k: v for k, v in ref.state_dict().items() if k.startswith("features.")}
+    sd.update({f"lin{i}.model.1.weight": lin.weight.detach().clone() for i, lin in enumerate(ref.lins)})
+    torch.save(sd, tmp_path / "vgg_lpips.pth")
+    net = load_lpips(str(tmp_path / "vgg_lpips.pth"))
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(net(x, y), ref(x, y)) and net(x, y).shape == (2, 1, 1, 1)
+    assert torch.all(net(x, y) > 0) and torch.allclose(net(x, x), torch.zeros(2, 1, 1, 1))
+    cfg = _cfg("loss.perceptual=lpips", f"loss.lpips_path={tmp_path / 'vgg_lpips.pth'}")
+    assert isinstance(perceptual_metric(cfg, torch.device("cpu")), LPIPS)
+    sd.pop("lin4.model.1.weight")
+    torch.save(sd, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="lins.4.weight"):
+        load_lpips(str(tmp_path / "short.pth"))

@@ -20,8 +20,8 @@ CHANNELS = (64, 128, 256, 512, 512)
 class LPIPS(nn.Module):
     def __init__(self):
         super().__init__()
-        from torchvision.models import vgg16
-        self.features = vgg16(weights=None).features[:CUTS[-1]]
+        from torchvision.models.vgg import cfgs, make_layers
+        self.features = make_layers(cfgs["D"])[:CUTS[-1]]  # vgg16.features without building the classifier
         self.lins = nn.ModuleList([nn.Conv2d(c, 1, 1, bias=False) for c in CHANNELS])
         self.register_buffer("shift", torch.tensor(SHIFT)[None, :, None, None])
         self.register_buffer("scale", torch.tensor(SCALE)[None, :, None, None])
