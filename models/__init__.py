@@ -17,6 +17,8 @@ FAMILIES = {
     "enat": "models.enat",
     "demo_vq": "models.demo_vq",
     "nit": "models.nit_family",
+    "eqar": "models.eqar_family",
+    "eqtok": "models.eqtok",
 }
 FAMILY_NAMES = tuple(FAMILIES)
 

@@ -5,6 +5,7 @@ build_tokenizer('vqgan_mage', ckpt='assets/vqgan_jax_strongaug.ckpt', config='ma
 build_tokenizer('dcae', ckpt='assets/dc-ae-f32c32-sana-1.1-diffusers', dtype=..., decode_one_by_one=..., device=...)
 build_tokenizer('demo_vq', ckpt=<engine checkpoint> | state_dict=..., flavour='demo', device=..., **model_kwargs)
 build_tokenizer('pixels') : the identity (pixel-space generators; 3 channels, downsample 1)
+build_tokenizer('column', ckpt=<official Lightning tokenizer.ckpt | eqtok train.py checkpoint>, use_ema=True)
 'vqgan' is accepted as another name of 'vqgan_mage'.
 """
 from __future__ import annotations
@@ -42,7 +43,13 @@ def _pixels(ckpt=None, channels=3, device="cpu"):
     return PixelTokenizer(channels).to(device)
 
 
-TOKENIZERS = {"vqgan_mage": _vqgan, "vqgan": _vqgan, "dcae": _dcae, "demo_vq": _demo_vq, "pixels": _pixels}
+def _column(ckpt=None, use_ema=True, device="cpu"):
+    from tokenizer.column_ckpt import load_column_any
+    return load_column_any(ckpt, use_ema, device)
+
+
+TOKENIZERS = {"vqgan_mage": _vqgan, "vqgan": _vqgan, "dcae": _dcae, "demo_vq": _demo_vq, "pixels": _pixels,
+              "column": _column}
 
 
 class UnknownTokenizerError(KeyError, ValueError):

@@ -34,6 +34,10 @@ COLUMN_CONFIGS = {
     # tests: f4, 16-pixel-high images, 4-pixel columns, 16-d tokens; widths stay multiples of 32 for GroupNorm(32)
     "debug": dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=16, resolution=16,
                   in_channels=3, semantic_channels=(64,), semantic_num_res_blocks=1),
+    # Fashion-MNIST demo: 32-pixel-high grey images, 4-pixel columns (8 tokens per 32 px), 16-d tokens; no ResNet
+    # blocks in the encoder levels (one per decoder level) so that a CPU trains it in minutes
+    "fmnist": dict(ch=32, ch_mult=(1, 1, 1), num_res_blocks=0, z_channels=32, embed_dim=16, resolution=32,
+                   in_channels=1, semantic_channels=(32,), semantic_num_res_blocks=1),
 }
 POSTERIOR_STD = 2.5
 VAE_NORM = 0.05493  # generator latents = posterior.sample() * VAE_NORM (latent std ~ 1)

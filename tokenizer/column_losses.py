@@ -81,7 +81,7 @@ def autoencoder_loss(x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor, l
     nll, rec = reconstruction_nll(x, x_hat, logvar, perceptual, w["perceptual_weight"])
     kl = kl_term(mean)
     total = nll + w["kl_weight"] * kl
-    logs = {"nll": nll.item(), "rec": rec.item(), "kl": kl.item(), "logvar": float(logvar)}
+    logs = {"nll": nll.item(), "rec": rec.item(), "kl": kl.item(), "logvar": float(logvar.detach())}
     disc_factor = start_factor(step, w["disc_start"])
     if discriminator is not None and disc_factor > 0:
         g = generator_hinge(discriminator(x_hat.contiguous()))

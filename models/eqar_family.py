@@ -1,0 +1,341 @@
+"""Family `eqar`: the equivariant column AR generator (network in models/eqar.py, sampler in samplers/column_ar.py).
+
+Training data, as the release makes it: images -> column tokenizer `sample()` (posterior mean plus per-image noise)
+-> x vae_norm, encoded on the fly inside `loss` with the tokenizer of `cfg.tokenizer` (data.kind imagefolder |
+fmnist | synthetic), or noise added to cached posterior means (data.kind latents, scripts/eqar_cache_latents.py).
+`sample` returns what the column tokenizer decodes: unscaled latents (B, L, C) = sampler output / vae_norm.
+
+Official commands: `train_generator.py` / `eval_generator.py` flags of the README are aliases of config keys
+(OFFICIAL_FLAGS). Per-GPU `--batch_size`, `--blr`, `--epochs` and `--warmup_epochs` are turned into the engine's
+global batch, LR (blr x batch / 256) and step counts once the data set size is known (`apply_official_schedule`).
+`--resume DIR --ckpt FILE` name the weights for eval (eval.pretrained_path = DIR/FILE). An official
+`{'model', 'model_ema', ..., 'args'}` file has its `args` compared with the recipe before anything is loaded:
+the model builder reads them (model.args_from, = eval.pretrained_path), sample_settings checks vae_norm.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from core import dist
+from core.seeding import step_seed
+from datasets.sampling import rank_micro_batches
+from models import eqar
+from models.family import Family
+from samplers.column_ar import ColumnARSettings, sample as column_ar_sample
+
+log = logging.getLogger(__name__)
+
+# the release's checkpoints pickle their argparse.Namespace: allow exactly that class in weights-only loads
+torch.serialization.add_safe_globals([argparse.Namespace])
+
+
+def _join(directory, name):
+    """eval.pretrained_path from the official --resume DIR --ckpt FILE (None unless both are given)."""
+    if directory is None or name is None:
+        return None
+    return os.path.join(str(directory), str(name))
+
+
+def _tokenizer_ckpt_from_config(config_path):
+    """tokenizer.ckpt from the official tokenizer YAML (--config_path): its model.params.ckpt_path, if readable."""
+    if config_path is None or not os.path.isfile(str(config_path)):
+        return None
+    import yaml
+    with open(str(config_path)) as f:
+        node = yaml.safe_load(f) or {}
+    return ((node.get("model") or {}).get("params") or {}).get("ckpt_path")
+
+
+for _name, _fn in (("eqar_join", _join), ("eqar_tokenizer_ckpt", _tokenizer_ckpt_from_config)):
+    OmegaConf.register_resolver(_name, _fn, replace=True, annotation_validation="off")
+
+
+# ------------------------------------------------------------------------------------------ official args check
+# release argument -> model constructor argument of the same meaning
+ARGS_TO_MODEL = ("vae_embed_dim", "buffer_size", "cond_length", "diffusion_batch_mul", "diffloss_w", "diffloss_d",
+                 "class_num", "label_drop_prob")
+FLAVOUR_OF = {"small_model": "small", "base_model": "base", "large_model": "large", "huge_model": "huge"}
+
+
+def official_args(path) -> dict | None:
+    """The `args` namespace of an official {'model', 'model_ema', ..., 'args'} file as a dict (None otherwise).
+    Memory-mapped: reading the args of a 2.6 GB file costs nothing."""
+    if path is None or not os.path.isfile(str(path)):
+        return None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not ours to judge here: the engine's loader reports unreadable files in one line
+        return None
+    args = obj.get("args") if isinstance(obj, dict) else None
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, dict) else None
+
+
+def check_official_args(path, flavour: str, kwargs: dict) -> None:
+    args = official_args(path)
+    if args is None:
+        return
+    want = FLAVOUR_OF.get(str(args.get("model")), args.get("model"))
+    if "model" in args and FLAVOUR_OF.get(flavour, flavour) != want:
+        raise ValueError(f"{path} was trained with --model {args['model']} but the recipe builds flavour "
+                         f"'{flavour}' (model.flavour / --model)")
+    for key in ARGS_TO_MODEL:
+        if key in args and key in kwargs and not _same(args[key], kwargs[key]):
+            raise ValueError(f"{path} was trained with --{key} {args[key]} but the recipe sets model.{key}="
+                             f"{kwargs[key]} (--{key}); pass --{key} {args[key]}")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-6)
+    return a == b
+
+
+def _builder(name: str, build):
+    def make(args_from=None, grad_checkpointing=False, **kw):
+        # a bare official flag (--grad_checkpointing) arrives as an empty list of values
+        gc = True if isinstance(grad_checkpointing, (list, tuple)) and not grad_checkpointing else bool(grad_checkpointing)
+        full = {**build.defaults, **kw}
+        check_official_args(args_from, name, full)
+        return build(grad_checkpointing=gc, **kw)
+    make.defaults = dict(build.defaults)
+    return make
+
+
+FLAVOURS = {name: _builder(name, b) for name, b in eqar.FLAVOURS.items()}
+FLAVOURS.update({off: _builder(off, eqar.FLAVOURS[ours]) for off, ours in FLAVOUR_OF.items()})  # --model names
+
+
+# --------------------------------------------------------------------------------------------------------- data
+DATA_KINDS = ("imagefolder", "fmnist", "latents", "synthetic")
+
+
+def crop_size(cfg) -> tuple[int, int]:
+    return int(cfg.data.image_size), int(cfg.data.token_num) * int(cfg.data.column_width)
+
+
+class LatentFile:
+    """Cached posterior means {'mean': (N, [V,] L, C), 'label': (N,)}; V views (e.g. original and flip) are drawn
+    one per row at random. Noise (and vae_norm) is applied in the loss, as for on-the-fly encoding."""
+
+    def __init__(self, path: str):
+        from core.loading import load_file
+        obj = load_file(path, "latent cache")
+        if not isinstance(obj, dict) or "mean" not in obj or "label" not in obj:
+            raise ValueError(f"{path}: expected {{'mean': (N, [V,] L, C), 'label': (N,)}} "
+                             f"(written by scripts/eqar_cache_latents.py)")
+        self.mean, self.label = obj["mean"], obj["label"].long()
+        if self.mean.dim() == 3:
+            self.mean = self.mean[:, None]
+        self.config = obj.get("tokenizer")
+
+    def __len__(self):
+        return len(self.label)
+
+    def get_batch(self, idx: torch.Tensor, gen: torch.Generator) -> dict:
+        view = torch.randint(self.mean.shape[1], (len(idx),), generator=gen)
+        return {"mean": self.mean[idx, view].float(), "label": self.label[idx]}
+
+
+def eqar_dataset(cfg, split: str = "train"):
+    d = cfg.data
+    h, w = crop_size(cfg)
+    if d.kind not in DATA_KINDS:
+        raise ValueError(f"family 'eqar': data.kind must be one of {', '.join(DATA_KINDS)}, got '{d.kind}'")
+    if d.kind == "imagefolder":
+        if not d.path:
+            raise ValueError("data.path (--data_path) is empty: give an ImageNet-layout folder <class>/<images>")
+        from datasets.column_images import ImageFolderColumns
+        ds = ImageFolderColumns(str(d.path), h, w, bool(d.hflip))
+    elif d.kind == "fmnist":
+        from datasets.column_images import FashionMNISTColumns
+        ds = FashionMNISTColumns(d.path, split, h, w, bool(d.hflip))
+    elif d.kind == "latents":
+        if not d.path:
+            raise ValueError("data.path is empty: give a latent cache written by scripts/eqar_cache_latents.py")
+        ds = LatentFile(str(d.path))
+    else:
+        from datasets.column_images import SyntheticColumns
+        ds = SyntheticColumns(int(d.synthetic_n), int(cfg.model.get("class_num", 10) or 10), h, w)
+    apply_official_schedule(cfg, len(ds))
+    return ds
+
+
+def apply_official_schedule(cfg, n: int) -> None:
+    """The release's per-GPU batch, base LR and epoch counts -> the engine's global batch, LR and steps (logged).
+
+    Runs inside `dataset` because the step counts need the data set size; the engine reads train.batch_size,
+    train.steps, train.warmup_steps and train.lr only after building the data set."""
+    t, world = cfg.train, dist.world_size()
+    notes = []
+    if t.batch_size_per_rank is not None:
+        t.batch_size = int(t.batch_size_per_rank) * world * int(t.grad_accum)
+        notes.append(f"batch {t.batch_size} = {t.batch_size_per_rank} per process x {world} x {t.grad_accum}")
+    if t.blr is not None:
+        t.lr = float(t.blr) * int(t.batch_size) / 256
+        notes.append(f"lr {t.lr:.4g} = blr {t.blr} x {t.batch_size} / 256")
+    per_epoch = max(1, n // int(t.batch_size))
+    if t.epochs is not None:
+        t.steps = int(t.epochs) * per_epoch
+        notes.append(f"steps {t.steps} = {t.epochs} epochs x {per_epoch}")
+    if t.warmup_epochs is not None:
+        t.warmup_steps = int(round(float(t.warmup_epochs) * per_epoch))
+        notes.append(f"warmup {t.warmup_steps} steps = {t.warmup_epochs} epochs")
+    if t.float32 is not None and str(t.precision) != "fp32":
+        raise ValueError(f"--float32 was given but train.precision is {t.precision}")
+    if notes and dist.is_main():
+        log.info("official schedule: " + "; ".join(notes))
+
+
+def eqar_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
+    """This rank's micro-batches of global step `step` (crops, flips and cached-latent views from (seed, step))."""
+    seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
+    out = []
+    for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank, world, accum)):
+        out.append(ds.get_batch(idx, torch.Generator().manual_seed(step_seed(seed, rank, step, mi) + 1)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+_TOKENIZERS: dict = {}
+
+
+def training_tokenizer(cfg, device):
+    """The frozen tokenizer of cfg.tokenizer on `device`, built once per process."""
+    t = cfg.tokenizer
+    key = (str(t.kind), str(t.ckpt), str(device))
+    if key not in _TOKENIZERS:
+        from tokenizer import build_tokenizer
+        if t.kind != "column":
+            raise ValueError(f"family 'eqar' trains on column-tokenizer latents: tokenizer.kind must be 'column', "
+                             f"got {t.kind!r}")
+        with torch.random.fork_rng(devices=[]):  # building draws init weights: keep the step's RNG stream intact
+            tok = build_tokenizer("column", ckpt=t.ckpt).to(device)
+        h, w = int(cfg.data.image_size), int(cfg.data.column_width)
+        if tok.height != h or tok.downsample != w:
+            raise ValueError(f"tokenizer {t.ckpt} makes one token per {tok.downsample} px of {tok.height}-px-high "
+                             f"images, but data.image_size={h}, data.column_width={w}")
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = tok
+    return _TOKENIZERS[key]
+
+
+def training_latents(batch: dict, cfg) -> torch.Tensor:
+    """(B, L, C) generator targets: tokenizer sample() x vae_norm (draws from the engine-seeded global RNG)."""
+    from tokenizer.column import POSTERIOR_STD, gaussian_sample
+    vae_norm = float(cfg.tokenizer.vae_norm)
+    if "mean" in batch:
+        mean = batch["mean"]
+    else:
+        images = batch["image"]
+        tok = training_tokenizer(cfg, images.device)
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            mean = tok.encode(images.float())
+    return gaussian_sample(mean.float(), POSTERIOR_STD) * vae_norm
+
+
+def eqar_family_loss(model: nn.Module, batch: dict, ctx) -> tuple[torch.Tensor, dict]:
+    latents = training_latents(batch, ctx.cfg)
+    return eqar.eqar_loss(model, {"latent": latents, "label": batch["label"]}, ctx)
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+@dataclass(frozen=True)
+class EqarSampling:
+    sampler: ColumnARSettings
+    num_tokens: int
+    column_width: int
+    vae_norm: float
+
+
+def eqar_sample_settings(cfg, model) -> EqarSampling:
+    s = cfg.sample
+    if float(s.temperature) != 1.0:
+        raise ValueError(f"sample.temperature={s.temperature} (--temperature): the release's flow sampler ignores "
+                         f"the temperature (its ODE is deterministic given the noise); leave it at 1.0")
+    settings = ColumnARSettings(num_steps=int(s.num_sampling_steps), cfg=float(s.cfg),
+                                cfg_schedule=str(s.cfg_schedule), use_cache=bool(s.use_cache))
+    settings.check()
+    n = int(s.num_iter) if s.num_iter is not None else int(cfg.data.token_num)
+    if n < 1:
+        raise ValueError(f"sample.num_iter (--num_iter) must be >= 1, got {n}")
+    args = official_args(cfg.eval.pretrained_path)
+    if args is not None and "vae_norm" in args and not _same(args["vae_norm"], cfg.tokenizer.vae_norm):
+        raise ValueError(f"{cfg.eval.pretrained_path} was trained with --vae_norm {args['vae_norm']} but the recipe "
+                         f"sets tokenizer.vae_norm={cfg.tokenizer.vae_norm} (--vae_norm)")
+    return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm))
+
+
+def eqar_sample(model: nn.Module, labels: torch.Tensor, generators, settings: EqarSampling, size=None):
+    """Unscaled latents (B, L, C) for the column tokenizer; size=(H, W) asks for W / column_width tokens."""
+    n = settings.num_tokens
+    if size is not None:
+        w = int(size[1])
+        if w % settings.column_width or w < settings.column_width:
+            raise ValueError(f"image width {w} is not a positive multiple of the column width {settings.column_width}")
+        n = w // settings.column_width
+    out = column_ar_sample(model, labels, generators, settings.sampler, num_tokens=n)
+    return out / settings.vae_norm
+
+
+def eqar_param_groups(model, cfg):
+    return eqar.param_groups(model, float(cfg.train.weight_decay))
+
+
+OFFICIAL_FLAGS = {
+    "--model": ("model.flavour", 1),
+    "--vae_embed_dim": ("model.vae_embed_dim", 1),
+    "--diffloss_d": ("model.diffloss_d", 1),
+    "--diffloss_w": ("model.diffloss_w", 1),
+    "--cond_length": ("model.cond_length", 1),
+    "--class_num": ("model.class_num", 1),
+    "--buffer_size": ("model.buffer_size", 1),
+    "--diffusion_batch_mul": ("model.diffusion_batch_mul", 1),
+    "--label_drop_prob": ("model.label_drop_prob", 1),
+    "--grad_checkpointing": ("model.grad_checkpointing", 0),
+    "--token_num": ("data.token_num", 1),
+    "--data_path": ("data.path", 1),
+    "--img_size": ("data.image_size", 1),
+    "--vae_norm": ("tokenizer.vae_norm", 1),
+    "--config_path": ("tokenizer.config_path", 1),
+    "--num_iter": ("sample.num_iter", 1),
+    "--num_sampling_steps": ("sample.num_sampling_steps", 1),
+    "--cfg": ("sample.cfg", 1),
+    "--cfg_schedule": ("sample.cfg_schedule", 1),
+    "--temperature": ("sample.temperature", 1),
+    "--epochs": ("train.epochs", 1),
+    "--warmup_epochs": ("train.warmup_epochs", 1),
+    "--batch_size": ("train.batch_size_per_rank", 1),
+    "--blr": ("train.blr", 1),
+    "--weight_decay": ("train.weight_decay", 1),
+    "--grad_clip": ("train.grad_clip", 1),
+    "--float32": ("train.float32", 0),
+    "--eval_bsz": ("eval.batch_size", 1),
+    "--num_images": ("eval.n", 1),
+    "--resume": ("eval.resume", 1),
+    "--ckpt": ("eval.ckpt", 1),
+    "--metrics": ("eval.official_metrics", 0),
+}
+
+FAMILY = Family(
+    name="eqar",
+    flavours=FLAVOURS,
+    dataset=eqar_dataset,
+    batches=eqar_batches,
+    loss=eqar_family_loss,
+    config="configs/family/eqar.yaml",
+    official_flags=OFFICIAL_FLAGS,
+    sample=eqar_sample,
+    sample_settings=eqar_sample_settings,
+    num_classes=lambda model, cfg: int(getattr(model, "module", model).class_num),
+    param_groups=eqar_param_groups,
+)

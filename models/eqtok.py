@@ -1,0 +1,252 @@
+"""Family `eqtok`: training the column tokenizer (tokenizer/column.py) with train.py, stage 1 and stage 2.
+
+The network is the official module tree (encoder, decoder, semantic_decoder, quant_layer, post_quant_layer) plus a
+`loss` module holding what Lightning keeps there (the learnable `logvar` and the discriminator), so our checkpoint's
+EMA state dict minus `loss.*` is the tokenizer (`tokenizer.kind=column tokenizer.ckpt=<our checkpoint>`).
+
+One step, one backward (the engine has one optimizer; AdamW with weight decay 0 over the autoencoder and the
+discriminator equals the release's two Adam optimizers with equal hyper-parameters):
+    total = autoencoder loss (L1 + perceptual NLL, 0.01 L2 "KL", adaptive-weight hinge generator term, semantic)
+          + discriminator hinge on (real, detached reconstruction)
+The generator term runs the discriminator with *detached* parameters (torch.func.functional_call), so it moves
+only the autoencoder, and the discriminator term sees detached reconstructions, so it moves only the
+discriminator. Reconstructions decode `sample()` latents (mean + per-image noise), as the release trains.
+
+Stage 2 (model.init_from = a stage-1 checkpoint, ours or the released Lightning file; model.stage2 = true): the
+EMA weights are copied into the live modules, and encoder, quant_layer and logvar are frozen (left out of the
+optimizer by param_groups), so only decoder, semantic_decoder, post_quant_layer (and the discriminator) train.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from core.images import save_grid, to_uint8
+from core.loading import load_file, load_strict
+from core.seeding import step_seed
+from datasets.sampling import rank_micro_batches
+from models.family import Family
+from tokenizer import column_losses as cl
+from tokenizer.column import COLUMN_CONFIGS, ColumnAutoencoder, gaussian_sample, module_state_from_lightning
+from tokenizer.column_ckpt import autoencoder_config
+from tokenizer.column_ema import warmup_decay
+
+log = logging.getLogger(__name__)
+FROZEN_IN_STAGE2 = ("encoder.", "quant_layer.", "loss.logvar")
+
+
+class ConvDiscriminator(nn.Module):
+    """A small patch discriminator (the default when no frozen-backbone discriminator is given): stride-2 convs,
+    GroupNorm, LeakyReLU, a 1-channel logit map."""
+
+    def __init__(self, in_channels: int = 3, ch: int = 64, layers: int = 3):
+        super().__init__()
+        mods, c = [nn.Conv2d(in_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2)], ch
+        for _ in range(layers - 1):
+            mods += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(8, 2 * c), nn.LeakyReLU(0.2)]
+            c *= 2
+        mods.append(nn.Conv2d(c, 1, 3, 1, 1))
+        self.main = nn.Sequential(*mods)
+
+    def forward(self, x):
+        return self.main(x)
+
+
+class TokenizerLoss(nn.Module):
+    def __init__(self, in_channels: int, disc_channels: int, disc_layers: int):
+        super().__init__()
+        self.logvar = nn.Parameter(torch.zeros(()))
+        self.discriminator = ConvDiscriminator(in_channels, disc_channels, disc_layers)
+
+
+class EqTok(ColumnAutoencoder):
+    def __init__(self, disc_channels: int = 64, disc_layers: int = 3, init_from: str | None = None,
+                 stage2: bool = False, **ae):
+        super().__init__(**ae)
+        self.ae_config = dict(ae)
+        self.loss = TokenizerLoss(self.in_channels, disc_channels, disc_layers)
+        self.stage2 = bool(stage2)
+        if init_from:
+            self.load_stage1(str(init_from))
+        if self.stage2:
+            if not init_from:
+                raise ValueError("model.stage2=true needs model.init_from (the stage-1 checkpoint)")
+            for name, p in self.named_parameters():
+                if name.startswith(FROZEN_IN_STAGE2):
+                    p.requires_grad_(False)
+
+    @torch.no_grad()
+    def load_stage1(self, path: str) -> None:
+        """EMA autoencoder weights (and the live loss.* parts) of a stage-1 checkpoint: ours or Lightning."""
+        obj = load_file(path, "stage-1 tokenizer checkpoint")
+        own = self.state_dict()
+        if isinstance(obj, dict) and obj.get("family") == "eqtok":
+            sd = {k: v for k, v in obj["ema"].items() if not k.startswith("loss.")}
+            sd.update({k: v for k, v in obj["model"].items() if k.startswith("loss.")})
+            load_strict(self, sd, path)
+        else:
+            light = obj.get("state_dict", obj)
+            with torch.device("meta"):  # the plain autoencoder's key set (no loss.*) for the Lightning mapping
+                plain = ColumnAutoencoder(**self.ae_config)
+            ae = module_state_from_lightning(light, plain, use_ema=True, source=path)
+            loss = {k: v for k, v in light.items() if k in own and k.startswith("loss.")}
+            missing = [k for k in own if k.startswith("loss.") and k not in loss]
+            if missing:  # the release's loss holds a DINO discriminator: ours starts fresh
+                log.info("%s: %d loss.* tensors of this discriminator are not in the file; they start fresh",
+                         path, len(missing))
+            self.load_state_dict({**own, **ae, **loss}, strict=True)
+        log.info("stage 2 initialised from the EMA weights of %s", path)
+
+    def forward(self, x: torch.Tensor, step: int, weights: dict, perceptual=None):
+        """(total loss, logs) of one step (see module doc)."""
+        mean = self.encode_mean(x)
+        z = gaussian_sample(mean)
+        sem_on = weights["semantic_weight"] > 0 and step >= weights["semantic_start"] and self.teacher is not None
+        if sem_on:
+            x_hat, sem = self.decode(z, semantic=True)
+        else:
+            x_hat, sem = self.decode(z), None
+        disc = self.loss.discriminator
+        frozen = {n: p.detach() for n, p in disc.named_parameters()}
+
+        def disc_fixed(img):
+            return torch.func.functional_call(disc, frozen, (img,))
+
+        ae_loss, logs = cl.autoencoder_loss(
+            x, x_hat, mean, self.loss.logvar, step,
+            last_layer=self.decoder.conv_out.weight, perceptual=perceptual, discriminator=disc_fixed,
+            semantic_out=sem, semantic_teacher=self.teacher(x) if sem_on else None, **weights)
+        d_loss, d_logs = cl.discriminator_loss(x, x_hat, disc, step, weights["disc_start"])
+        total = ae_loss + d_loss
+        logs["ae_loss"] = logs.pop("loss")
+        return total, {**logs, **d_logs, "loss": total.item()}
+
+    teacher = None  # semantic teacher (frozen, outside the state dict); None: semantic alignment off
+
+
+# ------------------------------------------------------------------------------------------------------ flavours
+def _builder(name: str):
+    def build(**kw) -> EqTok:
+        return EqTok(**{**autoencoder_config({"flavour": name, **kw}),
+                        **{k: v for k, v in kw.items() if k in ("disc_channels", "disc_layers", "init_from",
+                                                               "stage2")}})
+    build.defaults = dict(COLUMN_CONFIGS[name])
+    return build
+
+
+FLAVOURS = {name: _builder(name) for name in COLUMN_CONFIGS}
+
+
+# ----------------------------------------------------------------------------------------------------- data
+DATA_KINDS = ("imagefolder", "fmnist", "synthetic")
+
+
+def eqtok_dataset(cfg, split: str = "train"):
+    d = cfg.data
+    h, w = int(d.image_size), int(d.crop_width)
+    if d.kind == "imagefolder":
+        if not d.path:
+            raise ValueError("data.path is empty: give an ImageNet-layout folder <class>/<images>")
+        from datasets.column_images import ImageFolderColumns
+        return ImageFolderColumns(str(d.path), h, w, bool(d.hflip) and split == "train")
+    if d.kind == "fmnist":
+        from datasets.column_images import FashionMNISTColumns
+        return FashionMNISTColumns(d.path, split, h, w, bool(d.hflip) and split == "train")
+    if d.kind == "synthetic":
+        from datasets.column_images import SyntheticColumns
+        return SyntheticColumns(int(d.synthetic_n), 4, h, w, int(d.channels))
+    raise ValueError(f"family 'eqtok': data.kind must be one of {', '.join(DATA_KINDS)}, got '{d.kind}'")
+
+
+def eqtok_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
+    seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
+    return [ds.get_batch(idx, torch.Generator().manual_seed(step_seed(seed, rank, step, mi) + 1))
+            for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank,
+                                                        world, accum))]
+
+
+# ----------------------------------------------------------------------------------------------------- loss
+_PLUGS: dict = {}
+
+
+def loss_weights(cfg) -> dict:
+    L = cfg.loss
+    return {k: float(L[k]) if "start" not in k else int(L[k]) for k in cl.WEIGHTS}
+
+
+def perceptual_metric(cfg, device):
+    """LPIPS when its weights are local files; otherwise None (L1 only), said once."""
+    key = ("perceptual", str(cfg.loss.perceptual), str(cfg.loss.lpips_path), str(device))
+    if key not in _PLUGS:
+        fn = None
+        if str(cfg.loss.perceptual) == "lpips" and float(cfg.loss.perceptual_weight) > 0:
+            path = cfg.loss.lpips_path
+            if path and os.path.isfile(str(path)):
+                from tokenizer.lpips import load_lpips
+                with torch.random.fork_rng(devices=[]):
+                    fn = load_lpips(str(path)).to(device)
+            else:
+                log.info("perceptual loss off: loss.lpips_path (%s) is not a local file (LPIPS-VGG weights, see "
+                         "tokenizer/lpips.py); training with L1 only", path)
+        elif str(cfg.loss.perceptual) not in ("lpips", "none"):
+            raise ValueError(f"loss.perceptual must be lpips or none, got {cfg.loss.perceptual!r}")
+        _PLUGS[key] = fn
+    return _PLUGS[key]
+
+
+def _check_plugs(cfg) -> None:
+    key = ("checked", str(cfg.loss.discriminator), float(cfg.loss.semantic_weight))
+    if key in _PLUGS:
+        return
+    if str(cfg.loss.discriminator) != "conv":
+        raise ValueError(f"loss.discriminator={cfg.loss.discriminator!r}: only the trainable conv discriminator "
+                         f"is available here (the release's frozen DINO ViT-S/16 discriminator is not implemented)")
+    if float(cfg.loss.semantic_weight) > 0:
+        log.info("semantic alignment off: no DINOv2 teacher is available offline (loss.semantic_weight=%s is "
+                 "ignored)", cfg.loss.semantic_weight)
+    _PLUGS[key] = True
+
+
+def eqtok_loss(model: nn.Module, batch: dict, ctx):
+    cfg = ctx.cfg
+    _check_plugs(cfg)
+    x = batch["image"]
+    return model(x, int(ctx.step), loss_weights(cfg), perceptual_metric(cfg, x.device))
+
+
+def eqtok_param_groups(model, cfg):
+    """Everything that trains, without weight decay (Adam as released); stage-2 frozen parts are left out."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
+
+
+def eqtok_ema_decay(step: int, cfg) -> float:
+    """LitEma: min(decay, (1 + n) / (10 + n)) with n = updates so far, this one included."""
+    return warmup_decay(float(cfg.train.ema_decay), step + 1)
+
+
+@torch.inference_mode()
+def reconstruction_preview(ema, cfg, device, path) -> None:
+    """Held-out (fmnist: test split) images over their reconstructions from the posterior mean."""
+    split = "test" if cfg.data.kind == "fmnist" else "train"
+    ds = eqtok_dataset(cfg, split)
+    n = min(len(ds), int(cfg.sample.grid_per_class))
+    x = ds.get_batch(torch.arange(n))["image"].to(device)
+    rec = ema.decode(ema.encode_mean(x)).clamp(-1, 1)
+    save_grid(to_uint8(torch.cat([x, rec], 0)).cpu(), 2, path)
+
+
+FAMILY = Family(
+    name="eqtok",
+    flavours=FLAVOURS,
+    dataset=eqtok_dataset,
+    batches=eqtok_batches,
+    loss=eqtok_loss,
+    config="configs/family/eqtok.yaml",
+    preview=reconstruction_preview,
+    param_groups=eqtok_param_groups,
+    ema_decay=eqtok_ema_decay,
+    ddp_find_unused=True,  # the semantic decoder trains only with a teacher, the discriminator only after disc_start
+)

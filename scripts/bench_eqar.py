@@ -1,0 +1,127 @@
+"""Column AR speed on this machine, in one run: sampling time for 16/32/64/128 tokens with the windowed KV cache and
+with full recomputation (the release's way), the flow head's share of it, fp32 vs bf16 autocast, and training
+images/s (teacher-forced flow loss, backward, AdamW step).
+
+    python scripts/bench_eqar.py [--flavour tiny] [--tokens 16 32 64 128] [--steps 10] [--batch 4] [--cfg 4]
+Random weights; the default size is the release's `tiny_model` width (256, 8 blocks) with 256-d tokens. On a shared
+machine use --threads 1: two threads over-subscribed by other jobs made these small ops 20-30x slower here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.seeding import row_generators  # noqa: E402
+from models.eqar import FLAVOURS, eqar_loss, param_groups  # noqa: E402
+from samplers.column_ar import ColumnARSettings, sample  # noqa: E402
+
+SIZES = {"tiny": dict(embed_dim=256, depth=8, num_heads=4, diffloss_d=3, diffloss_w=256)}
+
+
+class HeadTimer:
+    """Wall time spent inside the flow head's forward (hooks around net.diffloss.net)."""
+
+    def __init__(self, head):
+        self.total, self._t = 0.0, 0.0
+        head.register_forward_pre_hook(self._pre)
+        head.register_forward_hook(self._post)
+
+    def _pre(self, *a):
+        self._t = time.perf_counter()
+
+    def _post(self, *a):
+        self.total += time.perf_counter() - self._t
+
+
+def build(a):
+    base = "small" if a.flavour == "tiny" else a.flavour
+    kw = {**SIZES.get(a.flavour, {}), "class_num": 1000}
+    torch.manual_seed(0)
+    return FLAVOURS[base](**kw).eval()
+
+
+def bench_sampling(model, timer, a, dtype):
+    rows = []
+    labels = torch.arange(a.batch) % 1000
+    for n in a.tokens:
+        for cache in (True, False):
+            if not cache and n > a.max_full:
+                rows.append({"tokens": n, "cache": cache, "dtype": dtype, "seconds": None})
+                continue
+            st = ColumnARSettings(num_steps=a.steps, cfg=a.cfg, use_cache=cache)
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+            timer.total = 0.0
+            t0 = time.perf_counter()
+            with ctx:
+                sample(model, labels, row_generators(0, range(a.batch)), st, num_tokens=n)
+            dt = time.perf_counter() - t0
+            rows.append({"tokens": n, "cache": cache, "dtype": dtype, "seconds": round(dt, 3),
+                         "flow_head_share": round(timer.total / dt, 3)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_training(model, a, dtype):
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-4, betas=(0.9, 0.95))
+    x = torch.randn(a.train_batch, 16, model.token_embed_dim)
+    y = torch.arange(a.train_batch) % 1000
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
+    for i in range(a.train_iters + 1):
+        if i == 1:
+            t0 = time.perf_counter()  # the first step warms up allocators
+        with ctx():
+            loss, _ = eqar_loss(model, {"latent": x, "label": y})
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    ips = a.train_batch * a.train_iters / (time.perf_counter() - t0)
+    model.eval()
+    row = {"train_images_per_s": round(ips, 2), "dtype": dtype, "batch": a.train_batch, "tokens": 16}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--flavour", default="tiny", help="tiny (bench size) or a models/eqar.py flavour")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--max-full", type=int, default=128, help="skip full recomputation above this many tokens")
+    ap.add_argument("--steps", type=int, default=10, help="Euler steps per token")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--train-iters", type=int, default=5)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", default=None, help="write all rows here")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = build(a)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {a.flavour}: {n_params / 1e6:.2f}M params ({sum(p.numel() for p in model.diffloss.parameters()) / 1e6:.2f}M "
+          f"flow head); threads {torch.get_num_threads()}; batch {a.batch}, cfg {a.cfg}, {a.steps} Euler steps",
+          flush=True)
+    timer = HeadTimer(model.diffloss.net)
+    rows = []
+    with torch.inference_mode():
+        for dt in a.dtypes:
+            rows += bench_sampling(model, timer, a, dt)
+    for dt in a.dtypes:
+        rows.append(bench_training(model, a, dt))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

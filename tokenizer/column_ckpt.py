@@ -1,0 +1,69 @@
+"""Which file is a column tokenizer: the released Lightning `tokenizer.ckpt` ({'state_dict': live + ema_* + loss.*})
+or a train.py checkpoint of family `eqtok` ({'model', 'ema', 'family': 'eqtok', 'config', ...}); both become a
+ColumnTokenizer with EMA weights by default (what the release decodes with)."""
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+from core.loading import load_file, load_strict
+from tokenizer.column import (COLUMN_CONFIGS, DEFAULT_CKPT, VAE_NORM, ColumnAutoencoder, ColumnTokenizer,
+                              WEIGHTS_HELP, build_column_autoencoder, module_state_from_lightning)
+
+log = logging.getLogger(__name__)
+AE_ARGS = tuple(p for p in inspect.signature(ColumnAutoencoder.__init__).parameters if p != "self")
+LOSS_PREFIX = "loss."  # eqtok keeps its training-only parts (logvar, discriminator) under loss.*, as Lightning
+
+
+def autoencoder_config(model_cfg: dict) -> dict:
+    """ColumnAutoencoder arguments of an eqtok `model:` section (flavour = a COLUMN_CONFIGS name + overrides)."""
+    flavour = model_cfg.get("flavour", "official")
+    if flavour not in COLUMN_CONFIGS:
+        raise ValueError(f"column tokenizer flavour {flavour!r} is not one of {sorted(COLUMN_CONFIGS)}")
+    return {**COLUMN_CONFIGS[flavour], **{k: v for k, v in model_cfg.items() if k in AE_ARGS}}
+
+
+def autoencoder_state(sd: dict) -> dict:
+    return {k: v for k, v in sd.items() if not k.startswith(LOSS_PREFIX)}
+
+
+def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnTokenizer:
+    path = str(path or DEFAULT_CKPT)
+    try:
+        obj = load_file(path, "column tokenizer checkpoint")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"column tokenizer checkpoint not found: {path}; {WEIGHTS_HELP} (or train one with "
+                                f"configs/eqtok_stage1.yaml)") from None
+    if isinstance(obj, dict) and obj.get("family") == "eqtok":
+        cfg = obj.get("config") or {}
+        model = ColumnAutoencoder(**autoencoder_config(cfg.get("model", {})))
+        which = "ema" if use_ema and "ema" in obj else "model"
+        load_strict(model, autoencoder_state(obj[which]), f"{path} ({which})")
+        vae_norm = float((cfg.get("tokenizer") or {}).get("vae_norm") or VAE_NORM)
+        log.info("column tokenizer: eqtok checkpoint %s (%s weights, step %s)", path, which, obj.get("step"))
+        return ColumnTokenizer(model, vae_norm).to(device)
+    if isinstance(obj, dict) and "family" in obj:
+        raise ValueError(f"{path} is a '{obj['family']}' checkpoint, not a column tokenizer (family eqtok)")
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok checkpoint")
+    config = lightning_config(sd)
+    model = build_column_autoencoder(config)
+    load_strict(model, module_state_from_lightning(sd, model, use_ema, path), path)
+    log.info("column tokenizer: Lightning checkpoint %s (%s size, %s weights)", path, config,
+             "EMA" if use_ema else "live")
+    return ColumnTokenizer(model).to(device)
+
+
+def lightning_config(sd: dict) -> str:
+    """The COLUMN_CONFIGS entry whose module shapes the file's live weights have (checked on the meta device);
+    'official' when none fits, so that the strict load names what differs from the release."""
+    live = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith(("ema_", LOSS_PREFIX))}
+    for name in ["official", *[n for n in COLUMN_CONFIGS if n != "official"]]:
+        with torch.device("meta"):
+            own = {k: tuple(v.shape) for k, v in build_column_autoencoder(name).state_dict().items()}
+        if own == live:
+            return name
+    return "official"
