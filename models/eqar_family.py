@@ -102,8 +102,7 @@ def _same(a, b) -> bool:
 
 def _builder(name: str, build):
     def make(args_from=None, grad_checkpointing=False, **kw):
-        # a bare official flag (--grad_checkpointing) arrives as an empty list of values
-        gc = True if isinstance(grad_checkpointing, (list, tuple)) and not grad_checkpointing else bool(grad_checkpointing)
+        gc = bool(grad_checkpointing)  # the bare official flag --grad_checkpointing sets True
         full = {**build.defaults, **kw}
         check_official_args(args_from, name, full)
         return build(grad_checkpointing=gc, **kw)
@@ -190,8 +189,6 @@ def apply_official_schedule(cfg, n: int) -> None:
     if t.warmup_epochs is not None:
         t.warmup_steps = int(round(float(t.warmup_epochs) * per_epoch))
         notes.append(f"warmup {t.warmup_steps} steps = {t.warmup_epochs} epochs")
-    if t.float32 is not None and str(t.precision) != "fp32":
-        raise ValueError(f"--float32 was given but train.precision is {t.precision}")
     if notes and dist.is_main():
         log.info("official schedule: " + "; ".join(notes))
 
@@ -318,7 +315,7 @@ OFFICIAL_FLAGS = {
     "--blr": ("train.blr", 1),
     "--weight_decay": ("train.weight_decay", 1),
     "--grad_clip": ("train.grad_clip", 1),
-    "--float32": ("train.float32", 0),
+    "--float32": ("train.precision", 0, "fp32"),  # the release's switch off mixed precision
     "--eval_bsz": ("eval.batch_size", 1),
     "--num_images": ("eval.n", 1),
     "--resume": ("eval.resume", 1),

@@ -33,12 +33,9 @@ LATENT_CHANNELS = {"dcae": 32, "pixels": 3}
 
 
 def switch(value, key: str) -> bool:
-    """A config switch that an official store-true flag may set: the engine gives a flag of 0 values as []."""
-    if value is None or value is False:
-        return False
-    if value is True or (isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig") and \
-            len(value) == 0:
-        return True
+    """A config switch that an official store-true flag may set (the bare flag sets True); null is off."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
     raise ValueError(f"config key '{key}' must be {SWITCH_HELP}, got {value!r}")
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -155,9 +156,10 @@ def test_readme_train_command_runs(world, name):
 
 
 def _eval_images(out: Path) -> torch.Tensor:
+    """The eval's PNGs (one per image, by global index) as uint8 [N, C, H, W]."""
     (tag,) = (out / "eval").iterdir()
-    units = sorted(tag.glob("unit_*.pt"))
-    return torch.cat([torch.load(u, weights_only=True)["images"] for u in units])
+    files = sorted((tag / "png").glob("*.png"))
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(f))).permute(2, 0, 1) for f in files])
 
 
 def test_readme_eval_commands_run(world):
