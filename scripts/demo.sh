@@ -12,14 +12,17 @@ $PY -c "import torch; from core.precision import resolve_precision as r; w, why 
 print(f'== precision auto on this CPU: {w} ({why}); the VQ and the samplers stay fp32')"
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo
-VQ_STEPS=${VQ_STEPS:-2000}
-NAT_STEPS=${NAT_STEPS:-800}
+# sized for 20 minutes on a 2-core CPU without native bf16 (everything fp32 there), set-up included
+VQ_STEPS=${VQ_STEPS:-1500}
+NAT_STEPS=${NAT_STEPS:-700}
+TOKEN_IMAGES=${TOKEN_IMAGES:-30000}   # training images tokenized (+ their flips): 60k rows, 1.5 epochs of NAT training
 VQ_CKPT=$OUT/vq/checkpoints/step_$(printf %07d "$VQ_STEPS").pt
 
 echo "== 1/5 demo tokenizer (VQ autoencoder, 32x32 -> 8x8 codes)"
 $RUN --config configs/demo/vq_fmnist.yaml --mode pretrain data.path=$DATA train.steps=$VQ_STEPS
 echo "== 2/5 tokenizing Fashion-MNIST (originals + flips)"
-OMP_NUM_THREADS=$NPROC $PY scripts/fmnist_tokens.py --tokenizer-ckpt "$VQ_CKPT" --data "$DATA" --out $OUT/tokens/train.npy
+OMP_NUM_THREADS=$NPROC $PY scripts/fmnist_tokens.py --tokenizer-ckpt "$VQ_CKPT" --data "$DATA" --out $OUT/tokens/train.npy \
+  --limit "$TOKEN_IMAGES"
 echo "== 3/5 NAT training"
 $RUN --config configs/demo/nat_fmnist.yaml --mode pretrain data.path=$OUT/tokens/train.npy tokenizer.ckpt=$VQ_CKPT \
   train.steps=$NAT_STEPS

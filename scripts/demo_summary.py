@@ -23,13 +23,17 @@ def latest_result(eval_dir: Path, source: str) -> dict:
     return json.loads(found[-1].read_text())
 
 
-def train_precision(log: Path) -> str:
-    """The line the trainer logged when it resolved train.precision (auto), else the word itself."""
-    if log.exists():
-        for line in log.read_text().splitlines():
-            if "precision" in line and "train" in line and ("auto:" in line or "->" in line):
-                return line.split("|", 2)[-1].strip()
-    return "see the config printed in outputs/demo/nat/log.txt"
+def train_precision(run: Path) -> str:
+    """train.precision of the run's latest checkpoint and, for auto, what it resolved to on this machine."""
+    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
+    if not ckpts:
+        return "?"
+    word = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["config"]["train"]["precision"]
+    if word != "auto":
+        return word
+    from core.precision import resolve_precision
+    chosen, why = resolve_precision("auto", torch.device("cpu"), role="summary")
+    return f"auto -> {chosen} ({why})"
 
 
 @torch.inference_mode()
@@ -64,7 +68,7 @@ def main():
              f"  samples / random = {ratio:.3f} ({'OK' if ratio <= 0.5 else 'FAIL'}: must be <= 0.5)",
              f"tokenizer reconstruction PSNR on the 10k test images: {psnr:.2f} dB",
              f"FID-Inception dtype: {res['samples'].get('provenance', {}).get('inception_dtype', '?')}; "
-             f"NAT training precision: {train_precision(out / 'nat' / 'log.txt')}",
+             f"NAT training precision: {train_precision(out / 'nat')}",
              f"sample grid: {out / 'nat' / 'samples.png'} (copied to {out / 'samples.png'})"]
     if a.seconds:
         lines.append(f"demo wall time: {a.seconds // 60} min {a.seconds % 60} s")

@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--data", default=None)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--no-flip", action="store_true")
+    ap.add_argument("--limit", type=int, default=0, help="encode only the first N images (0: all)")
     a = ap.parse_args()
     try:
         tok = DemoVQTokenizer.from_checkpoint(a.tokenizer_ckpt).eval()
@@ -38,13 +39,14 @@ def main():
         return 2
     t0 = time.time()
     codes = {False: [], True: []}
+    n = min(len(ds), a.limit) if a.limit > 0 else len(ds)
     with torch.inference_mode():
-        for s in range(0, len(ds), a.batch):
-            x = ds.get_batch(torch.arange(s, min(len(ds), s + a.batch)))["image"]
+        for s in range(0, n, a.batch):
+            x = ds.get_batch(torch.arange(s, min(n, s + a.batch)))["image"]
             for flip in (False, True) if not a.no_flip else (False,):
                 codes[flip].append(tok.encode(x.flip(-1) if flip else x).flatten(1).numpy())
     toks = np.concatenate(codes[False] + codes[True])
-    labels = np.concatenate([ds.labels.numpy()] * (1 if a.no_flip else 2))
+    labels = np.concatenate([ds.labels.numpy()[:n]] * (1 if a.no_flip else 2))
     save_tokens(a.out, labels, toks)
     used = len(np.unique(toks))
     print(f"wrote {a.out}: {toks.shape[0]} rows x {toks.shape[1]} tokens, {used}/{tok.codebook_size} codes used, "
