@@ -239,7 +239,7 @@ CASES = [
          "unknown flag --enc_dec for family 'nat'"),
     case("override-not-key-value", TRAIN, SYN + ["lr"], prior_train, "'lr' is not key=value"),
     case("mode-unknown", TRAIN, SYN + ["--mode", "sde"], prior_train, "--mode sde: expected one of"),
-    case("family-typo", TRAIN, SYN + ["family=nta"], prior_train, "did you mean 'nat'"),
+    case("family-typo", TRAIN, SYN + ["family=enatt"], prior_train, "did you mean 'enat'"),
     case("betas-out-of-range", TRAIN, SYN + ["train.betas=[0.9,1.5]"], prior_train, "train.betas"),
     case("precision-unknown", TRAIN, SYN + ["train.precision=fp8"], prior_train, "train.precision"),
     case("eval-source-unknown", TRAIN, EVAL + ["eval.source=bogus"], prior_eval, "eval.source"),

@@ -192,7 +192,6 @@ def test_toy_family_trains_resumes_and_evaluates_through_the_engine(toy):
     assert len({ma[s]["loss"] for s in ma}) == 8  # the steps really differ (varying rows, fresh draws)
 
     # eval: the same images and FID with 1 and 2 processes
-    from core.loading import load_file
     ckpt = a / "checkpoints" / "step_0000008.pt"
     common = [f"eval.pretrained_path={ckpt}", f"eval.inception_weights={toy / 'inception.pth'}",
               f"eval.ref_stats={toy / 'ref.npz'}"]
@@ -200,7 +199,8 @@ def test_toy_family_trains_resumes_and_evaluates_through_the_engine(toy):
     for nproc, out in ((1, toy / "e1"), (2, toy / "e2")):
         _run(_cmd(nproc, toy, "--mode", "eval", f"output_dir={out}", *common, "eval.save_npz=true"), toy)
         (tag,) = (out / "eval").iterdir()
-        images = torch.cat([load_file(tag / f"unit_{u:06d}.pt")["images"] for u in range(4)])
+        with np.load(tag / "samples.npz") as z:  # the ADM batch: uint8 [N, H, W, C] in sample order
+            images = torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2)
         import json
         results.append((images, json.loads((tag / "result.json").read_text())))
         assert (out / "samples.png").exists()
@@ -256,10 +256,12 @@ def test_tokenizer_checkpoint_with_missing_keys_is_one_line(tmp_path):
     assert train.main(["--config", "configs/debug/nat_synthetic.yaml", f"output_dir={nat}", "train.steps=1",
                        "train.ckpt_every=1"]) == 0
     from metrics import save_stats
+    from tests.helpers import write_random_fid_weights
     save_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
+    write_random_fid_weights(tmp_path / "inception.pth")
     p = subprocess.run([sys.executable, "train.py", "--config", "configs/debug/nat_synthetic.yaml", "--mode", "eval",
                         f"output_dir={nat}", "tokenizer.kind=demo_vq", f"tokenizer.ckpt={bad}",
-                        f"eval.ref_stats={tmp_path / 'ref.npz'}"],
+                        f"eval.ref_stats={tmp_path / 'ref.npz'}", f"eval.inception_weights={tmp_path / 'inception.pth'}"],
                        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=120)
     lines = p.stderr.strip().splitlines()
