@@ -62,6 +62,14 @@ def _tag(cfg, weights: str | None, collector) -> str:
     return f"{cfg.eval.source}_n{int(cfg.eval.n)}_{h}"
 
 
+def latest_result(eval_dir: Path, source: str) -> dict:
+    """result.json of the newest eval of `source` under <output_dir>/eval (scripts that summarise runs)."""
+    found = sorted(Path(eval_dir).glob(f"{source}_n*/result.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no eval result for source '{source}' under {eval_dir}")
+    return json.loads(found[-1].read_text())
+
+
 def my_units(n: int, bs: int) -> list[int]:
     units = math.ceil(n / bs)
     return np.array_split(np.arange(units), dist.world_size())[dist.rank()].tolist()

@@ -22,7 +22,6 @@ second half by position b):
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

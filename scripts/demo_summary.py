@@ -4,7 +4,6 @@ tokens (FID ratio <= 0.5)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -12,15 +11,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.evaluate import latest_result  # noqa: E402
+
 from datasets.fmnist import FashionMNIST  # noqa: E402
 from tokenizer.demo_vq import DemoVQTokenizer  # noqa: E402
-
-
-def latest_result(eval_dir: Path, source: str) -> dict:
-    found = sorted(eval_dir.glob(f"{source}_n*/result.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no eval result for source '{source}' under {eval_dir}")
-    return json.loads(found[-1].read_text())
 
 
 def train_precision(run: Path) -> str:

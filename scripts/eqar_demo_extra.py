@@ -7,7 +7,6 @@ width), and the summary written to <out>/fid.txt.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,18 +14,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.evaluate import latest_result  # noqa: E402
+
 from core.images import grid_image, save_grid, save_png, to_uint8  # noqa: E402
 from core.seeding import row_generators  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.evaluate import build_evaluator  # noqa: E402
 from engine.generate import build_generator, build_tokenizer, generate  # noqa: E402
-
-
-def latest_result(eval_dir: Path, source: str) -> dict:
-    found = sorted(eval_dir.glob(f"{source}_n*/result.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no eval result for source '{source}' under {eval_dir}")
-    return json.loads(found[-1].read_text())
 
 
 @torch.inference_mode()

@@ -60,3 +60,28 @@ def write_random_fid_weights(path, seed: int = 0) -> Path:
     torch.save(sd, tmp)
     os.replace(tmp, path)
     return path
+
+
+def interrupt_after_checkpoint(cmd: list[str], out, first: int = 4, last: int = 12, fallback_steps: int = 6,
+                               environ: dict | None = None) -> None:
+    """Start a training command and SIGKILL its whole process group as soon as checkpoint `first` exists. If the
+    kill came after the run had already finished (checkpoint `last`), interrupt deterministically instead: start
+    over and stop after `fallback_steps` (so checkpoint `first` is the latest). Either way the caller then resumes
+    with `cmd` and compares losses with an uninterrupted run."""
+    import signal
+    import time
+    out = Path(out)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=environ or env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / f"step_{first:07d}.pt").exists():
+        assert p.poll() is None or p.returncode == 0, "training died before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = sorted(x.name for x in (out / "checkpoints").iterdir() if x.name.startswith("step_"))
+    if done[-1] == f"step_{last:07d}.pt":
+        for x in (out / "checkpoints").iterdir():
+            x.unlink()
+        run([*cmd, f"train.max_steps_this_run={fallback_steps}"])

@@ -3,7 +3,6 @@ debug) run through train.py with the eqar recipes; the official {'model', 'model
 strictly and its args are checked against the recipe (the README's own Places command trips the check)."""
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys

@@ -2,15 +2,13 @@
 size -> tokens, settings validation (temperature), official schedule arithmetic, parameter groups, cached latents."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from core.seeding import row_generators
 from engine.config import load_config
 from models import build_model
-from models.eqar_family import (FAMILY, EqarSampling, apply_official_schedule, eqar_sample, eqar_sample_settings,
-                                training_latents)
-from samplers.column_ar import ColumnARSettings, sample as ar_sample
-from tokenizer.column import COLUMN_CONFIGS, ColumnTokenizer, build_column_autoencoder, gaussian_sample
+from models.eqar_family import FAMILY, apply_official_schedule, eqar_sample, eqar_sample_settings, training_latents
+from samplers.column_ar import sample as ar_sample
+from tokenizer.column import ColumnTokenizer, build_column_autoencoder, gaussian_sample
 
 
 @pytest.fixture()

@@ -3,14 +3,12 @@ packed by the LPFHP tool (scripts/pack_dataset.py), trained through train.py on 
 step), killed after a checkpoint and resumed: the losses equal those of the uninterrupted run."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.helpers import ROOT, env, read_metrics, run, torchrun_cmd
+from tests.helpers import ROOT, env, interrupt_after_checkpoint, read_metrics, run, torchrun_cmd
 from tests.nit_helpers import write_eval_assets, write_latent_dataset
 
 DEBUG = "configs/debug/nit_debug.yaml"
@@ -44,22 +42,8 @@ def test_two_process_training_killed_and_resumed_matches(data, tmp_path):
                      "train.sample_every=12", f"tokenizer.ckpt={assets['dcae']}"))
     assert (a / "samples" / "step_0000012.png").exists()  # the preview: samples at sample.height x width, decoded
 
-    p = subprocess.Popen(torchrun_cmd(2, "--config", DEBUG, "--mode", "pretrain", f"output_dir={b}", *args, *COMMON),
-                         cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    deadline = time.time() + 120
-    while not (b / "checkpoints" / "step_0000004.pt").exists():
-        assert p.poll() is None or p.returncode == 0, "training died before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    done = sorted(x.name for x in (b / "checkpoints").iterdir() if x.name.startswith("step_"))
-    if done[-1] == "step_0000012.pt":  # the kill came too late: interrupt deterministically after step 6 instead
-        for x in (b / "checkpoints").iterdir():
-            x.unlink()
-        run(torchrun_cmd(2, "--config", DEBUG, "--mode", "pretrain", f"output_dir={b}", *args, *COMMON,
-                         "train.max_steps_this_run=6"))
+    interrupt_after_checkpoint(torchrun_cmd(2, "--config", DEBUG, "--mode", "pretrain", f"output_dir={b}", *args,
+                                            *COMMON), b)
     run(torchrun_cmd(2, "--config", DEBUG, "--mode", "pretrain", f"output_dir={b}", *args, *COMMON))
     ma, mb = read_metrics(a), read_metrics(b)
     assert sorted(ma) == sorted(mb) == list(range(1, 13))

@@ -1,12 +1,7 @@
 """2-process training, killed after a checkpoint and resumed, reproduces the uninterrupted losses exactly."""
-import os
-import signal
-import subprocess
-import time
-
 import pytest
 
-from tests.helpers import ROOT, env, read_metrics, run, torchrun_cmd
+from tests.helpers import interrupt_after_checkpoint, read_metrics, run, torchrun_cmd
 
 CFG = "configs/debug/nat_synthetic.yaml"
 COMMON = ["train.steps=12", "train.ckpt_every=4", "train.log_every=1", "train.batch_size=16", "train.grad_accum=2"]
@@ -18,24 +13,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     run(torchrun_cmd(2, "--config", CFG, "--mode", "pretrain", f"output_dir={a}", *COMMON))
 
     # real kill: SIGKILL the whole torchrun group as soon as the step-4 checkpoint exists
-    slow = ["train.max_steps_this_run=0"]
-    p = subprocess.Popen(torchrun_cmd(2, "--config", CFG, "--mode", "pretrain", f"output_dir={b}", *COMMON, *slow),
-                         cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    deadline = time.time() + 120
-    while not (b / "checkpoints" / "step_0000004.pt").exists():
-        assert p.poll() is None or p.returncode == 0, "training died before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    # a deterministic interruption too: stop after step 6 (checkpoint 4 stays the latest) when the kill came late
-    ckpts = sorted(x.name for x in (b / "checkpoints").iterdir() if x.name.startswith("step_"))
-    if ckpts[-1] == "step_0000012.pt":
-        for x in (b / "checkpoints").iterdir():
-            x.unlink()
-        run(torchrun_cmd(2, "--config", CFG, "--mode", "pretrain", f"output_dir={b}", *COMMON,
-                         "train.max_steps_this_run=6"))
+    interrupt_after_checkpoint(torchrun_cmd(2, "--config", CFG, "--mode", "pretrain", f"output_dir={b}", *COMMON), b)
     run(torchrun_cmd(2, "--config", CFG, "--mode", "pretrain", f"output_dir={b}", *COMMON))
     ma, mb = read_metrics(a), read_metrics(b)
     assert sorted(ma) == list(range(1, 13)) and sorted(mb) == list(range(1, 13))
