@@ -21,7 +21,7 @@ HELDOUT_SEED=${HELDOUT_SEED:-4242}
 CLIP=${CLIP:-20}
 LR_RATIO=${LR_RATIO:-0.0005}
 LR_OTHER=${LR_OTHER:-0.1}
-VQ_CKPT=${VQ_CKPT:-$OUT/vq/checkpoints/step_0001500.pt}
+VQ_CKPT=${VQ_CKPT:-$(ls "$OUT"/vq/checkpoints/step_*.pt 2>/dev/null | tail -1 || true)}
 NAT_CKPT=${NAT_CKPT:-$(ls "$OUT"/nat/checkpoints/step_*.pt 2>/dev/null | tail -1 || true)}
 if [ -z "$NAT_CKPT" ] || [ ! -f "$NAT_CKPT" ] || [ ! -f "$VQ_CKPT" ]; then
   echo "error: demo checkpoints not found (NAT: '${NAT_CKPT}', VQ: '$VQ_CKPT'); run bash scripts/demo.sh first" >&2
