@@ -31,11 +31,11 @@ RESUME_KEYS = ("family", "model", "train.batch_size", "train.grad_accum", "train
 
 
 def save_checkpoint(path, model, ema, opt, step, fam_name, cfg, scaler=None) -> None:
-    if not all(bool(torch.isfinite(t).all()) for m in (model, ema) for t in m.state_dict().values()
-               if t.is_floating_point()):
+    weights = {"model": model.state_dict(), "ema": ema.state_dict()}
+    if not all(bool(torch.isfinite(t).all()) for sd in weights.values() for t in sd.values() if t.is_floating_point()):
         raise NonFiniteError(f"non-finite weights at step {step}: not checkpointed (the previous checkpoint is kept); "
                              f"lower train.lr or set train.grad_clip")
-    obj = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
+    obj = {**weights, "optimizer": opt.state_dict(), "step": step,
            "family": fam_name, "flavour": cfg.model.flavour, "config": to_container(cfg)}
     if scaler is not None:
         obj["scaler"] = scaler.state_dict()

@@ -10,7 +10,7 @@ import abc
 import torch
 from torch import nn
 
-from core.loading import CheckpointError, load_file, load_strict, strip_prefixes  # noqa: F401 (re-exported)
+from core.loading import CheckpointError, load_strict, strip_prefixes  # noqa: F401 (re-exported)
 
 
 class Tokenizer(nn.Module, abc.ABC):
@@ -77,8 +77,3 @@ class Tokenizer(nn.Module, abc.ABC):
 
 # one strict loader for the whole project (core.loading); the old name stays importable
 CheckpointMismatchError = CheckpointError
-
-
-def read_weights_file(path: str, expected: str):
-    """A weights-only torch file on the CPU; a failure is one line naming the file and what was expected."""
-    return load_file(path, expected)

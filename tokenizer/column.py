@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.base import CheckpointMismatchError, Tokenizer, load_strict, read_weights_file, strip_prefixes
+from core.loading import load_file
+from tokenizer.base import CheckpointMismatchError, Tokenizer, load_strict, strip_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +386,7 @@ def module_state_from_lightning(state_dict: dict, model: ColumnAutoencoder, use_
 def read_lightning_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"column tokenizer checkpoint not found: {path}; {WEIGHTS_HELP}")
-    obj = read_weights_file(path, "a Lightning checkpoint of the column tokenizer ({'state_dict': ...})")
+    obj = load_file(path, "a Lightning checkpoint of the column tokenizer ({'state_dict': ...})")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.base import Tokenizer, load_strict, read_weights_file, strip_prefixes
+from core.loading import load_file
+from tokenizer.base import Tokenizer, load_strict, strip_prefixes
 
 VQGAN_CONFIGS = {
     # vq-f16-jax (MAGE): the released tokenizer
@@ -211,7 +212,7 @@ def read_vqgan_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {path}; {WEIGHTS_HELP}")
     expected = "a VQGAN state dict (e.g. vqgan_jax_strongaug.ckpt, plain or under 'state_dict')"
-    obj = read_weights_file(path, expected)
+    obj = load_file(path, expected)
     if isinstance(obj, dict) and "family" in obj and "model" in obj:
         raise ValueError(f"{path} is a train.py checkpoint of family '{obj['family']}', not a VQGAN checkpoint; "
                          f"expected {expected}")
