@@ -188,12 +188,14 @@ CHOICES = {
     "eval.labels": ("balanced", "random"),
     "eval.fid_mode": ("pytorch-fid", "adm"),
     "search.gradient": ("fd", "spsa"),
+    "train.lr_schedule": ("constant", "cosine"),
 }
 RANGES = {
     "train.steps": _POS, "train.batch_size": _POS, "train.grad_accum": _POS, "train.log_every": _POS,
     "train.ckpt_every": _POS, "train.lr": _NONNEG, "train.warmup_steps": _NONNEG, "train.weight_decay": _NONNEG,
     "train.grad_clip": _NONNEG, "train.keep_ckpts": _NONNEG, "train.sample_every": _NONNEG,
     "train.max_steps_this_run": _NONNEG, "train.eps": (lambda v: v > 0, "a number > 0"),
+    "train.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "train.ema_decay": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "train.betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
     "eval.n": _POS, "eval.batch_size": _POS, "eval.ref_n": _POS,

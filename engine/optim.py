@@ -1,7 +1,8 @@
-"""AdamW with linear warmup then constant LR (the AutoNAT/ENAT recipe), and the EMA update."""
+"""AdamW with linear warmup then a constant LR (the AutoNAT/ENAT/NiT recipes) or a cosine decay, and the EMA update."""
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -19,10 +20,18 @@ def build_optimizer(model: nn.Module, tcfg, groups: list[dict] | None = None) ->
 
 
 def lr_at(step: int, tcfg) -> float:
-    """LR used for the update that produces step `step + 1`."""
+    """LR used for the update that produces step `step + 1`: linear warm-up over train.warmup_steps, then constant
+    (train.lr_schedule=constant) or a half cosine from train.lr down to train.lr * train.min_lr_ratio at
+    train.steps (cosine: short runs gain from ending at a small LR)."""
     warm = int(tcfg.warmup_steps)
     base = float(tcfg.lr)
-    return base * min(1.0, (step + 1) / warm) if warm > 0 else base
+    if warm > 0 and step + 1 < warm:
+        return base * (step + 1) / warm
+    if str(tcfg.get("lr_schedule", "constant")) == "constant":
+        return base
+    total, floor = int(tcfg.steps), base * float(tcfg.get("min_lr_ratio", 0.0))
+    frac = min(1.0, max(0.0, (step + 1 - warm) / max(1, total - warm)))
+    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def make_ema(model: nn.Module) -> nn.Module:

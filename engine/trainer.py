@@ -27,7 +27,7 @@ class NonFiniteError(ValueError):
 
 # settings whose change between a checkpoint and its resume changes the run (the others only change logging)
 RESUME_KEYS = ("family", "model", "train.batch_size", "train.grad_accum", "train.lr", "train.warmup_steps",
-               "train.weight_decay", "train.betas", "train.ema_decay", "train.precision", "seed", "data", "loss")
+               "train.lr_schedule", "train.min_lr_ratio", "train.weight_decay", "train.betas", "train.ema_decay", "train.precision", "seed", "data", "loss")
 
 
 def save_checkpoint(path, model, ema, opt, step, fam_name, cfg, scaler=None) -> None:
