@@ -57,10 +57,41 @@ class ResidualBlock(nn.Module):
         return (self.fn(x) + x) / math.sqrt(2)
 
 
+class SpectralConv1d(nn.Module):
+    """Conv1d with weight = weight_orig / sigma, sigma estimated by one power iteration per training forward on the
+    buffers weight_u (out) and weight_v (in * k): the names of torch's hook-based spectral norm in the release's
+    files. Written as a module (no weight attribute set by a hook) so that it deep-copies after a forward and works
+    under torch.func.functional_call."""
+
+    def __init__(self, cin: int, cout: int, k: int, eps: float = 1e-12):
+        super().__init__()
+        conv = nn.Conv1d(cin, cout, k)  # its default initialisation
+        self.weight_orig = nn.Parameter(conv.weight.detach().clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone())
+        self.register_buffer("weight_u", F.normalize(torch.randn(cout), dim=0, eps=eps))
+        self.register_buffer("weight_v", F.normalize(torch.randn(cin * k), dim=0, eps=eps))
+        self.k, self.eps = k, eps
+
+    def weight(self) -> torch.Tensor:
+        m = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        u, v = self.weight_u, self.weight_v
+        if self.training:
+            with torch.no_grad():
+                v.copy_(F.normalize(m.T.float() @ u.float(), dim=0, eps=self.eps))
+                u.copy_(F.normalize(m.float() @ v.float(), dim=0, eps=self.eps))
+            u, v = u.clone(), v.clone()
+        return self.weight_orig / torch.dot(u.to(m.dtype), m @ v.to(m.dtype))
+
+    def forward(self, x):
+        if self.k > 1:
+            x = F.pad(x, (self.k // 2, self.k // 2), mode="circular")
+        return F.conv1d(x, self.weight().to(x.dtype), self.bias.to(x.dtype))
+
+
 def _conv1d(cin: int, cout: int, k: int, spectral: bool) -> nn.Module:
-    conv = nn.Conv1d(cin, cout, k, padding=k // 2, padding_mode="circular" if k > 1 else "zeros")
-    # the hook form of spectral norm: its weight_orig / weight_u / weight_v names are those of the release's files
-    return nn.utils.spectral_norm(conv, n_power_iterations=1, eps=1e-12, dim=0) if spectral else conv
+    if spectral:
+        return SpectralConv1d(cin, cout, k)
+    return nn.Conv1d(cin, cout, k, padding=k // 2, padding_mode="circular" if k > 1 else "zeros")
 
 
 def _block(c: int, k: int, norm: str, eps: float, spectral: bool) -> nn.Sequential:

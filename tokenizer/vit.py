@@ -172,14 +172,9 @@ def _read(path, what: str, url: str) -> dict:
     if not path or not Path(str(path)).is_file():
         raise FileNotFoundError(f"{what} weights not found: {path} (download {url} and give its local path)")
     obj = load_file(str(path), f"{what} weights")
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for k in ("teacher", "model", "state_dict"):  # DINO's full training checkpoints nest the backbone
-            if isinstance(obj.get(k), dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: expected a state dict of {what} tensors")
-    return {(k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in obj.items()}
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a plain state dict of {what} tensors (the released backbone file)")
+    return obj
 
 
 def load_dino(path, flavour: str = "vit_small_16") -> ViT:
