@@ -18,7 +18,7 @@ checkpoint's schedule exactly.
 """
 from __future__ import annotations
 
-import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 SCHEDULES = ("engine", "warmup_decay")
 _HOOK: list = []
@@ -66,7 +66,7 @@ def _set_lrs(optimizer, args, kwargs):
 
 def install_hook() -> None:
     if not _HOOK:
-        _HOOK.append(torch.optim.optimizer.register_optimizer_step_pre_hook(_set_lrs))
+        _HOOK.append(register_optimizer_step_pre_hook(_set_lrs))
 
 
 def scheduled_groups(ae_params: list, disc_params: list, cfg) -> list[dict]:
