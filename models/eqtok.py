@@ -96,6 +96,9 @@ class TokenizerLoss(nn.Module):
 class EqTok(ColumnAutoencoder):
     def __init__(self, init_from: str | None = None, stage2: bool = False, init_loss: bool = True, **kw):
         disc = {k: kw.pop(k) for k in list(kw) if k in DISC_ARGS}
+        if disc.get("discriminator") == "dino":  # before building the autoencoder: a missing file fails fast
+            from tokenizer.vit import require_file
+            require_file(disc.get("dino_path"))
         super().__init__(**kw)
         self.ae_config = dict(kw)
         self.loss = TokenizerLoss(self.in_channels, **disc)

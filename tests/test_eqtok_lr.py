@@ -140,3 +140,20 @@ def test_demo_recipe_trains_unchanged(tmp_path):
         assert "lr_ae" not in got
         for k, v in want.items():
             assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (want["step"], k)
+
+
+def test_release_recipes():
+    """Both stages: DINO discriminator, the release schedule per group, logvar not optimised; stage 1 aligns to
+    DINOv2, stage 2 does not; without the weight files building stops with one line naming the file."""
+    s1, s2 = load_config("configs/eqtok_stage1.yaml"), load_config("configs/eqtok_stage2.yaml")
+    for c in (s1, s2):
+        assert (c.model.discriminator, c.train.lr_schedule, c.train.warmup_steps, c.train.lr_decay,
+                c.train.lr_decay_every, c.train.lr_start_factor, c.train.lr_min_factor, c.loss.learn_logvar) == \
+            ("dino", "warmup_decay", 3000, 0.2, 30000, 0.0, 0.0, False)
+        assert list(c.model.dino_key_depths) == [2, 5, 8, 11] and c.model.diffaug_cutout == 0.2
+    assert (s1.loss.semantic_weight, s1.loss.semantic_start, s1.loss.semantic_teacher) == (5.0, 20001, "dinov2")
+    assert s2.loss.semantic_weight == 0.0 and s2.model.stage2
+    missing = load_config("configs/eqtok_stage1.yaml", ["model.dino_path=/nonexistent/dino_deitsmall16_pretrain.pth"])
+    with pytest.raises(FileNotFoundError) as e:
+        build_model(missing)
+    assert "\n" not in str(e.value) and "/nonexistent/dino_deitsmall16_pretrain.pth" in str(e.value)

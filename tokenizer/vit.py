@@ -168,9 +168,13 @@ def _flavour(table: dict, name: str, what: str) -> dict:
     return table[name]
 
 
-def _read(path, what: str, url: str) -> dict:
+def require_file(path, what: str = "DINO ViT-S/16", url: str = DINO_URL) -> None:
     if not path or not Path(str(path)).is_file():
         raise FileNotFoundError(f"{what} weights not found: {path} (download {url} and give its local path)")
+
+
+def _read(path, what: str, url: str) -> dict:
+    require_file(path, what, url)
     obj = load_file(str(path), f"{what} weights")
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a plain state dict of {what} tensors (the released backbone file)")
