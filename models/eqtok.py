@@ -1,11 +1,11 @@
 """Family `eqtok`: training the column tokenizer (tokenizer/column.py) with train.py, stage 1 and stage 2.
 
 The network is the official module tree (encoder, decoder, semantic_decoder, quant_layer, post_quant_layer) plus a
-`loss` module holding what Lightning keeps there (the learnable `logvar` and the discriminator), so our checkpoint's
+`loss` module holding what Lightning keeps there (the scalar `logvar` and the discriminator), so our checkpoint's
 EMA state dict minus `loss.*` is the tokenizer (`tokenizer.kind=column tokenizer.ckpt=<our checkpoint>`).
 
-One step, one backward (the engine has one optimizer; AdamW with weight decay 0 over the autoencoder and the
-discriminator equals the release's two Adam optimizers with equal hyper-parameters):
+One step, one backward (the engine has one optimizer; AdamW with weight decay 0 and two parameter groups, the
+autoencoder and the discriminator, each with its own LR schedule, equals the release's two Adam optimizers):
     total = autoencoder loss (L1 + perceptual NLL, 0.01 L2 "KL", adaptive-weight hinge generator term, semantic)
           + discriminator hinge on (real, detached reconstruction)
 The generator term runs the discriminator with *detached* parameters (torch.func.functional_call), so it moves

@@ -196,6 +196,9 @@ def test_trains_through_train_py_and_heads_resume_a_gan(tmp_path):
     ck = torch.load(out / "checkpoints" / "step_0000002.pt", weights_only=True)
     heads = {k: v for k, v in ck["model"].items() if k.startswith("loss.discriminator.")}
     assert heads and all(".heads." in k for k in heads)
+    from tokenizer import build_tokenizer  # inference needs no discriminator file: the loss parts are dropped
+    tok = build_tokenizer("column", ckpt=str(out / "checkpoints" / "step_0000002.pt"))
+    assert tok.decode(tok.encode(torch.rand(1, 3, 16, 16) * 2 - 1)).shape == (1, 3, 16, 16)
     cfg = _cfg(path, f"model.init_from={out / 'checkpoints' / 'step_0000002.pt'}", "model.stage2=true")
     m2, _ = build_model(cfg)
     assert all(torch.equal(m2.state_dict()[k], v) for k, v in heads.items())
