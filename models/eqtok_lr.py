@@ -5,8 +5,8 @@ autoencoder optimizer through LambdaLR; none on the discriminator's).
 - `engine`: the engine's linear warm-up to train.lr, then constant, for every parameter (the demo's setting);
 - `warmup_decay` (the release): the autoencoder group at train.lr * f(n), the discriminator group at train.lr, with
   n = the number of updates already made (LambdaLR's counter: the first update has n = 0) and
-      f(n) = s + (1 - s) n / W                                    n < W   (W = train.warmup_steps, s = lr_start_factor)
-      f(n) = max(p * d^k, m),  k = floor((n - W) / I)             n >= W  (d = lr_decay, I = lr_decay_every, m = lr_min_factor)
+      f(n) = s + (1 - s) n / W                       n < W    (W = train.warmup_steps, s = lr_start_factor)
+      f(n) = max(p * d^k, m),  k = floor((n - W) / I)  n >= W   (d = lr_decay, I = lr_decay_every, m = lr_min_factor)
   where p = s + (1 - s)(W - 1) / W is the last warm-up value (p = s when W = 0): the released scheduler keeps
   returning its previous value after the warm-up, so the plateau is (W - 1) / W, not 1. Release: W 3000, s 0,
   d 0.2 every I = 30000, m 0.

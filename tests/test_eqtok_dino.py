@@ -51,7 +51,8 @@ def test_layouts_on_meta():
     heads = {}
     for i in range(5):  # one head before the blocks, one after each of blocks 2, 5, 8, 11
         p = f"loss.discriminator.heads.{i}."
-        for conv, shape, v in (("0.0.", (384, 384, 1), 384), ("1.fn.0.", (384, 384, 9), 384 * 9), ("2.", (1, 384, 1), 384)):
+        for conv, shape, v in (("0.0.", (384, 384, 1), 384), ("1.fn.0.", (384, 384, 9), 384 * 9),
+                               ("2.", (1, 384, 1), 384)):
             heads.update({p + conv + "weight_orig": shape, p + conv + "bias": (shape[0],),
                           p + conv + "weight_u": (shape[0],), p + conv + "weight_v": (v,)})
         for norm in ("0.1.", "1.fn.1."):

@@ -8,8 +8,9 @@ padding] scaled by 1/sqrt(2), spectral-norm Conv1d to 1 channel -> the five logi
 
 State dict: only the heads (`heads.{i}.0.0.weight_orig`, `...weight_u`, `...weight_v`, `heads.{i}.0.1.weight`,
 `heads.{i}.1.fn.0.*`, `heads.{i}.2.*`), as in the release, where the backbone sits in a tuple outside the module
-tree; under `loss.discriminator.` these are the names of the released Lightning checkpoint. The backbone here is
-shared (not copied) by deep copies such as the EMA model, and never receives gradients.
+tree; under `loss.discriminator.` these are the names the release's module gives them in its Lightning
+checkpoints. The backbone here is shared (not copied) by deep copies such as the EMA model, and never receives
+gradients.
 """
 from __future__ import annotations
 
