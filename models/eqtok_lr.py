@@ -44,8 +44,13 @@ def schedule_of(cfg) -> dict | None:
     decay, every = float(t.lr_decay), int(t.lr_decay_every)
     if not 0.0 < decay <= 1.0 or every <= 0:
         raise ValueError(f"train.lr_decay must be in (0, 1] and train.lr_decay_every > 0, got {decay} and {every}")
-    return {"kind": kind, "base": float(t.lr), "warmup": int(t.warmup_steps), "decay": decay, "every": every,
-            "start": float(t.lr_start_factor), "minimum": float(t.lr_min_factor)}
+    warm, start, minimum = int(t.warmup_steps), float(t.lr_start_factor), float(t.lr_min_factor)
+    if warmup_decay_factor(max(warm, 0), warm, decay, every, start, minimum) <= 0:
+        raise ValueError(f"train.lr_schedule=warmup_decay with warmup_steps={warm} and lr_start_factor={start} keeps "
+                         f"the autoencoder LR at 0 after the warm-up (its plateau is (W - 1) / W of the way from the "
+                         f"start factor to 1): use warmup_steps >= 2 or a start factor > 0")
+    return {"kind": kind, "base": float(t.lr), "warmup": warm, "decay": decay, "every": every,
+            "start": start, "minimum": minimum}
 
 
 def lr_of(schedule: dict, n: int) -> float:

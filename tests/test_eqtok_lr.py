@@ -92,6 +92,13 @@ def test_groups_follow_their_schedules_under_the_engine(tmp_path):
         assert opt2.param_groups[0]["lr"] == pytest.approx(0.01 * f)
 
 
+def test_a_warmup_that_leaves_lr_zero_is_refused():
+    cfg = load_config(RECIPE, ["train.lr_schedule=warmup_decay", "train.warmup_steps=1"])
+    model, _ = build_model(cfg)
+    with pytest.raises(ValueError, match="keeps the autoencoder LR at 0"):
+        eqtok_param_groups(model, cfg)
+
+
 def test_engine_schedule_is_the_default_and_untouched():
     cfg = load_config(RECIPE)
     model, _ = build_model(cfg)
