@@ -218,3 +218,24 @@ def test_trains_through_train_py_and_heads_resume_a_gan(tmp_path):
                              "model.init_loss=false"))
     k = "loss.discriminator.heads.2.1.fn.0.weight_orig"
     assert torch.equal(m3.state_dict()[k], heads[k] + 1) and not torch.equal(m4.state_dict()[k], heads[k] + 1)
+
+
+@pytest.mark.slow
+def test_two_process_gan_step_with_the_dino_discriminator(tmp_path):
+    """The frozen backbone outside the module tree, the heads' spectral-norm buffers and the release schedule under
+    DDP (gloo, 2 processes)."""
+    import json
+    import subprocess
+
+    from tests.helpers import ROOT, env, torchrun_cmd
+    path, _ = _dino_file(tmp_path)
+    out = tmp_path / "ddp"
+    p = subprocess.run(torchrun_cmd(2, "--config", RECIPE, f"output_dir={out}", "loss.disc_start=0",
+                                    "train.batch_size=4", "model.discriminator=dino", f"model.dino_path={path}",
+                                    "model.dino_flavour=debug", "model.dino_key_depths=[1,3]",
+                                    "train.lr_schedule=warmup_decay", "train.warmup_steps=2"),
+                       cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3] and all(r["d_weight"] > 0 and r["d_loss"] > 0 for r in logs)
+    assert [r["lr_ae"] for r in logs] == pytest.approx([0.0, 5e-4, 5e-4])
