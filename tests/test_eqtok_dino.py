@@ -11,7 +11,7 @@ from engine.config import load_config
 from engine.optim import build_optimizer
 from models import build_model
 from models.eqtok import eqtok_param_groups, loss_weights
-from tests import eqtok_helpers as H
+from tests import test_eqtok_restate as H
 from tokenizer.column import gaussian_sample
 from tokenizer.diffaug import diff_augment
 from tokenizer.dino_disc import DinoDiscriminator

@@ -10,7 +10,7 @@ from engine.config import load_config
 from models import build_model
 from models.eqtok import eqtok_loss, loss_weights, semantic_teacher
 from models.family import TrainContext
-from tests import eqtok_helpers as H
+from tests import test_eqtok_restate as H
 from tokenizer.column import gaussian_sample
 from tokenizer.semantic import Dinov2Teacher, build_teacher
 from tokenizer.vit import DINOV2_URL, build_dinov2, load_dinov2

@@ -1,6 +1,7 @@
-"""Independent re-statements for the eqtok loss tests: a ViT, the DINO discriminator heads (spectral norm with
-its power iteration, local batch norm, circular Conv1d) and the augmentation, written with explicit tensor maths
-from the weight tensors, not with the project's modules."""
+"""Independent re-statements shared by the eqtok loss tests: a ViT, the DINO discriminator heads (spectral norm
+with its power iteration, local batch norm, circular Conv1d) and the augmentation, written with explicit tensor
+maths from the weight tensors, not with the project's modules. The tests here check the spectral-norm convolution
+against torch's own hook-based spectral norm, whose buffer names the released files use."""
 import math
 
 import torch
@@ -143,3 +144,22 @@ def dino_prepare(x, size):
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bicubic")
     return x
+
+
+def test_spectral_conv_equals_torch_hook_spectral_norm():
+    from tokenizer.dino_disc import SpectralConv1d
+    torch.manual_seed(0)
+    ref = torch.nn.utils.spectral_norm(torch.nn.Conv1d(6, 5, 3, padding=1, padding_mode="circular"))
+    ours = SpectralConv1d(6, 5, 3)
+    ours.load_state_dict(ref.state_dict(), strict=True)  # weight_orig, bias, weight_u, weight_v
+    x = torch.randn(2, 6, 7)
+    for mode in (True, True, False):  # two training forwards (power iteration), then eval (stored u, v)
+        ref.train(mode)
+        ours.train(mode)
+        assert torch.allclose(ours(x), ref(x), atol=1e-6)
+        assert all(torch.allclose(ours.state_dict()[k], v, atol=1e-6) for k, v in ref.state_dict().items())
+    u, v = ours.weight_u.clone(), ours.weight_v.clone()
+    w, u2, v2 = spectral(ours.weight_orig, u, v)  # the re-statement agrees with both
+    ours.train(True)
+    assert torch.allclose(F.conv1d(F.pad(x, (1, 1), mode="circular"), w, ours.bias), ours(x), atol=1e-6)
+    assert torch.allclose(u2, ours.weight_u, atol=1e-6) and torch.allclose(v2, ours.weight_v, atol=1e-6)
