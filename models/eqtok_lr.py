@@ -6,7 +6,8 @@ autoencoder optimizer through LambdaLR; none on the discriminator's).
 - `warmup_decay` (the release): the autoencoder group at train.lr * f(n), the discriminator group at train.lr, with
   n = the number of updates already made (LambdaLR's counter: the first update has n = 0) and
       f(n) = s + (1 - s) n / W                       n < W    (W = train.warmup_steps, s = lr_start_factor)
-      f(n) = max(p * d^k, m),  k = floor((n - W) / I)  n >= W   (d = lr_decay, I = lr_decay_every, m = lr_min_factor)
+      f(n) = max(p * d^k, m),  k = floor((n - W) / I)  n >= W   (d = lr_decay, I = lr_decay_every, m = lr_min_factor;
+                                                                 k = 0: p itself)
   where p = s + (1 - s)(W - 1) / W is the last warm-up value (p = s when W = 0): the released scheduler keeps
   returning its previous value after the warm-up, so the plateau is (W - 1) / W, not 1. Release: W 3000, s 0,
   d 0.2 every I = 30000, m 0.
@@ -14,7 +15,8 @@ autoencoder optimizer through LambdaLR; none on the discriminator's).
 The engine sets one LR for all groups before each update; a step pre-hook on optimizers (registered once, inert
 for groups without an `eqtok_lr` entry) then sets each marked group's LR from the schedule stored in the group and
 counts the update. The schedule and the counter are part of the optimizer state, so a resumed run continues the
-checkpoint's schedule exactly.
+checkpoint's schedule exactly (a changed schedule setting does not apply to a resumed run). An update that a fp16
+GradScaler skips is not counted, while Lightning's scheduler would count it.
 """
 from __future__ import annotations
 
