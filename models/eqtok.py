@@ -1,20 +1,29 @@
 """Family `eqtok`: training the column tokenizer (tokenizer/column.py) with train.py, stage 1 and stage 2.
 
 The network is the official module tree (encoder, decoder, semantic_decoder, quant_layer, post_quant_layer) plus a
-`loss` module holding what Lightning keeps there (the learnable `logvar` and the discriminator), so our checkpoint's
+`loss` module holding what Lightning keeps there (the scalar `logvar` and the discriminator), so our checkpoint's
 EMA state dict minus `loss.*` is the tokenizer (`tokenizer.kind=column tokenizer.ckpt=<our checkpoint>`).
 
-One step, one backward (the engine has one optimizer; AdamW with weight decay 0 over the autoencoder and the
-discriminator equals the release's two Adam optimizers with equal hyper-parameters):
+One step, one backward (the engine has one optimizer; AdamW with weight decay 0 and two parameter groups, the
+autoencoder and the discriminator, each with its own LR schedule, equals the release's two Adam optimizers):
     total = autoencoder loss (L1 + perceptual NLL, 0.01 L2 "KL", adaptive-weight hinge generator term, semantic)
           + discriminator hinge on (real, detached reconstruction)
 The generator term runs the discriminator with *detached* parameters (torch.func.functional_call), so it moves
 only the autoencoder, and the discriminator term sees detached reconstructions, so it moves only the
 discriminator. Reconstructions decode `sample()` latents (mean + per-image noise), as the release trains.
 
+Discriminator (`model.discriminator`): `conv`, a small trainable patch discriminator, or `dino`, the release's
+frozen DINO ViT-S/16 from the local file `model.dino_path` with trainable heads (tokenizer/dino_disc.py; its
+`loss.discriminator.heads.*` names are the released checkpoint's). Semantic alignment (`loss.semantic_teacher`):
+any frozen module mapping images to the semantic decoder's feature grid (tokenizer/semantic.py; `dinov2` from the
+local file `loss.dinov2_path`), on when loss.semantic_weight > 0. The two optimizer groups (autoencoder,
+discriminator) follow `train.lr_schedule` (models/eqtok_lr.py).
+
 Stage 2 (model.init_from = a stage-1 checkpoint, ours or the released Lightning file; model.stage2 = true): the
 EMA weights are copied into the live modules, and encoder, quant_layer and logvar are frozen (left out of the
 optimizer by param_groups), so only decoder, semantic_decoder, post_quant_layer (and the discriminator) train.
+The stage-1 file's `loss.*` tensors that fit (logvar, discriminator heads) are loaded too, as the release's
+non-strict load does (`model.init_loss=false`: they start fresh).
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ import torch
 from torch import nn
 
 from core.images import save_grid, to_uint8
-from core.loading import load_file, load_strict
+from core.loading import load_file, load_strict, mismatch
 from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models.family import Family
@@ -33,6 +42,7 @@ from tokenizer import column_losses as cl
 from tokenizer.column import COLUMN_CONFIGS, ColumnAutoencoder, gaussian_sample, module_state_from_lightning
 from tokenizer.column_ckpt import autoencoder_config
 from tokenizer.column_ema import warmup_decay
+from models.eqtok_lr import lr_of, schedule_of, scheduled_groups
 
 log = logging.getLogger(__name__)
 FROZEN_IN_STAGE2 = ("encoder.", "quant_layer.", "loss.logvar")
@@ -55,20 +65,44 @@ class ConvDiscriminator(nn.Module):
         return self.main(x)
 
 
+DISCRIMINATORS = ("conv", "dino")
+DISC_ARGS = ("discriminator", "disc_channels", "disc_layers", "dino_path", "dino_flavour", "dino_key_depths",
+             "dino_kernel", "dino_norm", "diffaug_prob", "diffaug_cutout")
+
+
+def build_discriminator(in_channels: int, discriminator: str = "conv", disc_channels: int = 64,
+                        disc_layers: int = 3, dino_path: str | None = None, dino_flavour: str = "vit_small_16",
+                        dino_key_depths=(2, 5, 8, 11), dino_kernel: int = 9, dino_norm: str = "bn",
+                        diffaug_prob: float = 1.0, diffaug_cutout: float = 0.2) -> nn.Module:
+    if discriminator == "conv":
+        return ConvDiscriminator(in_channels, disc_channels, disc_layers)
+    if discriminator == "dino":
+        from tokenizer.dino_disc import DinoDiscriminator
+        from tokenizer.vit import load_dino
+        with torch.random.fork_rng(devices=[]):  # the heads' initialisation does not depend on the file's size
+            backbone = load_dino(dino_path, dino_flavour)
+        return DinoDiscriminator(backbone, tuple(dino_key_depths), int(dino_kernel), str(dino_norm),
+                                 aug_prob=float(diffaug_prob), cutout=float(diffaug_cutout))
+    raise ValueError(f"model.discriminator must be one of {', '.join(DISCRIMINATORS)}, got {discriminator!r}")
+
+
 class TokenizerLoss(nn.Module):
-    def __init__(self, in_channels: int, disc_channels: int, disc_layers: int):
+    def __init__(self, in_channels: int, **disc):
         super().__init__()
         self.logvar = nn.Parameter(torch.zeros(()))
-        self.discriminator = ConvDiscriminator(in_channels, disc_channels, disc_layers)
+        self.discriminator = build_discriminator(in_channels, **disc)
 
 
 class EqTok(ColumnAutoencoder):
-    def __init__(self, disc_channels: int = 64, disc_layers: int = 3, init_from: str | None = None,
-                 stage2: bool = False, **ae):
-        super().__init__(**ae)
-        self.ae_config = dict(ae)
-        self.loss = TokenizerLoss(self.in_channels, disc_channels, disc_layers)
-        self.stage2 = bool(stage2)
+    def __init__(self, init_from: str | None = None, stage2: bool = False, init_loss: bool = True, **kw):
+        disc = {k: kw.pop(k) for k in list(kw) if k in DISC_ARGS}
+        if disc.get("discriminator") == "dino":  # before building the autoencoder: a missing file fails fast
+            from tokenizer.vit import require_file
+            require_file(disc.get("dino_path"))
+        super().__init__(**kw)
+        self.ae_config = dict(kw)
+        self.loss = TokenizerLoss(self.in_channels, **disc)
+        self.stage2, self.init_loss = bool(stage2), bool(init_loss)
         if init_from:
             self.load_stage1(str(init_from))
         if self.stage2:
@@ -83,30 +117,42 @@ class EqTok(ColumnAutoencoder):
         """EMA autoencoder weights (and the live loss.* parts) of a stage-1 checkpoint: ours or Lightning."""
         obj = load_file(path, "stage-1 tokenizer checkpoint")
         own = self.state_dict()
+        with torch.device("meta"):  # the plain autoencoder's key set (no loss.*)
+            plain = ColumnAutoencoder(**self.ae_config)
         if isinstance(obj, dict) and obj.get("family") == "eqtok":
-            sd = {k: v for k, v in obj["ema"].items() if not k.startswith("loss.")}
-            sd.update({k: v for k, v in obj["model"].items() if k.startswith("loss.")})
-            load_strict(self, sd, path)
+            ae = {k: v for k, v in obj["ema"].items() if not k.startswith("loss.")}
+            if any(mismatch(plain, ae)):
+                load_strict(plain, ae, path)  # raises the one-line error naming the keys
+            file_loss = {k: v for k, v in obj["model"].items() if k.startswith("loss.")}
         else:
             light = obj.get("state_dict", obj)
-            with torch.device("meta"):  # the plain autoencoder's key set (no loss.*) for the Lightning mapping
-                plain = ColumnAutoencoder(**self.ae_config)
             ae = module_state_from_lightning(light, plain, use_ema=True, source=path)
-            loss = {k: v for k, v in light.items() if k in own and k.startswith("loss.")}
-            missing = [k for k in own if k.startswith("loss.") and k not in loss]
-            if missing:  # the release's loss holds a DINO discriminator: ours starts fresh
-                log.info("%s: %d loss.* tensors of this discriminator are not in the file; they start fresh",
-                         path, len(missing))
-            self.load_state_dict({**own, **ae, **loss}, strict=True)
+            file_loss = {k: v for k, v in light.items() if k.startswith("loss.")}
+        loss = {}
+        if self.init_loss:
+            loss = {k: v for k, v in file_loss.items() if k in own}
+            bad = [k for k, v in loss.items() if tuple(v.shape) != tuple(own[k].shape)]
+            if bad:
+                raise ValueError(f"{path}: loss.* tensors of another shape than this model's: {', '.join(bad[:5])}")
+            fresh = [k for k in own if k.startswith("loss.") and k not in loss]
+            log.info("%s: %d loss.* tensors loaded (logvar, discriminator), %d start fresh, %d of the file unused "
+                     "(perceptual network, teacher, another discriminator)", path, len(loss), len(fresh),
+                     len(file_loss) - len(loss))
+        self.load_state_dict({**own, **ae, **loss}, strict=True)
         log.info("stage 2 initialised from the EMA weights of %s", path)
 
-    def forward(self, x: torch.Tensor, step: int, weights: dict, perceptual=None):
-        """(total loss, logs) of one step (see module doc)."""
+    def forward(self, x: torch.Tensor, step: int, weights: dict, perceptual=None, teacher=None):
+        """(total loss, logs) of one step (see module doc); `teacher(images, size)`: the semantic teacher or None."""
         mean = self.encode_mean(x)
         z = gaussian_sample(mean)
-        sem_on = weights["semantic_weight"] > 0 and step >= weights["semantic_start"] and self.teacher is not None
+        sem_on = weights["semantic_weight"] > 0 and step >= weights["semantic_start"] and teacher is not None
+        target = None
         if sem_on:
             x_hat, sem = self.decode(z, semantic=True)
+            target = teacher(x, tuple(sem.shape[-2:]))
+            if tuple(target.shape) != tuple(sem.shape):
+                raise ValueError(f"semantic teacher features {tuple(target.shape)} do not match the semantic "
+                                 f"decoder output {tuple(sem.shape)} (channels and grid must agree)")
         else:
             x_hat, sem = self.decode(z), None
         disc = self.loss.discriminator
@@ -118,21 +164,18 @@ class EqTok(ColumnAutoencoder):
         ae_loss, logs = cl.autoencoder_loss(
             x, x_hat, mean, self.loss.logvar, step,
             last_layer=self.decoder.conv_out.weight, perceptual=perceptual, discriminator=disc_fixed,
-            semantic_out=sem, semantic_teacher=self.teacher(x) if sem_on else None, **weights)
+            semantic_out=sem, semantic_teacher=target, **weights)
         d_loss, d_logs = cl.discriminator_loss(x, x_hat, disc, step, weights["disc_start"])
         total = ae_loss + d_loss
         logs["ae_loss"] = logs.pop("loss")
         return total, {**logs, **d_logs, "loss": total.item()}
-
-    teacher = None  # semantic teacher (frozen, outside the state dict); None: semantic alignment off
 
 
 # ------------------------------------------------------------------------------------------------------ flavours
 def _builder(name: str):
     def build(**kw) -> EqTok:
         return EqTok(**{**autoencoder_config({"flavour": name, **kw}),
-                        **{k: v for k, v in kw.items() if k in ("disc_channels", "disc_layers", "init_from",
-                                                               "stage2")}})
+                        **{k: v for k, v in kw.items() if k in DISC_ARGS + ("init_from", "stage2", "init_loss")}})
     build.defaults = dict(COLUMN_CONFIGS[name])
     return build
 
@@ -197,29 +240,49 @@ def perceptual_metric(cfg, device):
     return _PLUGS[key]
 
 
-def _check_plugs(cfg) -> None:
-    key = ("checked", str(cfg.loss.discriminator), float(cfg.loss.semantic_weight))
-    if key in _PLUGS:
-        return
-    if str(cfg.loss.discriminator) != "conv":
-        raise ValueError(f"loss.discriminator={cfg.loss.discriminator!r}: only the trainable conv discriminator "
-                         f"is available here (the release's frozen DINO ViT-S/16 discriminator is not implemented)")
-    if float(cfg.loss.semantic_weight) > 0:
-        log.info("semantic alignment off: no DINOv2 teacher is available offline (loss.semantic_weight=%s is "
-                 "ignored)", cfg.loss.semantic_weight)
-    _PLUGS[key] = True
+def semantic_teacher(cfg, device):
+    """The frozen semantic teacher of loss.semantic_teacher (built once per setting), or None when the alignment is
+    off (weight 0) or no teacher is configured (said once)."""
+    L = cfg.loss
+    key = ("teacher", str(L.semantic_teacher), str(L.dinov2_path), str(L.dinov2_flavour),
+           float(L.semantic_weight) > 0, str(device))
+    if key not in _PLUGS:
+        net = None
+        if float(L.semantic_weight) > 0:
+            from tokenizer.semantic import build_teacher
+            with torch.random.fork_rng(devices=[]):
+                net = build_teacher(str(L.semantic_teacher), L.dinov2_path, str(L.dinov2_flavour))
+            if net is None:
+                log.info("semantic alignment off: loss.semantic_teacher is none (loss.semantic_weight=%s unused)",
+                         L.semantic_weight)
+            else:
+                net = net.to(device)
+        _PLUGS[key] = net
+    return _PLUGS[key]
 
 
 def eqtok_loss(model: nn.Module, batch: dict, ctx):
     cfg = ctx.cfg
-    _check_plugs(cfg)
     x = batch["image"]
-    return model(x, int(ctx.step), loss_weights(cfg), perceptual_metric(cfg, x.device))
+    loss, logs = model(x, int(ctx.step), loss_weights(cfg), perceptual_metric(cfg, x.device),
+                       semantic_teacher(cfg, x.device))
+    s = schedule_of(cfg)
+    if s is not None:  # the engine's own "lr" is not what this family's groups use
+        logs.update(lr_ae=lr_of(s, int(ctx.step)), lr_disc=float(cfg.train.lr))
+    return loss, logs
 
 
 def eqtok_param_groups(model, cfg):
-    """Everything that trains, without weight decay (Adam as released); stage-2 frozen parts are left out."""
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
+    """Two groups as the release's two Adam optimizers (autoencoder; discriminator), without weight decay, each
+    with its train.lr_schedule. Stage-2 frozen parts are left out; so is loss.logvar unless loss.learn_logvar (the
+    release never optimises it: it stays 0)."""
+    if not bool(cfg.loss.learn_logvar):
+        model.loss.logvar.requires_grad_(False)
+    ae, disc = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (disc if name.startswith("loss.discriminator.") else ae).append(p)
+    return scheduled_groups(ae, disc, cfg)
 
 
 def eqtok_ema_decay(step: int, cfg) -> float:
