@@ -112,8 +112,10 @@ class Trainer:
         """One optimiser update over this rank's micro-batches: (mean logs of this rank, lr)."""
         cfg, tc, device = self.cfg, self.tc, self.device
         lr = lr_at(step, tc)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
+        groups = self.opt.param_groups
+        lrs = self.fam.group_lrs(step, cfg, lr, groups) if self.fam.group_lrs is not None else [lr] * len(groups)
+        for g, group_lr in zip(groups, lrs, strict=True):
+            g["lr"] = group_lr
         self.ctx.step = step
         micro = self.fam.batches(self.ds, cfg, step, self.rank, self.world)
         rows = sum(self.fam.batch_rows(b) for b in micro)

@@ -17,7 +17,7 @@ frozen DINO ViT-S/16 from the local file `model.dino_path` with trainable heads 
 `loss.discriminator.heads.*` names are the released checkpoint's). Semantic alignment (`loss.semantic_teacher`):
 any frozen module mapping images to the semantic decoder's feature grid (tokenizer/semantic.py; `dinov2` from the
 local file `loss.dinov2_path`), on when loss.semantic_weight > 0. The two optimizer groups (autoencoder,
-discriminator) follow `train.lr_schedule` (models/eqtok_lr.py).
+discriminator) follow `train.ae_lr_schedule` (models/eqtok_lr.py).
 
 Stage 2 (model.init_from = a stage-1 checkpoint, ours or the released Lightning file; model.stage2 = true): the
 EMA weights are copied into the live modules, and encoder, quant_layer and logvar are frozen (left out of the
@@ -42,7 +42,7 @@ from tokenizer import column_losses as cl
 from tokenizer.column import COLUMN_CONFIGS, ColumnAutoencoder, gaussian_sample, module_state_from_lightning
 from tokenizer.column_ckpt import autoencoder_config
 from tokenizer.column_ema import warmup_decay
-from models.eqtok_lr import lr_of, schedule_of, scheduled_groups
+from models.eqtok_lr import group_lrs, lr_of, schedule_of, scheduled_groups
 
 log = logging.getLogger(__name__)
 FROZEN_IN_STAGE2 = ("encoder.", "quant_layer.", "loss.logvar")
@@ -274,7 +274,7 @@ def eqtok_loss(model: nn.Module, batch: dict, ctx):
 
 def eqtok_param_groups(model, cfg):
     """Two groups as the release's two Adam optimizers (autoencoder; discriminator), without weight decay, each
-    with its train.lr_schedule. Stage-2 frozen parts are left out; so is loss.logvar unless loss.learn_logvar (the
+    named for its train.ae_lr_schedule. Stage-2 frozen parts are left out; so is loss.logvar unless loss.learn_logvar (the
     release never optimises it: it stays 0)."""
     if not bool(cfg.loss.learn_logvar):
         model.loss.logvar.requires_grad_(False)
@@ -310,6 +310,7 @@ FAMILY = Family(
     config="configs/family/eqtok.yaml",
     preview=reconstruction_preview,
     param_groups=eqtok_param_groups,
+    group_lrs=group_lrs,
     ema_decay=eqtok_ema_decay,
     ddp_find_unused=True,  # the semantic decoder trains only with a teacher, the discriminator only after disc_start
 )

@@ -97,6 +97,9 @@ class Family:
     # (model, cfg) -> AdamW parameter groups (e.g. no weight decay on biases and norms, frozen parts left out);
     # None: every parameter that requires grad, with train.weight_decay
     param_groups: Callable[[nn.Module, Any], list[dict]] | None = None
+    # (step, cfg, engine_lr, param_groups) -> the LR of each optimizer group for the update that makes step + 1
+    # (e.g. one group on its own decay while another stays constant); None: engine_lr (train.lr_schedule) for all
+    group_lrs: Callable[[int, Any, float, list[dict]], list[float]] | None = None
     # (step, cfg) -> EMA decay of the update that makes step + 1; None: train.ema_decay at every step
     ema_decay: Callable[[int, Any], float] | None = None
     # (path, prefer_ema) -> the weights file inside a folder the family's official trainer writes (e.g. an

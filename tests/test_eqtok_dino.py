@@ -233,7 +233,7 @@ def test_two_process_gan_step_with_the_dino_discriminator(tmp_path):
     p = subprocess.run(torchrun_cmd(2, "--config", RECIPE, f"output_dir={out}", "loss.disc_start=0",
                                     "train.batch_size=4", "model.discriminator=dino", f"model.dino_path={path}",
                                     "model.dino_flavour=debug", "model.dino_key_depths=[1,3]",
-                                    "train.lr_schedule=warmup_decay", "train.warmup_steps=2"),
+                                    "train.ae_lr_schedule=warmup_decay", "train.warmup_steps=2"),
                        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ import torch
 
 from engine.config import load_config
 from engine.optim import build_optimizer, lr_at
-from models import build_model
+from models import build_model, get_family
 from models.eqtok import eqtok_param_groups
 from models.eqtok_lr import warmup_decay_factor
 
@@ -57,8 +57,15 @@ def _grads(model):
             p.grad = torch.ones_like(p)
 
 
+def _engine_sets_lrs(opt, step, cfg):
+    """What the engine's trainer does before every update (engine/trainer.py)."""
+    fam = get_family("eqtok")
+    for g, lr in zip(opt.param_groups, fam.group_lrs(step, cfg, lr_at(step, cfg.train), opt.param_groups)):
+        g["lr"] = lr
+
+
 def test_groups_follow_their_schedules_under_the_engine(tmp_path):
-    cfg = load_config(RECIPE, ["train.lr_schedule=warmup_decay", "train.lr=0.01", "train.warmup_steps=2",
+    cfg = load_config(RECIPE, ["train.ae_lr_schedule=warmup_decay", "train.lr=0.01", "train.warmup_steps=2",
                                "train.lr_decay=0.5", "train.lr_decay_every=2", "loss.learn_logvar=false"])
     torch.manual_seed(0)
     model, _ = build_model(cfg)
@@ -73,27 +80,27 @@ def test_groups_follow_their_schedules_under_the_engine(tmp_path):
     e0, h0 = enc.detach().clone(), head.detach().clone()
     want = [0.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]  # f(n) for n = 0..6: warm-up 0, 1/2; plateau 1/2; x0.5 every 2
     for step, f in enumerate(want):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.train)  # what the engine does before every update
+        _engine_sets_lrs(opt, step, cfg)
         _grads(model)
         opt.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * f) and opt.param_groups[1]["lr"] == 0.01
         if step == 0:  # the first update has LR 0 for the autoencoder (LambdaLR at n = 0), full LR for the heads
             assert torch.equal(enc, e0) and not torch.equal(head, h0)
-        if step == 3:  # the schedule and its counter resume with the optimizer state
+        if step == 3:  # a resume continues from the engine's step count
             saved = opt.state_dict()
     torch.save(saved, tmp_path / "opt.pt")
     model2, _ = build_model(cfg)
     opt2 = build_optimizer(model2, cfg.train, eqtok_param_groups(model2, cfg))
     opt2.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
-    for f in want[4:]:
+    for step, f in enumerate(want[4:], start=4):
+        _engine_sets_lrs(opt2, step, cfg)
         _grads(model2)
         opt2.step()
         assert opt2.param_groups[0]["lr"] == pytest.approx(0.01 * f)
 
 
 def test_a_warmup_that_leaves_lr_zero_is_refused():
-    cfg = load_config(RECIPE, ["train.lr_schedule=warmup_decay", "train.warmup_steps=1"])
+    cfg = load_config(RECIPE, ["train.ae_lr_schedule=warmup_decay", "train.warmup_steps=1"])
     model, _ = build_model(cfg)
     with pytest.raises(ValueError, match="keeps the autoencoder LR at 0"):
         eqtok_param_groups(model, cfg)
@@ -103,24 +110,20 @@ def test_engine_schedule_is_the_default_and_untouched():
     cfg = load_config(RECIPE)
     model, _ = build_model(cfg)
     opt = build_optimizer(model, cfg.train, eqtok_param_groups(model, cfg))
-    assert model.loss.logvar.requires_grad and all("eqtok_lr" not in g for g in opt.param_groups)
-    for g in opt.param_groups:
-        g["lr"] = 0.123
-    _grads(model)
-    opt.step()
-    assert all(g["lr"] == 0.123 for g in opt.param_groups)
+    assert model.loss.logvar.requires_grad
+    assert get_family("eqtok").group_lrs(7, cfg, 0.123, opt.param_groups) == [0.123] * len(opt.param_groups)
 
 
 def test_release_schedule_through_train_py(tmp_path):
     import train
     out = tmp_path / "run"
-    assert train.main(["--config", RECIPE, f"output_dir={out}", "train.lr_schedule=warmup_decay",
+    assert train.main(["--config", RECIPE, f"output_dir={out}", "train.ae_lr_schedule=warmup_decay",
                        "train.warmup_steps=2", "train.lr_decay_every=1", "train.lr_decay=0.5"]) == 0
     logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr_ae"] for r in logs] == pytest.approx([0.0, 5e-4, 5e-4])
     assert [r["lr_disc"] for r in logs] == pytest.approx([1e-3] * 3)
     opt = torch.load(out / "checkpoints" / "step_0000003.pt", weights_only=True)["optimizer"]
-    assert [g["eqtok_updates"] for g in opt["param_groups"]] == [3, 3]
+    assert [g["lr"] for g in opt["param_groups"]] == pytest.approx([5e-4, 1e-3])  # the last update's LRs
 
 
 # the demo recipe's first logged values before the discriminator, teacher and schedule options existed
@@ -154,7 +157,7 @@ def test_release_recipes():
     DINOv2, stage 2 does not; without the weight files building stops with one line naming the file."""
     s1, s2 = load_config("configs/eqtok_stage1.yaml"), load_config("configs/eqtok_stage2.yaml")
     for c in (s1, s2):
-        assert (c.model.discriminator, c.train.lr_schedule, c.train.warmup_steps, c.train.lr_decay,
+        assert (c.model.discriminator, c.train.ae_lr_schedule, c.train.warmup_steps, c.train.lr_decay,
                 c.train.lr_decay_every, c.train.lr_start_factor, c.train.lr_min_factor, c.loss.learn_logvar) == \
             ("dino", "warmup_decay", 3000, 0.2, 30000, 0.0, 0.0, False)
         assert list(c.model.dino_key_depths) == [2, 5, 8, 11] and c.model.diffaug_cutout == 0.2
