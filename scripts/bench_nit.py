@@ -76,11 +76,11 @@ def bench_model(args) -> torch.nn.Module:
     return model
 
 
-def meta_forward_flops(model_or_args, grids: list[tuple[int, int]], return_zs: bool = False,
+def meta_forward_flops(spec: tuple[str, dict], grids: list[tuple[int, int]], return_zs: bool = False,
                        rows: int = 1) -> int:
     """FLOPs of one forward of a pack of `grids` (repeated `rows` times, e.g. 2 for a guided step), on `meta`."""
     register_cpu_sdpa_flops()
-    flavour, kw = model_or_args
+    flavour, kw = spec
     with torch.device("meta"):
         model = FLAVOURS[flavour](**kw).eval()
     grids = list(grids) * rows
@@ -202,8 +202,10 @@ def part_attn(args, grids, out) -> None:
     heads, hd = args.attn_heads, args.attn_head_dim
     seg = bench_varlen.Segments(lengths, CPU)
     q, k, v = bench_varlen.make_qkv(lengths, heads, hd, grad=True)
-    print(f"\n== (b) attention paths on {'the pack' if not args.attn_pack else 'pack ' + args.attn_pack}: {seg.total} tokens, {len(lengths)} segments, {heads} heads x {hd} "
-          f"{'(NiT-B)' if not args.tiny else ''}, fp32, {args.repeats} interleaved repeats (scripts/bench_varlen.py)")
+    where = "the pack" if not args.attn_pack else f"pack {args.attn_pack}"
+    shape = f"{heads} heads x {hd}" + ("" if args.tiny else " (NiT-B)")
+    print(f"\n== (b) attention paths on {where}: {seg.total} tokens, {len(lengths)} segments, {shape}, fp32, "
+          f"{args.repeats} interleaved repeats (scripts/bench_varlen.py)")
     paths, missing = bench_varlen.attention_paths(seg, q)
     for name, why in missing.items():
         print(f"{name}: unavailable ({why})")
