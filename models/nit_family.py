@@ -7,9 +7,10 @@ micro-batch m at step s being pack stream position s·k + m of that rank (k = pa
 function of (seed, step, rank): a resumed run trains on exactly the packs of an uninterrupted one.
 
 Loss: models.nit_loss (token-mean MSE + direction term, logit-normal t, label drop 0.1) plus REPA when
-`loss.repa_encoder` names a frozen image encoder (a torch.export .pt2 or TorchScript file: no code is imported
-for it); without one the
-REPA term is off and the projector is frozen (it would get no gradient; DDP needs every trained parameter used).
+`loss.repa_encoder` names a frozen image encoder and loss.repa_coeff > 0 (models.repa_encoders: a .pt2/TorchScript
+export, a local RADIO checkpoint, or any 'package.module:factory' mapping images to a feature grid); otherwise the
+REPA term is off, no encoder is loaded, and the projector is frozen (it would get no gradient; DDP needs every
+trained parameter used).
 
 Sampling: samplers.flow with cfg.sample (`--mode ode|sde --num-steps --cfg-scale --guidance-low --guidance-high
 --heun`, `--height --width`). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance). The output is
@@ -165,30 +166,21 @@ def load_pack_images(ds, indices: list[int]) -> list[torch.Tensor]:
 _ENCODERS: dict = {}
 
 
-def load_encoder(path: str, device) -> nn.Module:
-    """A frozen network from a self-contained export: `.pt2` (torch.export.save) or TorchScript (torch.jit.save);
-    both carry their own graph, so no encoder code is imported."""
-    if path.endswith(".pt2"):
-        enc = torch.export.load(path).module().to(device)
-    else:
-        enc = torch.jit.load(path, map_location=device).eval()
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    return enc
-
-
 def repa_encoder(cfg, device) -> "callable":
-    """The frozen REPA encoder of loss.repa_encoder (an exported network taking (1, 3, H, W) in [0, 1], returning
-    patch features (1, z, H/patch, W/patch) or (1, H·W/patch², z)), as models.nit_loss wants it."""
+    """The frozen REPA encoder named by loss.repa_encoder / loss.repa_kind / loss.radio_repo (models.repa_encoders:
+    an export file, a local RADIO checkpoint, or 'package.module:factory'), wrapped for models.nit_loss; built once
+    per (encoder, device)."""
     from models.nit_loss import repa_image_encoder
-    path = str(cfg.loss.repa_encoder)
-    key = (path, str(device))
+    from models.repa_encoders import build_feature_encoder
+    lc = cfg.loss
+    spec, kind, repo = str(lc.repa_encoder), str(lc.get("repa_kind", "auto")), lc.get("radio_repo", None)
+    key = (spec, kind, repo, str(device))
     if key not in _ENCODERS:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"REPA encoder {path} not found (loss.repa_encoder: a .pt2 (torch.export) or "
-                                    f"TorchScript export of a frozen image encoder such as RADIO-v2.5-H; "
-                                    f"loss.repa_encoder=null turns REPA off)")
-        _ENCODERS[key] = repa_image_encoder(load_encoder(path, device), patch=int(cfg.loss.repa_patch))
+        # building may initialise layers from the global RNG; a resumed run builds it at another step, so keep the
+        # training draws (t, noise, label drop) independent of when this happens
+        with torch.random.fork_rng(devices=[]):
+            enc = build_feature_encoder(spec, kind, None if repo is None else str(repo), device)
+        _ENCODERS[key] = repa_image_encoder(enc, patch=int(lc.repa_patch))
     return _ENCODERS[key]
 
 
