@@ -2,7 +2,7 @@
 with full recomputation (the release's way), the flow head's share of it, fp32 vs bf16 autocast, and training
 images/s (teacher-forced flow loss, backward, AdamW step).
 
-    python scripts/bench_eqar.py [--flavour tiny] [--tokens 16 32 64 128] [--steps 10] [--batch 4] [--cfg 4]
+    python scripts/bench_eqar.py [--flavour tiny] [--tokens 16 32 64 128] [--steps 10] [--batch 4] [--eval-batch 64] [--cfg 4]
 Random weights; the default size is the release's `tiny_model` width (256, 8 blocks) with 256-d tokens. On a shared
 machine use --threads 1: two threads over-subscribed by other jobs made these small ops 20-30x slower here.
 """
@@ -48,24 +48,28 @@ def build(a):
     return FLAVOURS[base](**kw).eval()
 
 
-def bench_sampling(model, timer, a, dtype):
+def bench_sampling(model, timer, a, dtype, batch=None, tokens=None):
     rows = []
-    labels = torch.arange(a.batch) % 1000
-    for n in a.tokens:
+    batch = batch or a.batch
+    labels = torch.arange(batch) % 1000
+    for n in tokens or a.tokens:
         for cache in (True, False):
             if not cache and n > a.max_full:
-                rows.append({"tokens": n, "cache": cache, "dtype": dtype, "seconds": None})
+                rows.append({"tokens": n, "cache": cache, "dtype": dtype, "batch": batch, "seconds": None})
                 continue
             st = ColumnARSettings(num_steps=a.steps, cfg=a.cfg, use_cache=cache)
             ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
             timer.total = 0.0
             t0 = time.perf_counter()
             with ctx:
-                sample(model, labels, row_generators(0, range(a.batch)), st, num_tokens=n)
+                sample(model, labels, row_generators(0, range(batch)), st, num_tokens=n)
             dt = time.perf_counter() - t0
-            rows.append({"tokens": n, "cache": cache, "dtype": dtype, "seconds": round(dt, 3),
+            rows.append({"tokens": n, "cache": cache, "dtype": dtype, "batch": batch, "seconds": round(dt, 3),
                          "flow_head_share": round(timer.total / dt, 3)})
             print(json.dumps(rows[-1]), flush=True)
+        if rows[-1]["seconds"] and rows[-2]["seconds"]:
+            print(f"   cache speed-up at {n} tokens, batch {batch}, {dtype}: "
+                  f"x{rows[-1]['seconds'] / rows[-2]['seconds']:.2f}", flush=True)
     return rows
 
 
@@ -98,6 +102,9 @@ def main():
     ap.add_argument("--max-full", type=int, default=128, help="skip full recomputation above this many tokens")
     ap.add_argument("--steps", type=int, default=10, help="Euler steps per token")
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--eval-batch", type=int, default=64,
+                    help="also time 16 tokens at this batch (the README's --eval_bsz 64; 0 skips): with a few rows "
+                         "per call both paths are bound by per-op overhead on a CPU, not by the work they do")
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-iters", type=int, default=5)
@@ -117,6 +124,8 @@ def main():
     with torch.inference_mode():
         for dt in a.dtypes:
             rows += bench_sampling(model, timer, a, dt)
+        if a.eval_batch:
+            rows += bench_sampling(model, timer, a, a.dtypes[0], batch=a.eval_batch, tokens=[16])
     for dt in a.dtypes:
         rows.append(bench_training(model, a, dt))
     if a.json:

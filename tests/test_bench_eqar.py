@@ -1,0 +1,22 @@
+"""scripts/bench_eqar.py runs end to end in a tiny setting and prints every figure it promises."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_eqar_tiny_run(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "scripts/bench_eqar.py", "--tokens", "2", "3", "--steps", "1", "--batch", "1",
+                           "--eval-batch", "2", "--train-iters", "1", "--train-batch", "2", "--dtypes", "fp32",
+                           "--threads", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    timed = [(r["tokens"], r["cache"], r["batch"]) for r in rows if "seconds" in r]
+    # the token counts asked for, then 16 tokens at the eval batch
+    assert timed == [(2, True, 1), (2, False, 1), (3, True, 1), (3, False, 1), (16, True, 2), (16, False, 2)]
+    assert all(0 <= r["flow_head_share"] <= 1 for r in rows if "seconds" in r)
+    assert sum("train_images_per_s" in r for r in rows) == 1
+    assert proc.stdout.count("cache speed-up at") == 3
