@@ -38,8 +38,8 @@ def main(argv=None) -> int:
         ratio = f"{fid / base:6.3f}" if base else "   -  "
         if kind == "trained" and (base is None or fid > base / 2):
             ok = False
-        lines.append(f"  {s:>6}  {kind:7}  {fid:8.2f}  {base if base is None else f'{base:9.2f}':>9}  {ratio}"
-                     f"   grid {out}/samples_{s}.png")
+        base_txt = f"{base:9.2f}" if base else f"{'-':>9}"
+        lines.append(f"  {s:>6}  {kind:7}  {fid:8.2f}  {base_txt}  {ratio}   grid {out}/samples_{s}.png")
         shutil.copy(out / "eval_trained" / f"samples_{s}.png", out / f"samples_{s}.png")
         if (out / "eval_untrained" / f"samples_{s}.png").exists():
             shutil.copy(out / "eval_untrained" / f"samples_{s}.png", out / f"untrained_{s}.png")
