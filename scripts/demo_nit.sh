@@ -12,7 +12,8 @@
 # Measured (2-core CPU shared with 3-4 other jobs, load average 4-10; figures of /usr/bin/time -v): 1229 CPU-s in
 # all (1022.5 user + 206.4 system), i.e. about 10.5 min of wall time on an idle 2-core machine (31 min wall here).
 # FID-500 trained / step-0 weights (ratio): 32x32 183.7 / 487.8 (0.38), 32x48 184.3 / 514.5 (0.36),
-# 48x32 195.3 / 504.0 (0.39); unseen 48x48 229.9. Blurry, blocky garments whose class is visible per row.
+# 48x32 195.3 / 504.0 (0.39); unseen 48x48 229.9. Blurry, blocky silhouettes: the class shows per row, many single
+# samples are not recognisable alone (under-trained).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
 ensure_fmnist
