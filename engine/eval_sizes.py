@@ -33,7 +33,7 @@ def evaluate_sizes(cfg, device, sizes: list[tuple[int, int]]) -> dict:
         raise ValueError(f"the sample sizes {[size_name(s) for s in sizes]} repeat a size")
     inc = _inception(cfg, device)
     refs = {s: ensure_ref_stats(cfg, device, size=s, multi=True, inception=inc) for s in sizes}
-    evs = {s: build_evaluator(cfg, device, refs[s], inception=inc) for s in sizes}
+    evs = {s: build_evaluator(cfg, device, refs[s], inception=inc, quiet=k > 0) for k, s in enumerate(sizes)}
     src = ImageSource(cfg, device)
     if bool(getattr(src.settings, "sequential", False)):
         raise ValueError("settings that replay one process's random stream cannot sample several sizes in one run")

@@ -206,7 +206,7 @@ def _inception(cfg, device):
     return net
 
 
-def build_evaluator(cfg, device, ref_stats, inception=None):
+def build_evaluator(cfg, device, ref_stats, inception=None, quiet: bool = False):
     from metrics import Evaluator
     inc = _inception(cfg, device) if inception is None else inception
     ev = Evaluator(inc, mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
@@ -214,7 +214,9 @@ def build_evaluator(cfg, device, ref_stats, inception=None):
                    is_splits=int(cfg.eval.is_splits), is_std_ddof=int(cfg.eval.is_std_ddof),
                    is_shuffle=cfg.eval.is_shuffle)
     ev.collector.weights_path = inc.weights_path
-    logger.info(f"FID-Inception {inc.weights_path}, {ev.collector.dtype} ({getattr(ev.collector, 'dtype_reason', '')})")
+    if not quiet:
+        logger.info(f"FID-Inception {inc.weights_path}, {ev.collector.dtype} "
+                    f"({getattr(ev.collector, 'dtype_reason', '')})")
     return ev
 
 
