@@ -91,6 +91,9 @@ class ImageSource:
                 raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
             self.weights = cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
             self._settings = None  # from cfg on first use: a search passes its own and never needs the config's
+            sizes = eval_sizes(cfg)
+            self.size = sizes[0] if sizes is not None and len(sizes) == 1 else \
+                tuple(int(v) for v in cfg.eval.size) if cfg.eval.size is not None else None
             self.num_classes = (self.fam.num_classes(self.model, cfg) if self.fam.num_classes is not None
                                 else int(cfg.data.num_classes))
         else:
@@ -111,7 +114,7 @@ class ImageSource:
         seed = int(cfg.seed) if seed is None else int(seed)
         labels = eval_labels(cfg, indices, self.num_classes, seed)
         if self.kind == "samples":
-            size = tuple(int(v) for v in cfg.eval.size) if cfg.eval.size is not None else None
+            size = self.size
             with autocast(self.device, str(cfg.eval.precision)):
                 out, labels = generate(self.model, self.fam, self.settings if settings is None else settings,
                                        labels.to(self.device), indices, seed, size=size)
@@ -129,6 +132,38 @@ class ImageSource:
             img = decode(self.tok, toks.reshape(len(indices), h, w), self.decode_batch)
         return to_uint8(img).cpu(), labels.cpu()
 
+    @torch.inference_mode()
+    def sized(self, indices: list[int], sizes: list[tuple[int, int]]) -> dict:
+        """{(H, W): (uint8 images, labels)} of these sample indices at every size, all rows in ONE call of the
+        family's sampler (one packed batch). Sample i at size s gets generator (seed, i) and the label of i, so it is
+        the image a run of that size alone makes, whatever the other sizes and the number of processes."""
+        cfg, seed = self.cfg, int(self.cfg.seed)
+        labels = eval_labels(cfg, indices, self.num_classes, seed)
+        rows = [(s, j) for s in sizes for j in range(len(indices))]
+        gens = [g for _ in sizes for g in row_generators(seed, indices)]
+        all_labels = labels.repeat(len(sizes)).to(self.device)
+        with autocast(self.device, str(cfg.eval.precision)):
+            out, _ = generate(self.model, self.fam, self.settings, all_labels, indices, seed,
+                              size=[s for s, _ in rows], generators=gens)
+        result = {}
+        for k, s in enumerate(sizes):
+            part = out[k * len(indices):(k + 1) * len(indices)]
+            img = decode(self.tok, torch.stack(list(part)) if isinstance(part, (list, tuple)) else part,
+                         self.decode_batch)
+            result[s] = (to_uint8(img).cpu(), labels.cpu())
+        return result
+
+
+def eval_sizes(cfg) -> list[tuple[int, int]] | None:
+    """The image sizes an eval of generated samples covers (Family.sample_sizes), None for a family of one size."""
+    if cfg.eval.source != "samples":
+        return None
+    from models import get_family
+    fam = get_family(cfg.family)
+    if fam.sample_sizes is None:
+        return None
+    return [(int(s[0]), int(s[1])) for s in fam.sample_sizes(cfg)]
+
 
 def random_token_grid(cfg) -> tuple[int, int]:
     """The token grid the generator of this config samples (its flavour built on the meta device: no memory)."""
@@ -141,10 +176,15 @@ def random_token_grid(cfg) -> tuple[int, int]:
     return tuple(fam.sample_shape(model))
 
 
-def reference_dataset(cfg):
+def reference_dataset(cfg, size=None):
     """The real images behind eval.ref_images (reference statistics, reconstructions): `fmnist-test`, or an
-    ImageNet-layout folder center-cropped to data.input_res (the resolution the tokenizer and generator work at)."""
+    ImageNet-layout folder. With `size` (H, W) (families that sample any size) every image is brought to H x W by
+    datasets.cover_crop's rule (cover, then center-crop); without it, Fashion-MNIST is padded to data.image_size and
+    a folder is center-cropped to data.input_res (the resolution the tokenizer and generator work at)."""
     ref = cfg.eval.ref_images
+    if size is not None:
+        from datasets.sized_reference import SizedReference
+        return SizedReference(ref, int(size[0]), int(size[1]), fmnist_dir=cfg.eval.ref_images_path)
     if ref == "fmnist-test":
         from datasets.fmnist import FashionMNIST
         return FashionMNIST(cfg.eval.ref_images_path, "test", size=int(cfg.data.image_size))
@@ -166,43 +206,107 @@ def _inception(cfg, device):
     return net
 
 
-def build_evaluator(cfg, device, ref_stats):
+def build_evaluator(cfg, device, ref_stats, inception=None, quiet: bool = False):
     from metrics import Evaluator
-    inc = _inception(cfg, device)
+    inc = _inception(cfg, device) if inception is None else inception
     ev = Evaluator(inc, mode=cfg.eval.fid_mode, ref=ref_stats, want=list(cfg.eval.metrics),
                    device=device, dtype=cfg.eval.inception_dtype, channels_last=True,
                    is_splits=int(cfg.eval.is_splits), is_std_ddof=int(cfg.eval.is_std_ddof),
                    is_shuffle=cfg.eval.is_shuffle)
     ev.collector.weights_path = inc.weights_path
-    logger.info(f"FID-Inception {inc.weights_path}, {ev.collector.dtype} ({getattr(ev.collector, 'dtype_reason', '')})")
+    if not quiet:
+        logger.info(f"FID-Inception {inc.weights_path}, {ev.collector.dtype} "
+                    f"({getattr(ev.collector, 'dtype_reason', '')})")
     return ev
 
 
-def ensure_ref_stats(cfg, device) -> str | None:
-    """Return eval.ref_stats; make it first from eval.ref_images when it does not exist (cached on disk)."""
-    path = cfg.eval.ref_stats
-    if path is None or Path(path).exists():
-        if path is None and any(m in cfg.eval.metrics for m in ("fid", "sfid", "pr")):
-            raise ValueError("eval.ref_stats (--reference_image_path) is not set: FID needs reference statistics")
+def size_name(size) -> str:
+    return f"{int(size[0])}x{int(size[1])}"
+
+
+def _ref_key(cfg, device, ds, n: int, size) -> dict:
+    """Everything that determines reference statistics: a cached file is reused only when all of it agrees."""
+    from core.precision import resolve_precision
+    from datasets.cover_crop import RULE
+    from metrics import find_fid_weights
+    source = ds.source_id() if hasattr(ds, "source_id") else [str(cfg.eval.ref_images), cfg.eval.ref_images_path,
+                                                               to_container(cfg.get("data", None))]
+    key = {"ref_images": str(cfg.eval.ref_images), "source": source, "n": int(n),
+           "size": None if size is None else [int(size[0]), int(size[1])],
+           "rule": RULE if size is not None else "family-default", "fid_mode": cfg.eval.fid_mode,
+           "inception": _file_id(find_fid_weights(cfg.eval.inception_weights)),
+           "inception_dtype": resolve_precision(str(cfg.eval.inception_dtype), device, "inception")[0]}
+    return json.loads(json.dumps(key, default=str))  # as it reads back from the key file
+
+
+def _cache_name(cfg, key: dict, size) -> str:
+    ref = str(cfg.eval.ref_images)
+    slug = ref if ref == "fmnist-test" else "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(ref).name)
+    h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"ref_{slug}{'_' + size_name(size) if size is not None else ''}_n{key['n']}_{h}.npz"
+
+
+def ref_stats_is_folder(path) -> bool:
+    return path is None or str(path).endswith(("/", os.sep)) or Path(str(path)).is_dir()
+
+
+def ensure_ref_stats(cfg, device, size=None, multi: bool = False, inception=None) -> str | None:
+    """The reference statistics file of this run (at image size `size`, for families that sample any size).
+
+    eval.ref_stats names a .npz: used as is when it exists (unless the key file written beside it when it was made
+    from eval.ref_images disagrees with the current settings: an error), else made from eval.ref_images. It names a
+    folder (an existing one, or a path ending in '/'), or is null with eval.ref_images set: the statistics are
+    cached in that folder (null: <output_dir>/ref_stats/) under a name holding the source, the size, the image count
+    and a hash of everything that determines them (datasets.cover_crop's rule, Inception weights and dtype), so a
+    stale file is never reused. `multi`: the run evaluates several sizes, so one file cannot serve them all."""
+    path, src = cfg.eval.ref_stats, cfg.eval.ref_images
+    needs = any(m in cfg.eval.metrics for m in ("fid", "sfid", "pr"))
+    folder = ref_stats_is_folder(path)
+    if not folder and multi:
+        raise ValueError(f"eval.ref_stats={path} names one file, but this run evaluates several sizes: give a folder "
+                         f"(ending in '/') or null, with eval.ref_images, to cache statistics per size")
+    if src is None:
+        if path is None:
+            if needs:
+                raise ValueError("eval.ref_stats (--reference_image_path) is not set: FID needs reference statistics")
+            return None
+        if folder or not Path(path).exists():
+            raise FileNotFoundError(f"reference statistics not found: {path} (set eval.ref_images=fmnist-test to "
+                                    f"make them from the Fashion-MNIST test split, or give an existing .npz)")
         return path
-    if cfg.eval.ref_images is None:
-        raise FileNotFoundError(f"reference statistics not found: {path} (set eval.ref_images=fmnist-test to "
-                                f"make them from the Fashion-MNIST test split, or give an existing .npz)")
-    from metrics import FeatureCollector, features_to_stats, save_stats
-    ds = reference_dataset(cfg)
+    if not folder and Path(path).exists() and not Path(str(path) + ".json").exists():
+        return path  # a given file made elsewhere: nothing to compare it with
+    ds = reference_dataset(cfg, size)
     n = min(int(cfg.eval.ref_n), len(ds))
-    coll = FeatureCollector(_inception(cfg, device), cfg.eval.fid_mode, ("pool3",), device,
-                            cfg.eval.inception_dtype, channels_last=True)
+    key = _ref_key(cfg, device, ds, n, size)
+    target = Path(path) / _cache_name(cfg, key, size) if folder and path is not None else \
+        Path(cfg.output_dir) / "ref_stats" / _cache_name(cfg, key, size) if folder else Path(path)
+    side = Path(str(target) + ".json")
+    if target.exists():
+        if side.exists():
+            old = json.loads(side.read_text())
+            diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+            if diff:
+                raise ValueError(f"{target} was made with other settings ({', '.join(diff)} differ); delete it or "
+                                 f"set eval.ref_stats to a folder, where statistics are cached per setting")
+        logger.info(f"reference statistics {target} (cached)")
+        return str(target)
+    from metrics import FeatureCollector, features_to_stats, save_stats
+    coll = FeatureCollector(_inception(cfg, device) if inception is None else inception, cfg.eval.fid_mode,
+                            ("pool3",), device, cfg.eval.inception_dtype, channels_last=True)
     bs = int(cfg.eval.batch_size)
-    for u in progress(iterable=my_units(n, bs), desc="reference stats"):
+    what = f"reference stats{' ' + size_name(size) if size is not None else ''}"
+    for u in progress(iterable=my_units(n, bs), desc=what):
         idx = torch.arange(u * bs, min(n, (u + 1) * bs))
         coll.update(to_uint8(ds.get_batch(idx)["image"]), index=idx)
     st = features_to_stats(coll.gather())
     if dist.is_main():
-        save_stats(path, st["mu"], st["sigma"])
-        logger.info(f"reference statistics of {n} test images written to {path}")
+        save_stats(target, st["mu"], st["sigma"])
+        atomic_write_text(side, json.dumps(key, indent=1, default=str))
+        logger.info(f"reference statistics of {n} real images"
+                    f"{' at ' + size_name(size) if size is not None else ''} written to {target}")
     dist.barrier()
-    return path
+    return str(target)
 
 
 def evaluate(cfg) -> dict:
@@ -211,7 +315,11 @@ def evaluate(cfg) -> dict:
     setup_logging(str(out))
     if dist.is_main():
         logger.info("config:\n" + to_yaml(cfg))
-    ref = ensure_ref_stats(cfg, device)
+    sizes = eval_sizes(cfg)
+    if sizes is not None and len(sizes) > 1:
+        from engine.eval_sizes import evaluate_sizes
+        return evaluate_sizes(cfg, device, sizes)
+    ref = ensure_ref_stats(cfg, device, size=sizes[0] if sizes else None)
     ev = build_evaluator(cfg, device, ref)
     src = ImageSource(cfg, device)
     sequential = src.kind == "samples" and bool(getattr(src.settings, "sequential", False))

@@ -57,10 +57,12 @@ def build_tokenizer(cfg, device):
 
 
 @torch.inference_mode()
-def generate(model, fam, settings, labels: torch.Tensor, indices, seed: int, size=None):
-    """(samples, labels) of these sample indices, row i from generator (seed, i); the labels are the given ones
-    unless the family's settings draw their own (a family's `sample` then returns (samples, labels))."""
-    out = fam.sample(model, labels, row_generators(seed, indices), settings, size=size)
+def generate(model, fam, settings, labels: torch.Tensor, indices, seed: int, size=None, generators=None):
+    """(samples, labels) of these sample indices, row i from generator (seed, i) (or `generators`, one per row, when
+    given: several sizes of the same indices in one batch); the labels are the given ones unless the family's
+    settings draw their own (a family's `sample` then returns (samples, labels))."""
+    gens = row_generators(seed, indices) if generators is None else generators
+    out = fam.sample(model, labels, gens, settings, size=size)
     return out if isinstance(out, tuple) else (out, labels)
 
 

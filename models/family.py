@@ -80,12 +80,17 @@ class Family:
     batch_rows: Callable[[Any], int] = first_dim
     # (model, labels Long[B], generators (one CPU torch.Generator per row), settings, size=None) -> what the
     # tokenizer decodes, row i a function of generators[i] alone. It owns its model-function wrappers (guidance,
-    # feature reuse, KV cache). `size`: the requested image size (H, W) in pixels, None = the model's own.
+    # feature reuse, KV cache). `size`: the requested image size (H, W) in pixels, None = the model's own; a family
+    # with `sample_sizes` also takes a list of one (H, W) per row (several sizes in one batch) and then returns a
+    # list of per-row samples, row i still a function of generators[i] (and its size) alone.
     # Settings that replay an official sampler's own random stream may draw the labels too: `sample` then returns
     # (samples, labels), and `settings.sequential` is True (one process, batches in order, no resumed units).
     sample: Callable[..., torch.Tensor] | None = None
     # (cfg, model) -> the settings object `sample` takes, validated once per run
     sample_settings: Callable[[Any, nn.Module], Any] | None = None
+    # (cfg) -> the image sizes [(H, W), ...] one eval run samples, each with its own reference statistics (real
+    # images brought to that size) and metrics; None: the family samples the one size its model has
+    sample_sizes: Callable[[Any], list] | None = None
     # (model) -> the shape of one sample as `sample` returns it, e.g. the token grid (h, w)
     sample_shape: Callable[[nn.Module], tuple] | None = None
     # (model, cfg) -> number of real classes that eval labels are drawn from

@@ -13,8 +13,10 @@ REPA term is off, no encoder is loaded, and the projector is frozen (it would ge
 trained parameter used).
 
 Sampling: samplers.flow with cfg.sample (`--mode ode|sde --num-steps --cfg-scale --guidance-low --guidance-high
---heun`, `--height --width`). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance). The output is
-latents in the tokenizer's scaled space (DC-AE: times 0.41407), which tokenizer.decode turns into images.
+--heun`, `--height --width`); `sample.sizes=[32x32,32x48,...]` makes `--mode eval` sample every size in one packed
+batch per unit, with images, grids and metrics per size (engine.eval_sizes). `--cfg-scale` is the official w of
+u + w·(c − u) (w = 1: no guidance). The output is latents in the tokenizer's scaled space (DC-AE: times 0.41407),
+which tokenizer.decode turns into images.
 """
 from __future__ import annotations
 
@@ -246,7 +248,8 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
     out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds))
     if model is not None:
         net = _net(model)
-        latent_size(out.height, out.width, out.downsample, net.patch_size)
+        for h, w in {(out.height, out.width), *sample_sizes(cfg)}:
+            latent_size(h, w, out.downsample, net.patch_size)
         want = LATENT_CHANNELS.get(kind)
         if want is not None and net.in_channels != want:
             raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
@@ -254,13 +257,45 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
     return out
 
 
+def parse_size(value, key: str = "sample.sizes") -> tuple[int, int]:
+    """'32x48', [32, 48] or (32, 48) -> (32, 48) = (height, width)."""
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+    else:
+        parts = list(value)
+    try:
+        h, w = (int(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: a size is HxW (e.g. 32x48) or [H, W], got {value!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{key}: sizes must be positive, got {value!r}")
+    return h, w
+
+
+def sample_sizes(cfg) -> list[tuple[int, int]]:
+    """The image sizes an eval samples: eval.size when set, else sample.sizes (several sizes packed into one
+    sampling batch, each with its own FID), else sample.height x sample.width."""
+    if cfg.eval.size is not None:
+        return [parse_size(cfg.eval.size, "eval.size")]
+    sizes = cfg.sample.get("sizes", None)
+    if sizes:
+        return [parse_size(v) for v in sizes]
+    return [(int(cfg.sample.height), int(cfg.sample.width))]
+
+
 @torch.no_grad()
 def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: NiTSampling,
-                  size=None) -> torch.Tensor:
+                  size=None):
     """Scaled latents Float32 (B, C, H/downsample, W/downsample) at image size `size` (H, W), default the
-    settings' height x width; row i from generators[i] alone."""
+    settings' height x width; row i from generators[i] alone. `size` a list of one (H, W) per row: the rows are
+    sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back."""
     from samplers.flow import sample
-    size = (settings.height, settings.width) if size is None else (int(size[0]), int(size[1]))
+    if size is None:
+        size = (settings.height, settings.width)
+    elif len(size) == 2 and all(isinstance(v, int) for v in size):
+        size = (int(size[0]), int(size[1]))
+    else:
+        size = [parse_size(v, "size") for v in size]
     return sample(model, labels, generators, settings.sampler_settings(), size=size,
                   downsample=settings.downsample)
 
@@ -316,6 +351,7 @@ FAMILY = Family(
     batch_rows=batch_rows,
     sample=family_sample,
     sample_settings=sample_settings,
+    sample_sizes=sample_sizes,
     num_classes=num_classes,
     param_groups=param_groups,
 )

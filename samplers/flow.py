@@ -22,6 +22,7 @@ size) and not on the batch it shares or the number of processes.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -146,17 +147,33 @@ def latent_size(height: int, width: int, downsample: int = 32, patch_size: int =
     return height // m, width // m
 
 
+def _is_pair(size) -> bool:
+    return len(size) == 2 and all(isinstance(v, numbers.Integral) for v in size)
+
+
+def _grids(size, b: int) -> list[tuple[int, int]]:
+    """One (h, w) per row: `size` is one (h, w) for all rows or a list of b of them."""
+    if _is_pair(size):
+        return [(int(size[0]), int(size[1]))] * b
+    grids = [(int(h), int(w)) for h, w in size]
+    if len(grids) != b:
+        raise ValueError(f"need one size per row: {len(grids)} sizes for {b} labels")
+    return grids
+
+
 def sample_nit(model_fn: ModelFn, labels: torch.Tensor, generators: Sequence[torch.Generator], *,
-               size: tuple[int, int], channels: int = 32, patch_size: int = 1, mode: str = "ode", steps: int = 50,
+               size, channels: int = 32, patch_size: int = 1, mode: str = "ode", steps: int = 50,
                cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0, heun: bool = False,
-               null_label: int = 1000, model_dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-    """B images of one latent token grid `size` = (h, w) -> latents Float32 (B, C, h·p, w·p) for the decoder
-    (DC-AE latents are in the scaled space; divide by the scaling factor before decoding)."""
+               null_label: int = 1000, model_dtype: torch.dtype | None = None, device=None):
+    """B images of latent token grid `size` = (h, w) -> latents Float32 (B, C, h·p, w·p) for the decoder
+    (DC-AE latents are in the scaled space; divide by the scaling factor before decoding). `size` may also be a list
+    of one (h, w) per row: rows of different sizes are packed into ONE sequence per model call (attention stays
+    within an image, so each row is what it would be alone) and a list of per-row (C, h·p, w·p) comes back."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     b = labels.shape[0]
-    h, w = int(size[0]), int(size[1])
-    hw_list = torch.tensor([[h, w]] * b, dtype=torch.int32, device=device)
+    grids = _grids(size, b)
+    hw_list = torch.tensor(grids, dtype=torch.int32, device=device).reshape(b, 2)
     noise = packed_noise(generators, hw_list, channels, patch_size, device=device)
     if model_dtype is not None:
         # the official script draws its noise in the model dtype: round the draw the same way
@@ -168,8 +185,17 @@ def sample_nit(model_fn: ModelFn, labels: torch.Tensor, generators: Sequence[tor
     else:
         out = sample_sde(model_fn, noise, labels, hw_list, generators, steps, **kw)
     p = int(patch_size)
-    out = out.to(torch.float32).reshape(b, h, w, channels, p, p)
-    return out.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, h * p, w * p)
+    out = out.to(torch.float32)
+    if _is_pair(size):
+        h, w = grids[0]
+        out = out.reshape(b, h, w, channels, p, p)
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, h * p, w * p)
+    rows, start = [], 0
+    for h, w in grids:
+        seg = out[start:start + h * w].reshape(h, w, channels, p, p)
+        rows.append(seg.permute(2, 0, 3, 1, 4).reshape(channels, h * p, w * p))
+        start += h * w
+    return rows
 
 
 # the official sampling script's defaults (projects/sample/sample_c2i_ddp.py)
@@ -195,17 +221,21 @@ SETTING_KEYS = ("mode", "steps", "cfg_scale", "guidance_low", "guidance_high", "
 
 @torch.no_grad()
 def sample(model: torch.nn.Module, labels: torch.Tensor, generators: Sequence[torch.Generator],
-           settings: dict | None = None, size: tuple[int, int] = (256, 256), downsample: int = 32) -> torch.Tensor:
+           settings: dict | None = None, size=(256, 256), downsample: int = 32):
     """Image size (H, W) in pixels -> scaled latents Float32 (B, C, H/downsample, W/downsample) of the model
     (a NiT, possibly DDP-wrapped), with SAMPLE_DEFAULTS overridden by `settings` (keys SETTING_KEYS; cfg_scale in
-    the official w convention)."""
+    the official w convention). `size` may be a list of one (H, W) per row: one packed batch, a list of per-row
+    latents back (sample_nit)."""
     net = model.module if hasattr(model, "module") else model
     opts = {**SAMPLE_DEFAULTS, **(settings or {})}
     unknown = sorted(set(opts) - set(SETTING_KEYS))
     if unknown:
         raise ValueError(f"unknown sampling settings {unknown}; known: {list(SETTING_KEYS)}")
     p = net.patch_size
-    grid = latent_size(int(size[0]), int(size[1]), downsample, p)
+    if _is_pair(size):
+        grid = latent_size(int(size[0]), int(size[1]), downsample, p)
+    else:
+        grid = [latent_size(h, w, downsample, p) for h, w in _grids(size, labels.shape[0])]
     device = next(net.parameters()).device
     return sample_nit(model, labels.to(device), generators, size=grid, channels=net.in_channels, patch_size=p,
                       null_label=net.null_label, device=device, **opts)

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # NiT demo on a CPU: Fashion-MNIST at three aspect ratios (32x32, 32x48, 48x32) in pixel space (identity tokenizer,
-# 4x4 patches), packed into 1024-token LPFHP packs, trained with 2 processes (one pack each per step), then sampled
-# at every trained size and at one unseen size (48x48), with an FID-500 per size against test images of that size.
-# Outputs (outputs/demo_nit/): samples_<H>x<W>.png (10 classes x 8), fid.txt, logs under train/ and eval_<H>x<W>/.
+# 4x4 patches), packed into 1024-token LPFHP packs, trained with 2 processes (one pack each per step), then ONE eval
+# run samples every trained size and one size it never saw (48x48) in packed multi-size batches, with an FID-500
+# per size against 500 test images brought to that size (cover, then center-crop: the rule the training images were
+# made with). The baseline is the same sampler and eval run from the step-0 weights (adaLN-Zero: zero velocity, so
+# its samples are the initial noise); the demo prints both FIDs per size and their ratio.
+# Outputs (outputs/demo_nit/): samples_<H>x<W>.png (10 classes x 8, trained model), untrained_<H>x<W>.png,
+# fid.txt; logs under train/, eval_trained/, eval_untrained/; reference statistics cached in data/ref_stats/.
 # Knobs: NIT_TRAIN_N (training images, each at 3 sizes), NIT_STEPS, NIT_EVAL_N (FID-N), NIT_OUT (output folder),
 # FID_WEIGHTS (FID-Inception weights file).
-# Measured (2-core CPU shared with other jobs, load average 7-10): 1544 s in all (references 4 x 500 images 269 s,
-# 1500 steps at ~45 img/s 663 s, four evals of 500 images 600 s); 11.8 min user CPU time. FID-500: 32x32 242.2,
-# 32x48 257.5, 48x32 282.3, unseen 48x48 298.9 (an undertrained 1.3M-param model: class shapes, noisy texture).
+# Measured (2-core CPU shared with 3-4 other jobs, load average 4-10; figures of /usr/bin/time -v): 1229 CPU-s in
+# all (1022.5 user + 206.4 system), i.e. about 10.5 min of wall time on an idle 2-core machine (31 min wall here).
+# FID-500 trained / step-0 weights (ratio): 32x32 183.7 / 487.8 (0.38), 32x48 184.3 / 514.5 (0.36),
+# 48x32 195.3 / 504.0 (0.39); unseen 48x48 229.9. Blurry, blocky silhouettes: the class shows per row, many single
+# samples are not recognisable alone (under-trained).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
 ensure_fmnist
@@ -22,46 +28,39 @@ RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=${NIT_OUT:-outputs/demo_nit}
 EVAL_N=${NIT_EVAL_N:-500}
 D=$OUT/data
-SIZES="32x32 32x48 48x32"
+SIZES="32x32,32x48,48x32"
 UNSEEN=48x48
 CFG=configs/demo/nit_fmnist.yaml
-STEPS=${NIT_STEPS:-1500}
+STEPS=${NIT_STEPS:-2500}
 DATA_ARGS=(data.data_meta=$D/fmnist_merge_meta.jsonl data.sampler_meta=$D/fmnist_merge_LPFHP_1024.json
            data.latent_dirs=$D/latents)
+EVAL_ARGS=(--mode eval eval.n=$EVAL_N eval.ref_images=fmnist-test eval.ref_images_path=$DATA eval.ref_n=$EVAL_N
+           eval.ref_stats=$D/ref_stats/ "${FID[@]}")
 lap() { echo "   ($(( $(date +%s) - T0 )) s so far)"; }
+evals() { tr '\r' '\n' | grep -E "\| (eval |reference statistics of|FID-Inception)" || true; }
 
-echo "== 1/4 latents at $SIZES (identity tokenizer) + FID references of the test split at $SIZES $UNSEEN"
-$PY scripts/nit_fmnist_data.py --data "$DATA" --out $D --n-train "${NIT_TRAIN_N:-3000}" --sizes "${SIZES// /,}" \
-  --ref-sizes "${SIZES// /,},$UNSEEN" --ref-n $EVAL_N ${FID_WEIGHTS:+--fid-weights "$FID_WEIGHTS"}
+echo "== 1/4 pixel-space latents of ${NIT_TRAIN_N:-3000} training images at $SIZES, packed"
+$PY scripts/nit_fmnist_data.py --data "$DATA" --out $D --n-train "${NIT_TRAIN_N:-3000}" --sizes "$SIZES"
 $PY scripts/pack_dataset.py --data-meta $D/fmnist_merge_meta.jsonl --max-seq-len 1024 --patch-size 4
+$PY scripts/step0_checkpoint.py --config $CFG --out $OUT/init/step_0000000.pt "${DATA_ARGS[@]}"
 lap
 echo "== 2/4 packed training ($STEPS steps, $NPROC processes, one pack each per step)"
 # (progress bars end in carriage returns: one log line per line before filtering)
 $RUN --config $CFG --mode pretrain "${DATA_ARGS[@]}" output_dir=$OUT/train train.steps=$STEPS 2>&1 | tr '\r' '\n' \
   | grep -E "\| (step|done|family)" || true
 lap
-echo "== 3/4 samples and FID-$EVAL_N at every trained size and the unseen $UNSEEN"
+echo "== 3/4 one eval run: samples + FID-$EVAL_N at $SIZES and the unseen $UNSEEN (one packed batch per unit)"
 CKPT=$OUT/train/checkpoints/step_$(printf %07d "$STEPS").pt
-for s in $SIZES $UNSEEN; do
-  h=${s%x*}; w=${s#*x}
-  $RUN --config $CFG --mode eval "${DATA_ARGS[@]}" "${FID[@]}" eval.pretrained_path=$CKPT sample.height=$h \
-    sample.width=$w eval.ref_stats=$D/ref_$s.npz eval.n=$EVAL_N output_dir=$OUT/eval_$s 2>&1 | tr '\r' '\n' \
-    | grep -E "\| eval " || true
-  cp $OUT/eval_$s/samples.png $OUT/samples_$s.png
-done
+$RUN --config $CFG "${EVAL_ARGS[@]}" eval.pretrained_path=$CKPT "sample.sizes=[$SIZES,$UNSEEN]" \
+  output_dir=$OUT/eval_trained 2>&1 | evals
 lap
-echo "== 4/4 summary"
-$PY - "$OUT" "$SIZES" "$UNSEEN" $(( $(date +%s) - T0 )) <<'PYEOF'
-import json, sys
-from pathlib import Path
-out, sizes, unseen, secs = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3], int(sys.argv[4])
-n = json.loads(next((out / f"eval_{sizes[0]}" / "eval").glob("*/result.json")).read_text())["n"]
-lines = [f"NiT demo, Fashion-MNIST, FID-{n} per size against {n} test images at that size ({secs} s in all)"]
-for s in sizes + [unseen]:
-    (res,) = (out / f"eval_{s}" / "eval").glob("*/result.json")
-    fid = json.loads(res.read_text())["fid"]
-    lines.append(f"  {s:>6} {'trained' if s in sizes else 'unseen '}  FID {fid:7.2f}   grid {out}/samples_{s}.png")
-text = "\n".join(lines)
-(out / "fid.txt").write_text(text + "\n")
-print(text)
-PYEOF
+echo "== 4/4 the same sampler and eval from the step-0 (untrained) weights at $SIZES"
+$RUN --config $CFG "${EVAL_ARGS[@]}" eval.pretrained_path=$OUT/init/step_0000000.pt "sample.sizes=[$SIZES]" \
+  output_dir=$OUT/eval_untrained 2>&1 | evals
+lap
+rc=0
+$PY scripts/demo_nit_summary.py --out $OUT --trained-sizes "$SIZES" --unseen $UNSEEN --seconds $(( $(date +%s) - T0 )) \
+  || rc=$?
+echo "CPU time (user, system) of this shell, then of every process it ran:"
+times
+exit $rc

@@ -1,15 +1,16 @@
-"""NiT demo data: Fashion-MNIST at several sizes / aspect ratios as NiT latent files, and FID references per size.
+"""NiT demo data: Fashion-MNIST at several sizes / aspect ratios as NiT latent files.
 
   python scripts/nit_fmnist_data.py --data /usr/share/datasets/fashion-mnist --out outputs/demo_nit/data \
-      --n-train 3000 --sizes 32x32,32x48,48x32 --ref-sizes 32x32,32x48,48x32,48x48 --ref-n 500 [--fid-weights W]
+      --n-train 3000 --sizes 32x32,32x48,48x32
 
 Every training image is written once per size (as the official data holds each ImageNet image at 256, 512 and its
-native size): the 28x28 image is resized (bicubic) to H x W, so the three sizes are three aspect ratios of the same
-garment. The "tokenizer" is the identity (tokenizer.kind=pixels): a latent is the image itself, [-1, 1], 3 channels,
-stored with its horizontal flip as `{'latent': (2, 3, H, W), 'label'}` under <out>/latents/<type>/..., listed in
-<out>/fmnist_merge_meta.jsonl (official data-meta fields). Pack it with scripts/pack_dataset.py.
-References: <out>/ref_<H>x<W>.npz = FID statistics (pool3) of the first --ref-n test images resized the same way,
-computed like the evaluator computes its sample features (eval.fid_mode, eval.inception_dtype).
+native size), brought to H x W by the same rule the evaluator applies to the real images of an FID at that size
+(datasets.cover_crop: scale to cover, keep the aspect ratio, center-crop), so the training distribution at a size is
+the reference distribution at that size. The "tokenizer" is the identity (tokenizer.kind=pixels): a latent is the
+image itself, [-1, 1], grey replicated to 3 channels, stored with its horizontal flip as `{'latent': (2, 3, H, W),
+'label'}` under <out>/latents/<type>/..., listed in <out>/fmnist_merge_meta.jsonl (official data-meta fields).
+Pack it with scripts/pack_dataset.py. FID references come from `--mode eval` itself (eval.ref_images=fmnist-test,
+cached per size).
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datasets.cover_crop import cover_center_crop_uint8  # noqa: E402
 from datasets.fmnist import DEFAULT_DIR, FILES, read_idx  # noqa: E402
 from datasets.latent_writer import meta_line, save_latent  # noqa: E402
 from datasets.nit_meta import write_data_meta  # noqa: E402
@@ -34,8 +35,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def resized(images: np.ndarray, h: int, w: int) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> uint8 [N, 3, h, w] (bicubic, grey replicated to RGB)."""
-    out = np.stack([np.asarray(Image.fromarray(a).resize((w, h), resample=Image.BICUBIC)) for a in images])
+    """uint8 [N, 28, 28] -> uint8 [N, 3, h, w] (datasets.cover_crop's rule, grey replicated to RGB)."""
+    out = cover_center_crop_uint8(images, h, w)
     return torch.from_numpy(out)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
@@ -58,35 +59,12 @@ def write_latents(images, labels, sizes, out: Path) -> Path:
     return meta
 
 
-def write_references(images, sizes, ref_n: int, out: Path, weights, mode: str, dtype: str) -> None:
-    from metrics.files import save_stats
-    from metrics.inception_weights import build_fid_inception
-    from metrics.stats import stats_from_images
-    net = build_fid_inception(weights)
-    for h, w in sizes:
-        path = out / f"ref_{h}x{w}.npz"
-        if path.exists():
-            print(f"{path} exists: kept")
-            continue
-        t0 = time.time()
-        real = resized(images[:ref_n], h, w)
-        st = stats_from_images(real.split(100), net, mode=mode, spatial=False, dtype=dtype, channels_last=True,
-                               distribute=False)
-        save_stats(path, st["mu"], st["sigma"])
-        print(f"{path}: {st['n']} test images at {h}x{w} ({time.time() - t0:.0f} s)")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DIR), help="folder of the Fashion-MNIST IDX .gz files")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n-train", type=int, default=3000, help="training images (each written at every size)")
     ap.add_argument("--sizes", default="32x32,32x48,48x32", help="training sizes HxW")
-    ap.add_argument("--ref-sizes", default="", help="sizes HxW of the FID references (test split)")
-    ap.add_argument("--ref-n", type=int, default=500)
-    ap.add_argument("--fid-weights", default=None)
-    ap.add_argument("--fid-mode", default="pytorch-fid")
-    ap.add_argument("--inception-dtype", default="auto")
     args = ap.parse_args(argv)
     out = Path(args.out)
     t0 = time.time()
@@ -97,10 +75,6 @@ def main(argv=None) -> int:
         print(f"wrote {meta} ({args.n_train} images x {len(parse_sizes(args.sizes))} sizes, {time.time() - t0:.0f} s)")
     else:
         print(f"{meta} exists: kept")
-    if args.ref_sizes:
-        test = read_idx(Path(args.data) / FILES["test"][0])
-        write_references(test, parse_sizes(args.ref_sizes), args.ref_n, out, args.fid_weights, args.fid_mode,
-                         args.inception_dtype)
     return 0
 
 

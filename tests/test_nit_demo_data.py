@@ -1,5 +1,6 @@
-"""The NiT demo's data step: Fashion-MNIST-format images written as pixel-space NiT latents at several sizes, with a
-data-meta the packing tool and the pack dataset read; the demo recipe builds and samples at an unseen size."""
+"""The NiT demo's data step: Fashion-MNIST-format images written as pixel-space NiT latents at several sizes (by the
+references' cover-then-center-crop rule), with a data-meta the packing tool and the pack dataset read; the demo
+recipe builds and samples at an unseen size."""
 import gzip
 import struct
 
@@ -38,12 +39,13 @@ def test_demo_latents_at_three_sizes_pack_and_load(tmp_path):
     ds = NiTPackDataset(entries, packs, str(out / "latents"), 256, patch_size=4, flip=False)
     batch = ds.batch_for(0)
     assert batch["x"].shape[1:] == (3, 4, 4) and batch["x"].shape[0] == sum(lengths[i] for i in batch["indices"])
-    # a stored latent is the image itself: bicubic resize of the 28x28 source, grey -> RGB, in [-1, 1]
+    # a stored latent is the image itself, brought to 32x48 as the references are (cover: bicubic 28 -> 48x48,
+    # then the central 32 rows), grey -> RGB, in [-1, 1]
     from safetensors.torch import load_file
     e = next(e for e in entries if (e["latent_h"], e["latent_w"]) == (32, 48))
     k = int(e["image_file"].split("/")[1].split("_")[0])
     lat = load_file(str(out / "latents" / e["type"] / e["latent_file"]))["latent"]
-    want = np.asarray(Image.fromarray(images[k]).resize((48, 32), resample=Image.BICUBIC)).astype(np.float32)
+    want = np.asarray(Image.fromarray(images[k]).resize((48, 48), resample=Image.BICUBIC))[8:40].astype(np.float32)
     torch.testing.assert_close(lat[0, 1], torch.from_numpy(want) / 127.5 - 1)
     torch.testing.assert_close(lat[1], lat[0].flip(-1))
 
