@@ -193,7 +193,7 @@ def test_debug_and_demo_recipes_fit_their_tokenizers():
     enat, nat = load_config("configs/demo/enat_fmnist.yaml"), load_config("configs/demo/nat_fmnist.yaml")
     for section in ("data", "tokenizer", "eval"):
         assert enat[section] == nat[section], section
-    for key in ("steps", "batch_size", "lr", "warmup_steps", "ema_decay"):
+    for key in ("steps", "batch_size", "lr", "warmup_steps", "lr_schedule", "min_lr_ratio", "ema_decay"):
         assert enat.train[key] == nat.train[key], key
     sizes = [count_params(build_model(c)[0]) for c in (enat, nat)]
     assert 0.9 < sizes[0] / sizes[1] < 1.2, sizes
