@@ -41,7 +41,7 @@ def long_images(cfg, model, fam, tok, length: int, out: Path, device) -> Path:
     h, w = int(cfg.data.image_size), length * settings.column_width
     k = int(cfg.model.class_num)
     labels = torch.arange(k, device=device)
-    lat = generate(model, fam, settings, labels, range(k), int(cfg.seed) + 4242, size=(h, w))
+    lat, _ = generate(model, fam, settings, labels, range(k), int(cfg.seed) + 4242, size=(h, w))
     imgs = to_uint8(tok.decode(lat)).cpu()
     out.mkdir(parents=True, exist_ok=True)
     for c in range(k):
