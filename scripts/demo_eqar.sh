@@ -11,7 +11,7 @@ ensure_fid_weights
 
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo_eqar
-TOK_STEPS=${TOK_STEPS:-1200}
+TOK_STEPS=${TOK_STEPS:-1800}
 GEN_STEPS=${GEN_STEPS:-1600}
 LENGTH=${LENGTH:-32}
 TOK=$OUT/tok/checkpoints/step_$(printf %07d "$TOK_STEPS").pt
