@@ -29,7 +29,7 @@ from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models import eqar
 from models.family import Family
-from samplers.column_ar import ColumnARSettings, sample as column_ar_sample
+from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
 
 log = logging.getLogger(__name__)
 
@@ -246,12 +246,22 @@ def eqar_family_loss(model: nn.Module, batch: dict, ctx) -> tuple[torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
+RNGS = ("per_row", "official")
+
+
 @dataclass(frozen=True)
 class EqarSampling:
+    """`stream` (sample.rng: official) replays the release's single-process eval: its noise stream and its labels
+    (image i of eval.n gets class i // (eval.n / classes)), so calls must come in batch order on one process."""
     sampler: ColumnARSettings
     num_tokens: int
     column_width: int
     vae_norm: float
+    stream: OfficialColumnStream | None = None
+
+    @property
+    def sequential(self) -> bool:
+        return self.stream is not None
 
 
 def eqar_sample_settings(cfg, model) -> EqarSampling:
@@ -269,19 +279,33 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
     if args is not None and "vae_norm" in args and not _same(args["vae_norm"], cfg.tokenizer.vae_norm):
         raise ValueError(f"{cfg.eval.pretrained_path} was trained with --vae_norm {args['vae_norm']} but the recipe "
                          f"sets tokenizer.vae_norm={cfg.tokenizer.vae_norm} (--vae_norm)")
-    return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm))
+    rng = str(s.get("rng", "per_row"))
+    if rng not in RNGS:
+        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
+    stream = None
+    if rng == "official":
+        if dist.world_size() > 1:
+            raise ValueError(f"sample.rng=official replays the release's single-process random stream: run with 1 "
+                             f"process, not {dist.world_size()} (the release seeds rank r with seed + r)")
+        stream = OfficialColumnStream(int(cfg.seed), int(cfg.eval.batch_size), int(cfg.eval.n),
+                                      int(getattr(model, "module", model).class_num))
+    return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm), stream)
 
 
 def eqar_sample(model: nn.Module, labels: torch.Tensor, generators, settings: EqarSampling, size=None):
-    """Unscaled latents (B, L, C) for the column tokenizer; size=(H, W) asks for W / column_width tokens."""
+    """Unscaled latents (B, L, C) for the column tokenizer; size=(H, W) asks for W / column_width tokens. With an
+    official stream: (latents, the release's labels of this batch)."""
     n = settings.num_tokens
     if size is not None:
         w = int(size[1])
         if w % settings.column_width or w < settings.column_width:
             raise ValueError(f"image width {w} is not a positive multiple of the column width {settings.column_width}")
         n = w // settings.column_width
-    out = column_ar_sample(model, labels, generators, settings.sampler, num_tokens=n)
-    return out / settings.vae_norm
+    stream = settings.stream
+    if stream is not None:
+        labels = stream.labels(labels.shape[0], labels.device)
+    out = column_ar_sample(model, labels, generators, settings.sampler, num_tokens=n, stream=stream)
+    return (out / settings.vae_norm, labels) if stream is not None else out / settings.vae_norm
 
 
 def eqar_param_groups(model, cfg):

@@ -16,7 +16,9 @@ layer, the rotated keys/values of the last `cond_length` tokens, plus the buffer
 recomputes the whole zero-padded sequence every step as the release does (O(N^2) work, same result).
 
 Randomness: row r draws exactly one N(0, I) vector of C values per token from generators[r] (CPU), so row r
-depends only on its generator, its label and the model. Positions continue past the trained length (RoPE has no
+depends only on its generator, its label and the model. With an `OfficialColumnStream` (sample.rng: official) the
+noise comes instead from one stream in the release's order: per batch and per token one `randn(batch, C)` on the
+CPU generator (the release draws on the CPU, then moves to the GPU), both guidance halves sharing it. Positions continue past the trained length (RoPE has no
 table), so any number of tokens works (ultra-long images: 16 pixels of width per token).
 Returns latents (B, N, C) in the generator's normalised space: the tokenizer decodes `latents / vae_norm`.
 """
@@ -80,6 +82,45 @@ def _normal_rows(generators: Sequence[torch.Generator], channels: int, device) -
     return torch.stack([torch.randn(channels, generator=g, dtype=torch.float32) for g in generators]).to(device)
 
 
+class OfficialColumnStream:
+    """The random stream of the release's single-process eval loop (`eval_generator.py` + `evaluate`) after
+    `torch.manual_seed(seed)`, without touching global state.
+
+    The release draws nothing but the flow head's initial noise while sampling: per batch, per token, one
+    `torch.randn(eval_bsz, C)` on the CPU default generator (guidance: the same rows for both halves); the RoPE shift
+    and the label drop are training-only, and `temperature` is ignored. Labels are not random: image i of
+    `num_images` gets class i // (num_images / class_num), and every batch is a full `eval_bsz` (the rows past
+    num_images get class 0). So a batch shorter than `batch_size` still draws `batch_size` rows per token (the
+    release's last batch), and the stream carries on from call to call: calls must come in the release's batch order.
+    """
+
+    def __init__(self, seed: int, batch_size: int, num_images: int | None = None, class_num: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_images is not None and class_num is not None and num_images % class_num:
+            raise ValueError(f"the release's eval needs num_images ({num_images}) divisible by class_num "
+                             f"({class_num})")
+        self.seed, self.batch_size = int(seed), int(batch_size)
+        self.num_images, self.class_num = num_images, class_num
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.rows_done = 0  # images handed out so far (labels of the next batch follow from it)
+
+    def __repr__(self) -> str:
+        return f"OfficialColumnStream(seed={self.seed}, batch_size={self.batch_size})"
+
+    def labels(self, rows: int, device="cpu") -> torch.Tensor:
+        """Long[rows] release labels of the next `rows` images (call once per batch, before `sample`)."""
+        if self.num_images is None or self.class_num is None:
+            raise ValueError("OfficialColumnStream needs num_images and class_num to give the release's labels")
+        per = self.num_images // self.class_num
+        idx = torch.arange(self.rows_done, self.rows_done + rows)
+        return torch.where(idx < self.num_images, idx // per, 0).to(device)
+
+    def noise(self, rows: int, channels: int, device) -> torch.Tensor:
+        n = max(rows, self.batch_size)
+        return torch.randn(n, channels, generator=self.generator)[:rows].to(device)
+
+
 class _CachedStepper:
     """The transformer side of incremental decoding: condition of the next token given the tokens so far."""
 
@@ -111,10 +152,11 @@ class _CachedStepper:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Generator],
-           settings: ColumnARSettings | None = None, num_tokens: int = 16, **overrides) -> torch.Tensor:
+def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Generator] | None,
+           settings: ColumnARSettings | None = None, num_tokens: int = 16, stream: OfficialColumnStream | None = None,
+           **overrides) -> torch.Tensor:
     """Latents (B, num_tokens, C) for `labels` Long[B] (on the model's device); `overrides` replace fields of
-    `settings` (e.g. cfg=7.0, num_steps=100)."""
+    `settings` (e.g. cfg=7.0, num_steps=100). With `stream` the noise comes from it (generators are ignored)."""
     settings = replace(settings or ColumnARSettings(), **overrides)
     settings.check()
     net = _unwrap(model)
@@ -123,7 +165,10 @@ def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Ge
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     b, device, c = labels.shape[0], labels.device, net.token_embed_dim
-    check_generators(generators, b)
+    if stream is None:
+        check_generators(generators, b)
+    elif b > stream.batch_size:
+        raise ValueError(f"batch of {b} rows exceeds the official stream's batch size {stream.batch_size}")
     guided = settings.cfg != 1.0
     if guided:
         rows = torch.cat([labels, labels])
@@ -141,7 +186,7 @@ def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Ge
         if not settings.use_cache:
             z = net.features(seq, buffer)[:, i]
         scale = cfg_scale_at(i, num_tokens, settings.cfg, settings.cfg_schedule) if guided else None
-        noise = _normal_rows(generators, c, device)
+        noise = _normal_rows(generators, c, device) if stream is None else stream.noise(b, c, device)
         token = euler_flow(net.diffloss.net, z, noise, settings.num_steps, scale)
         out[:, i] = token
         token_rows = torch.cat([token, token]) if guided else token
@@ -150,7 +195,9 @@ def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Ge
                 z = stepper.push(token_rows.to(buffer.dtype), i)
         else:
             seq[:, i] = token_rows.to(seq.dtype)
+    if stream is not None:
+        stream.rows_done += b
     return out
 
 
-__all__ = ["ColumnARSettings", "sample", "euler_flow", "cfg_scale_at", "SCHEDULES"]
+__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "euler_flow", "cfg_scale_at", "SCHEDULES"]

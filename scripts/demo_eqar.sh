@@ -11,8 +11,8 @@ ensure_fid_weights
 
 RUN="$PY -m torch.distributed.run --standalone --nproc_per_node=$NPROC train.py"
 OUT=outputs/demo_eqar
-TOK_STEPS=${TOK_STEPS:-600}
-GEN_STEPS=${GEN_STEPS:-1200}
+TOK_STEPS=${TOK_STEPS:-1800}
+GEN_STEPS=${GEN_STEPS:-1600}
 LENGTH=${LENGTH:-32}
 TOK=$OUT/tok/checkpoints/step_$(printf %07d "$TOK_STEPS").pt
 GEN="--config configs/demo/eqar_fmnist.yaml data.path=$OUT/latents.pt tokenizer.ckpt=$TOK eval.ref_images_path=$DATA"
@@ -26,8 +26,10 @@ $PY scripts/eqar_cache_latents.py --tokenizer-ckpt "$TOK" --fmnist-dir "$DATA" -
 VAE_NORM=$(cat $OUT/latents.vae_norm)
 echo "== 3/5 column AR generator"
 $RUN $GEN --mode pretrain tokenizer.vae_norm=$VAE_NORM train.steps=$GEN_STEPS
-echo "== 4/5 class-conditional samples + FID-500"
+echo "== 4/5 class-conditional samples + FID-500, and the tokenizer's reconstruction FID-500 (the samples' floor)"
 $RUN $GEN --mode eval tokenizer.vae_norm=$VAE_NORM 2>&1 | tee $OUT/eval_samples.log | grep -E "\| eval " || true
+$RUN $GEN --mode eval eval.source=reconstructions tokenizer.vae_norm=$VAE_NORM 2>&1 | tee $OUT/eval_recon.log \
+  | grep -E "\| eval " || true
 echo "== 5/5 random-latent FID, long images, summary"
 $PY scripts/eqar_demo_extra.py --config configs/demo/eqar_fmnist.yaml --latents $OUT/latents.pt --length $LENGTH \
   --seconds $(( $(date +%s) - T0 )) data.path=$OUT/latents.pt tokenizer.ckpt=$TOK eval.ref_images_path=$DATA \

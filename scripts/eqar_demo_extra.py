@@ -41,7 +41,7 @@ def long_images(cfg, model, fam, tok, length: int, out: Path, device) -> Path:
     h, w = int(cfg.data.image_size), length * settings.column_width
     k = int(cfg.model.class_num)
     labels = torch.arange(k, device=device)
-    lat = generate(model, fam, settings, labels, range(k), int(cfg.seed) + 4242, size=(h, w))
+    lat, _ = generate(model, fam, settings, labels, range(k), int(cfg.seed) + 4242, size=(h, w))
     imgs = to_uint8(tok.decode(lat)).cpu()
     out.mkdir(parents=True, exist_ok=True)
     for c in range(k):
@@ -67,12 +67,18 @@ def main():
     rnd = random_latent_fid(cfg, tok, cache["stats"], float(cfg.tokenizer.vae_norm), device)
     longp = long_images(cfg, model, fam, tok, a.length, out / "long", device)
     res = latest_result(Path(cfg.output_dir) / "eval", "samples")
+    try:
+        rec = latest_result(Path(cfg.output_dir) / "eval", "reconstructions")["fid"]
+    except FileNotFoundError:
+        rec = None
     trained = int(cfg.data.token_num)
     lines = [f"FID-{res['n']} vs Fashion-MNIST test statistics ({cfg.eval.ref_n} test images):",
              f"  column AR samples (cfg {cfg.sample.cfg}, {cfg.sample.num_sampling_steps} Euler steps)  "
              f"{res['fid']:8.2f}",
              f"  random latents decoded (per-token/channel mean and std of the training latents)  {rnd:8.2f}",
              f"  samples / random = {res['fid'] / rnd:.3f}",
+             f"  tokenizer reconstructions of {res['n']} test images (posterior mean; the samples' floor)  "
+             + (f"{rec:8.2f}" if rec is not None else "     n/a"),
              f"vae_norm {float(cfg.tokenizer.vae_norm):.5f} (measured: noisy latents x vae_norm have std 1)",
              f"sample grid: {Path(cfg.output_dir) / 'samples.png'}",
              f"long images: {a.length} tokens = {a.length * int(cfg.data.column_width)} px wide "
