@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -106,6 +108,7 @@ class Trainer:
         self.stop_at = min(self.steps, self.start + extra) if extra > 0 else self.steps
         self.saved, self.last_logs = self.start, {}
         self.t0, self.seen = time.time(), 0
+        self.ctrl_c = self.stop_now = False  # Ctrl-C seen on this rank / on some rank
 
     # ------------------------------------------------------------------------------------------------ pieces
     def update(self, step: int) -> tuple[dict, float]:
@@ -132,7 +135,8 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / len(micro)
-        if not _finite_everywhere(logs_sum, device):
+        finite, self.stop_now = _step_flags(logs_sum, device, self.ctrl_c)
+        if not finite:
             kept = f"the last checkpoint (step {self.saved}) is kept" if self.saved else "no checkpoint was written"
             raise NonFiniteError(f"non-finite training loss at step {step + 1} ({_fmt(logs_sum)}): stopped before "
                                  f"the update; {kept}. Lower train.lr or set train.grad_clip")
@@ -175,6 +179,11 @@ class Trainer:
         bar = progress(total=self.steps, initial=self.start, desc="train")
         self.model.train()
         step = self.start
+        # Ctrl-C ends the run between two steps (every rank at the same one): a KeyboardInterrupt raised at any
+        # bytecode could leave a lock (logging, progress bar, a file write) held and the process hung. A second
+        # Ctrl-C interrupts at once.
+        self.ctrl_c = self.stop_now = False
+        previous = _defer_sigint(self)
         try:
             for step in range(self.start, self.stop_at):
                 logs_sum, lr = self.update(step)
@@ -189,6 +198,8 @@ class Trainer:
                     write_preview(self.ema, self.fam, self.cfg, self.device,
                                   self.out / "samples" / f"step_{done:07d}.png")
                     self.model.train()
+                if self.stop_now:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
             raise Interrupted(f"interrupted at step {step}; last checkpoint step {self.saved} in {self.ckdir}; "
@@ -196,11 +207,27 @@ class Trainer:
         except BaseException:
             bar.close()  # before the error line, not after it when the bar is collected
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         bar.close()
         if dist.is_main():
             logger.info(f"done: step {self.stop_at}/{self.steps}; checkpoints in {self.ckdir}, losses in "
                         f"{_metrics_file(self.out)}")
         return self.last_logs
+
+
+def _defer_sigint(trainer):
+    """Route SIGINT to trainer.ctrl_c (the main thread only can set handlers); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum, frame):
+        if trainer.ctrl_c:
+            raise KeyboardInterrupt
+        trainer.ctrl_c = True
+
+    return signal.signal(signal.SIGINT, on_sigint)
 
 
 def pretrain(cfg) -> dict:
@@ -211,10 +238,12 @@ def _fmt(logs: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in logs.items())
 
 
-def _finite_everywhere(logs: dict, device) -> bool:
-    """True when no rank has a non-finite loss value (one tiny all-reduce per step, so every rank stops together)."""
-    bad = torch.tensor([0.0 if all(math.isfinite(v) for v in logs.values()) else 1.0], device=device)
-    return float(dist.all_reduce_mean(bad)) == 0.0
+def _step_flags(logs: dict, device, ctrl_c: bool) -> tuple[bool, bool]:
+    """(no rank has a non-finite loss value, some rank was interrupted): one tiny all-reduce per step, so every rank
+    stops at the same step."""
+    bad = torch.tensor([0.0 if all(math.isfinite(v) for v in logs.values()) else 1.0, float(ctrl_c)], device=device)
+    red = dist.all_reduce_mean(bad)
+    return float(red[0]) == 0.0, float(red[1]) > 0.0
 
 
 def _save(cfg, fam, model, ema, opt, scaler, ckdir, done) -> None:

@@ -143,8 +143,10 @@ DEMO_BEFORE = [
 def test_demo_recipe_trains_unchanged(tmp_path):
     import train
     out = tmp_path / "demo"
+    # loss.kl_weight as the demo had it when these values were recorded (it is 0.002 now)
     assert train.main(["--config", "configs/demo/eqtok_fmnist.yaml", f"output_dir={out}", "train.steps=3",
-                       "train.log_every=1", "train.ckpt_every=1000", "train.sample_every=0"]) == 0
+                       "train.log_every=1", "train.ckpt_every=1000", "train.sample_every=0",
+                       "loss.kl_weight=0.01"]) == 0
     logs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     for got, want in zip(logs, DEMO_BEFORE, strict=True):
         assert "lr_ae" not in got
