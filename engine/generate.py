@@ -53,7 +53,12 @@ def build_tokenizer(cfg, device):
     if t.kind == "demo_vq" and t.ckpt is None:
         raise ValueError("tokenizer.ckpt is not set: give the demo_vq checkpoint (train it with "
                          "configs/demo/vq_fmnist.yaml)")
-    return _build(t.kind, ckpt=t.ckpt).to(device).eval()
+    kw = {}
+    if t.get("channels") is not None:
+        if t.kind != "pixels":
+            raise ValueError(f"tokenizer.channels applies to tokenizer.kind=pixels only, not {t.kind!r}")
+        kw["channels"] = int(t.channels)
+    return _build(t.kind, ckpt=t.ckpt, **kw).to(device).eval()
 
 
 @torch.inference_mode()

@@ -326,9 +326,9 @@ FLAVOUR_ARGS = {
     # tests and smoke runs: a fraction of a second per CPU forward
     "debug": {**_COMMON, "depth": 2, "hidden_size": 64, "num_heads": 4, "encoder_depth": 1, "projector_dim": 128,
               "z_dim": 48},
-    # Fashion-MNIST demo in pixel space: 4x4x3 patches (a 32x32 image is 64 tokens, as a 256-px image under DC-AE
-    # f32), 10 classes, true 2-D RoPE positions (no released weights to match), no REPA projector; 1.28M params
-    "demo": {**_COMMON, "patch_size": 4, "in_channels": 3, "num_classes": 10, "depth": 4, "hidden_size": 128,
+    # Fashion-MNIST demo in grey pixel space: 4x4x1 patches (a 32x32 image is 64 tokens, as a 256-px image under
+    # DC-AE f32), 10 classes, true 2-D RoPE positions (no released weights to match), no REPA projector; 1.27M params
+    "demo": {**_COMMON, "patch_size": 4, "in_channels": 1, "num_classes": 10, "depth": 4, "hidden_size": 128,
              "num_heads": 4, "encoder_depth": 1, "z_dim": 0, "rope_positions": "rowcol"},
 }
 # the token budget per pack (per GPU) of the official recipes

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# NiT demo on a CPU: Fashion-MNIST at three aspect ratios (32x32, 32x48, 48x32) in pixel space (identity tokenizer,
-# 4x4 patches), packed into 1024-token LPFHP packs, trained with 2 processes (one pack each per step), then ONE eval
+# NiT demo on a CPU: Fashion-MNIST at three aspect ratios (32x32, 32x48, 48x32) in grey pixel space (identity
+# tokenizer, one channel, 4x4 patches), packed into 1024-token LPFHP packs, trained with 2 processes (one pack each per step), then ONE eval
 # run samples every trained size and one size it never saw (48x48) in packed multi-size batches, with an FID-500
 # per size against 500 test images brought to that size (cover, then center-crop: the rule the training images were
 # made with). The baseline is the same sampler and eval run from the step-0 weights (adaLN-Zero: zero velocity, so
@@ -31,7 +31,7 @@ D=$OUT/data
 SIZES="32x32,32x48,48x32"
 UNSEEN=48x48
 CFG=configs/demo/nit_fmnist.yaml
-STEPS=${NIT_STEPS:-2500}
+STEPS=${NIT_STEPS:-3000}
 DATA_ARGS=(data.data_meta=$D/fmnist_merge_meta.jsonl data.sampler_meta=$D/fmnist_merge_LPFHP_1024.json
            data.latent_dirs=$D/latents)
 EVAL_ARGS=(--mode eval eval.n=$EVAL_N eval.ref_images=fmnist-test eval.ref_images_path=$DATA eval.ref_n=$EVAL_N

@@ -108,7 +108,7 @@ def test_mixed_size_pack_equals_each_size_alone():
     assert calls == [4, 8]  # SDE grid [1, 0.04, 0]: t=1 unguided, t=0.04 guided (doubled); all sizes in one call
     for i, s in enumerate(sizes):
         alone = family_sample(model, labels[i:i + 1], gens()[i:i + 1], st, size=s)
-        assert mixed[i].shape == (3, *s)
+        assert mixed[i].shape == (1, *s)
         torch.testing.assert_close(mixed[i], alone[0], atol=1e-5, rtol=0)
 
 
@@ -151,7 +151,7 @@ def test_multi_size_eval_one_run_same_on_one_and_two_processes(tmp_path, fmnist,
     (p1, r1, o1), (p2, r2, _) = outs[1], outs[2]
     assert sorted(p1) == sorted(p2) == [f"{s}/{i:06d}.png" for s in ("32x32", "32x48", "48x32") for i in range(4)]
     assert all(np.array_equal(p1[k], p2[k]) for k in p1)
-    assert p1["32x48/000002.png"].shape == (32, 48, 3) and p1["48x32/000002.png"].shape == (48, 32, 3)
+    assert p1["32x48/000002.png"].shape == (32, 48) and p1["48x32/000002.png"].shape == (48, 32)  # grey PNGs
     assert set(r1["sizes"]) == {"32x32", "32x48", "48x32"}
     for s in r1["sizes"]:
         assert r1["sizes"][s]["n"] == 4 and r1["sizes"][s]["fid"] == pytest.approx(r2["sizes"][s]["fid"], rel=1e-5)

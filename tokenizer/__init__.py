@@ -4,7 +4,7 @@
 build_tokenizer('vqgan_mage', ckpt='assets/vqgan_jax_strongaug.ckpt', config='mage'|'tiny', device=...)
 build_tokenizer('dcae', ckpt='assets/dc-ae-f32c32-sana-1.1-diffusers', dtype=..., decode_one_by_one=..., device=...)
 build_tokenizer('demo_vq', ckpt=<engine checkpoint> | state_dict=..., flavour='demo', device=..., **model_kwargs)
-build_tokenizer('pixels') : the identity (pixel-space generators; 3 channels, downsample 1)
+build_tokenizer('pixels') : the identity (pixel-space generators; channels=3 or 1 (grey), downsample 1)
 build_tokenizer('column', ckpt=<official Lightning tokenizer.ckpt | eqtok train.py checkpoint>, use_ema=True)
 'vqgan' is accepted as another name of 'vqgan_mage'.
 """
