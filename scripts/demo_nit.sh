@@ -11,7 +11,8 @@
 # FID_WEIGHTS (FID-Inception weights file).
 # Measured on a fresh clone, idle 2-core CPU with AMX, set-up included (/usr/bin/time -v): 11 min 56 s, 2.2 GB peak
 # RSS; FID-500 trained / step-0 weights (ratio): 32x32 116.0 / 413.5 (0.28), 32x48 115.7 / 460.8 (0.25),
-# 48x32 128.0 / 411.7 (0.31); unseen 48x48 171.4. Recognisable garments of every class at every size.
+# 48x32 128.0 / 411.7 (0.31); unseen 48x48 171.4. Recognisable garments of every class at every size. Same CPU made
+# AVX2-only (fp32 Inception): 19 min 4 s, 32x32 117.8 / 412.2.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"   # cd to the repo, .venv, PY, NPROC, OMP_NUM_THREADS, T0
 ensure_fmnist
