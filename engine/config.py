@@ -244,6 +244,20 @@ def _coerce(key: str, value, default):
 def validate(cfg: DictConfig, schema: DictConfig) -> None:
     """Every value against its default's type and the shared keys' choices and ranges, naming the key."""
     _walk(cfg, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(schema, resolve=False), "")
+    _check_tokenizer_channels(cfg)
+
+
+def _check_tokenizer_channels(cfg: DictConfig) -> None:
+    """tokenizer.channels is an argument of the pixel tokenizer only: set for another kind it would be ignored."""
+    t = cfg.get("tokenizer")
+    ch = t.get("channels") if t is not None else None
+    if ch is None:
+        return
+    if t.get("kind") != "pixels":
+        raise ConfigError(f"config key 'tokenizer.channels' applies to tokenizer.kind=pixels only, "
+                          f"not {t.get('kind')!r}; remove it")
+    if isinstance(ch, bool) or not isinstance(ch, int) or ch < 1:
+        raise ConfigError(f"config key 'tokenizer.channels' must be an integer >= 1, got {ch!r}")
 
 
 def _walk(cfg: DictConfig, node: dict, dflt: dict, prefix: str) -> None:

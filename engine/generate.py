@@ -53,11 +53,7 @@ def build_tokenizer(cfg, device):
     if t.kind == "demo_vq" and t.ckpt is None:
         raise ValueError("tokenizer.ckpt is not set: give the demo_vq checkpoint (train it with "
                          "configs/demo/vq_fmnist.yaml)")
-    kw = {}
-    if t.get("channels") is not None:
-        if t.kind != "pixels":
-            raise ValueError(f"tokenizer.channels applies to tokenizer.kind=pixels only, not {t.kind!r}")
-        kw["channels"] = int(t.channels)
+    kw = {} if t.get("channels") is None else {"channels": int(t.channels)}  # pixels only (engine.config checks)
     return _build(t.kind, ckpt=t.ckpt, **kw).to(device).eval()
 
 

@@ -250,9 +250,7 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
         net = _net(model)
         for h, w in {(out.height, out.width), *sample_sizes(cfg)}:
             latent_size(h, w, out.downsample, net.patch_size)
-        want = LATENT_CHANNELS.get(kind)
-        if kind == "pixels" and cfg.tokenizer.get("channels") is not None:
-            want = int(cfg.tokenizer.channels)
+        want = cfg.tokenizer.get("channels") or LATENT_CHANNELS.get(kind)  # channels: pixels only (engine.config)
         if want is not None and net.in_channels != want:
             raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
                              f"({want} latent channels)")

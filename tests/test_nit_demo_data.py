@@ -84,5 +84,9 @@ def test_rgb_option_and_tokenizer_channels_checks(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="in_channels 3 does not match tokenizer.kind pixels"):
         sample_settings(cfg, m3)
-    with pytest.raises(ValueError, match="tokenizer.channels applies to tokenizer.kind=pixels only"):
-        build_tokenizer(load_config("configs/demo/nit_fmnist.yaml", ["tokenizer.kind=dcae"]), "cpu")
+    # refused when the config is read, before anything is built or trained: for another kind it would be ignored
+    with pytest.raises(ValueError, match="'tokenizer.channels' applies to tokenizer.kind=pixels only, not 'dcae'"):
+        load_config("configs/demo/nit_fmnist.yaml", ["tokenizer.kind=dcae"])
+    for bad in ("0", "two"):
+        with pytest.raises(ValueError, match="'tokenizer.channels' must be an integer >= 1"):
+            load_config("configs/demo/nit_fmnist.yaml", [f"tokenizer.channels={bad}"])
