@@ -134,8 +134,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
         self.attn2 = CrossAttention(dim, num_heads, attn_drop, proj_drop)
-        self.cross_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.cross_cond_norm = nn.LayerNorm(dim, eps=1e-6)
+        # the release builds these two with a bare nn.LayerNorm(dim), i.e. torch's eps 1e-5, unlike the 1e-6 of
+        # norm1/norm2 (its norm_layer argument)
+        self.cross_norm = nn.LayerNorm(dim, eps=1e-5)
+        self.cross_cond_norm = nn.LayerNorm(dim, eps=1e-5)
 
     def cross_kv(self, cond):
         return self.attn2.kv(self.cross_cond_norm(cond))

@@ -349,6 +349,10 @@ CASES = [
          "--input_res 48 is not a multiple of 32"),
     case("extract-dcae-output-is-file", EXTRACT, with_(DCAE, "--output={t}/afile"), file_at("afile"),
          "--output {t}/afile is a file"),
+    # ---- column tokenizer: semantic decoder size (it runs this many blocks per level and builds one more)
+    case("eqtok-semantic-blocks-zero", TRAIN, ["--config", "configs/debug/eqtok_debug.yaml", "--mode", "pretrain",
+                                               "output_dir={t}/out", "device=cpu", "model.semantic_num_res_blocks=0"],
+         prior_train, "model.semantic_num_res_blocks"),
 ]
 
 

@@ -134,8 +134,8 @@ def _reference_loss(model, tokens, labels, draws):
                     wts = torch.softmax(ks @ qi / math.sqrt(dh), dim=0)
                     att[i, sl] = wts @ v[js, sl]
             x = x + att @ blk.attn.proj.weight.T + blk.attn.proj.bias
-            y = _ln(x, blk.cross_norm)
-            cc = _ln(cond, blk.cross_cond_norm)
+            y = _ln(x, blk.cross_norm, eps=1e-5)  # the release's bare nn.LayerNorm(dim)
+            cc = _ln(cond, blk.cross_cond_norm, eps=1e-5)
             q = y @ blk.attn2.qkv.weight.T + blk.attn2.qkv.bias
             k = cc @ blk.attn2.k.weight.T + blk.attn2.k.bias
             v = cc @ blk.attn2.v.weight.T + blk.attn2.v.bias

@@ -155,3 +155,70 @@ def test_lightning_loader_names_bad_keys(tmp_path):
         ColumnTokenizer.from_checkpoint(str(path), "debug")
     with pytest.raises(FileNotFoundError, match="tokenizer.ckpt"):
         ColumnTokenizer.from_checkpoint(str(tmp_path / "absent.ckpt"), "debug")
+
+
+# ---- semantic decoder: the release builds num_res_blocks + 1 ResNet blocks per level but runs only the first
+# num_res_blocks (the last one is in the state dict, idle). The expected forward below is written from that fact
+# and the LDM ResNet block (GroupNorm(32, eps 1e-6) -> swish -> 3x3 reflect conv, twice, + 1x1 shortcut when the
+# width changes), reading the module's parameters by name only.
+def _gn_swish(x, sd, p):
+    y = F.group_norm(x, 32, sd[p + "weight"], sd[p + "bias"], 1e-6)
+    return y * torch.sigmoid(y)
+
+
+def _conv_reflect(x, sd, p):
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), sd[p + "weight"], sd[p + "bias"])
+
+
+def _semantic_reference(sd, h, levels, run):
+    for lvl in range(levels):
+        for i in range(run):
+            p = f"down.{lvl}.block.{i}."
+            r = _conv_reflect(_gn_swish(h, sd, p + "norm1."), sd, p + "conv1.")
+            r = _conv_reflect(_gn_swish(r, sd, p + "norm2."), sd, p + "conv2.")
+            if p + "nin_shortcut.weight" in sd:
+                h = F.conv2d(h, sd[p + "nin_shortcut.weight"], sd[p + "nin_shortcut.bias"])
+            h = h + r
+    return _conv_reflect(_gn_swish(h, sd, "norm_out."), sd, "conv_out.")
+
+
+def test_semantic_decoder_runs_num_res_blocks_of_the_num_res_blocks_plus_one_it_builds():
+    from tokenizer.column import COLUMN_CONFIGS
+    torch.manual_seed(0)
+    cfg = {**COLUMN_CONFIGS["debug"], "semantic_channels": (64, 96), "semantic_num_res_blocks": 2}
+    model = build_column_autoencoder(cfg).eval()
+    sem = model.semantic_decoder
+    # scale the residual branches up so that every block changes the output by O(1)
+    with torch.no_grad():
+        for n, p in sem.named_parameters():
+            if ".conv" in n and n.endswith("weight"):
+                p.mul_(4.0)
+    sd = {k: v.clone() for k, v in sem.state_dict().items()}
+    for lvl in range(2):  # 3 blocks built per level, the extra one is part of the (strictly loaded) state dict
+        assert f"down.{lvl}.block.2.conv2.weight" in sd and f"down.{lvl}.block.3.conv1.weight" not in sd
+    tokens = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        img, out = model.decode(tokens, semantic=True)
+        cols = model.post_quant_layer(tokens.transpose(1, 2))
+        _, feat = model.decoder(cols, semantic=True)
+        ref = _semantic_reference(sd, feat, levels=2, run=2)
+        assert out.shape == (2, 96, 4, 3) and torch.allclose(out, ref, atol=1e-4)
+        assert torch.allclose(img, model.decoder(cols), atol=1e-6)
+        # running the extra blocks too would be a different function (what the released weights were not trained as)
+        assert (_semantic_reference(sd, feat, 2, 3) - ref).abs().max() > 1e-2
+        # the idle blocks' parameters do not reach the output; those of a running block do
+        for lvl in range(2):
+            for p in sem.down[lvl].block[2].parameters():
+                p.add_(torch.randn_like(p))
+        assert torch.equal(model.decode(tokens, semantic=True)[1], out)
+        sem.down[1].block[1].conv2.weight.add_(1.0)
+        assert not torch.allclose(model.decode(tokens, semantic=True)[1], out, atol=1e-3)
+
+
+def test_official_semantic_decoder_runs_two_of_three_blocks():
+    with torch.device("meta"):
+        sem = build_column_autoencoder("official").semantic_decoder
+    assert sem.num_res_blocks == 2 and [len(level.block) for level in sem.down] == [3, 3]
+    with pytest.raises(ValueError, match="semantic_num_res_blocks"):
+        from tokenizer.column import SemanticDecoder
+        SemanticDecoder(64, (64,), 0)

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 COLUMN_CONFIGS = {
     # configs/second_stage/tokenizer_config.yaml
+    # semantic_num_res_blocks counts the blocks a semantic level RUNS; it builds one more (see SemanticDecoder)
     "official": dict(ch=128, ch_mult=(1, 1, 2, 4, 4), num_res_blocks=2, z_channels=256, embed_dim=256,
-                     resolution=256, in_channels=3, semantic_channels=(768, 768), semantic_num_res_blocks=3),
+                     resolution=256, in_channels=3, semantic_channels=(768, 768), semantic_num_res_blocks=2),
     # tests: f4, 16-pixel-high images, 4-pixel columns, 16-d tokens; widths stay multiples of 32 for GroupNorm(32)
     "debug": dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32, embed_dim=16, resolution=16,
                   in_channels=3, semantic_channels=(64,), semantic_num_res_blocks=1),
@@ -257,14 +258,23 @@ class Decoder(nn.Module):
 
 
 class SemanticDecoder(nn.Module):
-    """ResNet blocks at the lowest resolution regressing DINOv2 patch features (training signal only)."""
+    """ResNet blocks at the lowest resolution regressing DINOv2 patch features (training signal only).
+
+    Like the official module, every level builds `num_res_blocks + 1` ResNet blocks but runs only the first
+    `num_res_blocks`: the last block of each level is in the released state dict (so the file loads strictly) and
+    never touches the output. Running it would change `decode(..., semantic=True)` and the semantic loss of the
+    released weights. (The pixel decoder's levels run all of their `num_res_blocks + 1` blocks.)"""
 
     def __init__(self, in_channels, channels, num_res_blocks):
         super().__init__()
+        if isinstance(num_res_blocks, bool) or not isinstance(num_res_blocks, int) or num_res_blocks < 1:
+            raise ValueError(f"model.semantic_num_res_blocks (semantic ResNet blocks run per level) must be an "
+                             f"integer >= 1, got {num_res_blocks!r}")
+        self.num_res_blocks = num_res_blocks
         levels, c_in = [], in_channels
         for c_out in channels:
             blocks = []
-            for _ in range(num_res_blocks):
+            for _ in range(num_res_blocks + 1):
                 blocks.append(ResnetBlock(c_in, c_out))
                 c_in = c_out
             levels.append(_Level(blocks))
@@ -274,7 +284,8 @@ class SemanticDecoder(nn.Module):
 
     def forward(self, h):
         for level in self.down:
-            h = level.run(h)
+            for blk in level.block[:self.num_res_blocks]:  # the extra block stays idle, as in the release
+                h = blk(h)
         return self.conv_out(_swish(self.norm_out(h)))
 
 
@@ -301,7 +312,7 @@ class ColumnAutoencoder(nn.Module):
 
     def __init__(self, ch=128, ch_mult=(1, 1, 2, 4, 4), num_res_blocks=2, z_channels=256, embed_dim=256,
                  resolution=256, in_channels=3, out_ch=None, semantic_channels=(768, 768),
-                 semantic_num_res_blocks=3):
+                 semantic_num_res_blocks=2):
         super().__init__()
         ch_mult = tuple(ch_mult)
         self.downsample = 2 ** (len(ch_mult) - 1)
