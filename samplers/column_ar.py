@@ -4,8 +4,9 @@ Per token i = 0..N-1:
   1. the transformer gives the token's condition z_i (the state of token i-1; the last buffer token for i = 0);
   2. the flow head integrates dx/dt = v(x, t, z_i) from t = 1 (x = noise) to 0 with `num_steps` Euler steps at
      t = k/num_steps, k = num_steps..1 (x <- x - v/num_steps);
-  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u): the conditional and the unconditional
-     (fake_latent) rows run in one batched call on the same x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear'
+  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u) (models.flow_head.guided_velocity, the one
+     function every step calls): the conditional and the unconditional (fake_latent) rows run in one batched call
+     on the same x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear'
      schedule (official default), cfg for 'constant'. Both halves then carry the same sampled token.
 `temperature` is accepted for command-line parity but, as in the release, does not change anything: the ODE is
 deterministic given its initial noise.
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from core.seeding import check_generators
+from models.flow_head import guided_velocity
 
 SCHEDULES = ("linear", "constant")
 
@@ -61,16 +63,10 @@ def cfg_scale_at(step: int, num_tokens: int, cfg: float, schedule: str = "linear
 def euler_flow(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
                noise: torch.Tensor, num_steps: int, scale: float | None = None) -> torch.Tensor:
     """Integrate from t = 1 to 0. noise (B, C); z (B, Dz), or (2B, Dz) = [conditional; unconditional] when `scale`
-    is given, in which case the guided velocity v_u + scale (v_c - v_u) moves both halves alike."""
+    is given; every step moves x by models.flow_head.guided_velocity (v_u + scale (v_c - v_u) when guided)."""
     x = noise
-    b = x.shape[0]
     for k in range(num_steps, 0, -1):
-        inp = x if scale is None else torch.cat([x, x])
-        t = torch.full((inp.shape[0],), k / num_steps, device=x.device, dtype=torch.float32)
-        v = velocity(inp, t, z).float()
-        if scale is not None:
-            v = v[b:] + scale * (v[:b] - v[b:])
-        x = x - v / num_steps
+        x = x - guided_velocity(velocity, x, k / num_steps, z, scale) / num_steps
     return x
 
 
