@@ -96,24 +96,6 @@ class SimpleMLPAdaLN(nn.Module):
         return self.final_layer(x, y)
 
 
-def guided_velocity(net, x: torch.Tensor, t, z: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """The velocity the column AR sampler steps, at any t: Float32 (B, C) for x (B, C) at time t (float or (B,);
-    1 = noise) and the transformer's condition z (B, Dz) of each row.
-
-    Guidance as released (`forward_with_cfg`): with `scale` w, z is (2B, Dz) = [conditional; unconditional (the
-    fake_latent buffer's)] and the result is v_u + w·(v_c − v_u), both halves evaluated on the same x in ONE call of
-    `net` (w = 1 gives v_c; the sampler's w is the per-token cfg schedule). scale None: v(x, t, z), one call."""
-    b = x.shape[0]
-    inp = x if scale is None else torch.cat([x, x])
-    if not torch.is_tensor(t) or t.dim() == 0:
-        t = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
-    tt = t if scale is None else torch.cat([t, t])
-    v = net(inp, tt, z).float()
-    if scale is None:
-        return v
-    return v[b:] + scale * (v[:b] - v[b:])
-
-
 class DiffLoss(nn.Module):
     """Holds `net` (so names read diffloss.net.*) and the rectified-flow training objective."""
 

@@ -4,8 +4,8 @@ Per token i = 0..N-1:
   1. the transformer gives the token's condition z_i (the state of token i-1; the last buffer token for i = 0);
   2. the flow head integrates dx/dt = v(x, t, z_i) from t = 1 (x = noise) to 0 with `num_steps` Euler steps at
      t = k/num_steps, k = num_steps..1 (x <- x - v/num_steps);
-  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u) (models.flow_head.guided_velocity, the one
-     function every step calls): the conditional and the unconditional (fake_latent) rows run in one batched call
+  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u) (`guided_velocity`, the one function
+     every step calls): the conditional and the unconditional (fake_latent) rows run in one batched call
      on the same x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear'
      schedule (official default), cfg for 'constant'. Both halves then carry the same sampled token.
 `temperature` is accepted for command-line parity but, as in the release, does not change anything: the ODE is
@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from core.seeding import check_generators
-from models.flow_head import guided_velocity
 
 SCHEDULES = ("linear", "constant")
 
@@ -60,10 +59,27 @@ def cfg_scale_at(step: int, num_tokens: int, cfg: float, schedule: str = "linear
     raise ValueError(f"cfg_schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
+def guided_velocity(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    t, z: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The flow head's velocity that every Euler step uses, at any t: Float32 (B, C) for x (B, C) at time t (a float
+    or (B,); 1 = noise), `velocity` the head (model.diffloss.net) and z (B, Dz) the transformer's condition per row.
+
+    Guidance as released (`forward_with_cfg`): with `scale` w, z is (2B, Dz) = [conditional; unconditional (the
+    fake_latent buffer's)] and the result is v_u + w·(v_c − v_u), both halves evaluated on the same x in ONE call
+    (w = 1 gives v_c; the sampler's w is the per-token cfg schedule). scale None: v(x, t, z), one call."""
+    b = x.shape[0]
+    if not torch.is_tensor(t) or t.dim() == 0:
+        t = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
+    if scale is None:
+        return velocity(x, t, z).float()
+    v = velocity(torch.cat([x, x]), torch.cat([t, t]), z).float()
+    return v[b:] + scale * (v[:b] - v[b:])
+
+
 def euler_flow(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
                noise: torch.Tensor, num_steps: int, scale: float | None = None) -> torch.Tensor:
     """Integrate from t = 1 to 0. noise (B, C); z (B, Dz), or (2B, Dz) = [conditional; unconditional] when `scale`
-    is given; every step moves x by models.flow_head.guided_velocity (v_u + scale (v_c - v_u) when guided)."""
+    is given; every step moves x by guided_velocity (v_u + scale (v_c - v_u) when guided)."""
     x = noise
     for k in range(num_steps, 0, -1):
         x = x - guided_velocity(velocity, x, k / num_steps, z, scale) / num_steps
@@ -196,4 +212,5 @@ def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Ge
     return out
 
 
-__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "euler_flow", "cfg_scale_at", "SCHEDULES"]
+__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "euler_flow", "guided_velocity", "cfg_scale_at",
+           "SCHEDULES"]

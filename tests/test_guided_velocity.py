@@ -1,5 +1,5 @@
 """The guided velocity as a function of (x, t, condition, scale), for NiT (samplers.flow.guided_velocity) and the
-equivariant column AR's flow head (models.flow_head.guided_velocity): equal to the restated formulas at several t
+equivariant column AR's flow head (samplers.column_ar.guided_velocity): equal to the restated formulas at several t
 (NiT: u + w·(c − u) inside [guidance_low, guidance_high], the conditional velocity alone outside; eqar, release
 `forward_with_cfg`: v_u + w·(v_c − v_u)), and the one function the samplers step. Also explicit SDE step noise."""
 import math
@@ -10,7 +10,6 @@ import torch
 import samplers.column_ar as column_ar
 import samplers.flow as flow
 from core.seeding import row_generators
-from models.flow_head import guided_velocity as head_velocity
 from models.nit import FLAVOURS as NIT
 from tests.nit_helpers import randomized
 
@@ -163,10 +162,10 @@ def test_flow_head_guided_velocity_is_the_release_combination():
             tt = torch.full((3,), t)
             vc, vu = net(x, tt, zc), net(x, tt, zu)
             for w in (1.0, 1.7, 4.0):
-                got = head_velocity(net, x, t, torch.cat([zc, zu]), w)
+                got = column_ar.guided_velocity(net, x, t, torch.cat([zc, zu]), w)
                 torch.testing.assert_close(got, vu + w * (vc - vu), rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(head_velocity(net, x, t, zc), vc, rtol=0, atol=0)
-            torch.testing.assert_close(head_velocity(net, x, tt, zc), vc, rtol=0, atol=0)
+            torch.testing.assert_close(column_ar.guided_velocity(net, x, t, zc), vc, rtol=0, atol=0)
+            torch.testing.assert_close(column_ar.guided_velocity(net, x, tt, zc), vc, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
