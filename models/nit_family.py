@@ -218,6 +218,11 @@ class NiTSampling:
     height: int
     width: int
     downsample: int
+    stream: object = None  # sample.rng=official: samplers.official_stream_nit.NiTOfficialStream
+
+    @property
+    def sequential(self) -> bool:
+        return self.stream is not None
 
     def sampler_settings(self) -> dict:
         return {"mode": self.mode, "steps": self.steps, "cfg_scale": self.cfg_scale,
@@ -245,7 +250,8 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
     heun = switch(s.heun, "sample.heun")
     if heun and mode != "ode":
         raise ValueError("--heun is a corrector of the ODE sampler; it has no effect with --mode sde")
-    out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds))
+    out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds),
+                      official_stream(cfg))
     if model is not None:
         net = _net(model)
         for h, w in {(out.height, out.width), *sample_sizes(cfg)}:
@@ -255,6 +261,24 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
             raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
                              f"({want} latent channels)")
     return out
+
+
+RNGS = ("per_row", "official")
+
+
+def official_stream(cfg):
+    """sample.rng: per_row (None: sample i from (seed, i)) | official (the official script's stream, one process)."""
+    rng = str(cfg.sample.get("rng", "per_row"))
+    if rng not in RNGS:
+        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
+    if rng == "per_row":
+        return None
+    from core import dist
+    if dist.world_size() > 1:
+        raise ValueError(f"sample.rng=official replays the official sampler's stream of one process: run with 1 "
+                         f"process, not {dist.world_size()} (the official rank r seeds global_seed x world + r)")
+    from samplers.official_stream_nit import NiTOfficialStream
+    return NiTOfficialStream(int(cfg.seed), int(cfg.eval.batch_size))
 
 
 def parse_size(value, key: str = "sample.sizes") -> tuple[int, int]:
@@ -288,7 +312,8 @@ def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: 
                   size=None):
     """Scaled latents Float32 (B, C, H/downsample, W/downsample) at image size `size` (H, W), default the
     settings' height x width; row i from generators[i] alone. `size` a list of one (H, W) per row: the rows are
-    sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back."""
+    sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back. With the
+    official stream (sample.rng=official): (latents, labels), both from the stream, generators unused."""
     from samplers.flow import sample
     if size is None:
         size = (settings.height, settings.width)
@@ -296,6 +321,10 @@ def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: 
         size = (int(size[0]), int(size[1]))
     else:
         size = [parse_size(v, "size") for v in size]
+    if settings.stream is not None:  # (latents, the stream's labels)
+        from samplers.official_stream_nit import sample_official
+        return sample_official(model, labels.shape[0], settings.stream, settings.sampler_settings(), size,
+                               settings.downsample)
     return sample(model, labels, generators, settings.sampler_settings(), size=size,
                   downsample=settings.downsample)
 

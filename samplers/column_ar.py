@@ -4,8 +4,9 @@ Per token i = 0..N-1:
   1. the transformer gives the token's condition z_i (the state of token i-1; the last buffer token for i = 0);
   2. the flow head integrates dx/dt = v(x, t, z_i) from t = 1 (x = noise) to 0 with `num_steps` Euler steps at
      t = k/num_steps, k = num_steps..1 (x <- x - v/num_steps);
-  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u): the conditional and the unconditional
-     (fake_latent) rows run in one batched call on the same x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear'
+  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u) (`guided_velocity`, the one function
+     every step calls): the conditional and the unconditional (fake_latent) rows run in one batched call
+     on the same x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear'
      schedule (official default), cfg for 'constant'. Both halves then carry the same sampled token.
 `temperature` is accepted for command-line parity but, as in the release, does not change anything: the ODE is
 deterministic given its initial noise.
@@ -58,19 +59,30 @@ def cfg_scale_at(step: int, num_tokens: int, cfg: float, schedule: str = "linear
     raise ValueError(f"cfg_schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
+def guided_velocity(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    t, z: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The flow head's velocity that every Euler step uses, at any t: Float32 (B, C) for x (B, C) at time t (a float
+    or (B,); 1 = noise), `velocity` the head (model.diffloss.net) and z (B, Dz) the transformer's condition per row.
+
+    Guidance as released (`forward_with_cfg`): with `scale` w, z is (2B, Dz) = [conditional; unconditional (the
+    fake_latent buffer's)] and the result is v_u + w·(v_c − v_u), both halves evaluated on the same x in ONE call
+    (w = 1 gives v_c; the sampler's w is the per-token cfg schedule). scale None: v(x, t, z), one call."""
+    b = x.shape[0]
+    if not torch.is_tensor(t) or t.dim() == 0:
+        t = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
+    if scale is None:
+        return velocity(x, t, z).float()
+    v = velocity(torch.cat([x, x]), torch.cat([t, t]), z).float()
+    return v[b:] + scale * (v[:b] - v[b:])
+
+
 def euler_flow(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
                noise: torch.Tensor, num_steps: int, scale: float | None = None) -> torch.Tensor:
     """Integrate from t = 1 to 0. noise (B, C); z (B, Dz), or (2B, Dz) = [conditional; unconditional] when `scale`
-    is given, in which case the guided velocity v_u + scale (v_c - v_u) moves both halves alike."""
+    is given; every step moves x by guided_velocity (v_u + scale (v_c - v_u) when guided)."""
     x = noise
-    b = x.shape[0]
     for k in range(num_steps, 0, -1):
-        inp = x if scale is None else torch.cat([x, x])
-        t = torch.full((inp.shape[0],), k / num_steps, device=x.device, dtype=torch.float32)
-        v = velocity(inp, t, z).float()
-        if scale is not None:
-            v = v[b:] + scale * (v[:b] - v[b:])
-        x = x - v / num_steps
+        x = x - guided_velocity(velocity, x, k / num_steps, z, scale) / num_steps
     return x
 
 
@@ -200,4 +212,5 @@ def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Ge
     return out
 
 
-__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "euler_flow", "cfg_scale_at", "SCHEDULES"]
+__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "euler_flow", "guided_velocity", "cfg_scale_at",
+           "SCHEDULES"]
