@@ -3,9 +3,10 @@
 eval.png_dir null: `<output_dir>/eval/<tag>/png` (the tag hashes the run's settings, so it is the run's own). Set
 (the NiT and equivariant recipes set it to output_dir = --sample-dir / --output_dir): the PNGs go into the family's
 folder inside it, named by the settings as the family's official sampler names it (Family.sample_folder), or into
-eval.png_dir itself for a family without one. Every folder that receives PNGs holds `.sample_run.json`, the
-settings its images were made with; a folder whose PNGs came from other settings (or from elsewhere) is refused
-before anything is generated: images are never overwritten silently.
+eval.png_dir itself for a family without one. Beside every folder that receives PNGs lies `.<folder>.run.json`, the
+settings its images were made with (beside, not inside: evaluators that read every file of the folder see only
+images); a folder whose PNGs came from other settings (or from elsewhere) is refused before anything is generated:
+images are never overwritten silently.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import torch
 from core import dist
 from core.io import atomic_write_text
 
-MANIFEST = ".sample_run.json"
+
+def manifest(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.run.json"
 
 
 def png_folder(cfg, udir: Path, size=None, several: bool = False, weights=None) -> Path:
@@ -56,7 +59,7 @@ def claim(folder: Path, settings: dict, cfg) -> None:
     Every rank checks, so all of them stop together."""
     from engine.config import key_name
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    side = folder / MANIFEST
+    side = manifest(folder)
     pngs = _pngs_in(folder)
     where = (f"give another {key_name('output_dir', cfg)} or eval.png_dir, or delete {folder}")
     if side.exists():
@@ -72,7 +75,7 @@ def claim(folder: Path, settings: dict, cfg) -> None:
                                  f"differ): they would be overwritten; {where}")
     elif pngs:
         raise ValueError(f"{folder} holds {len(pngs)} numbered PNGs that this project did not write there (no "
-                         f"{MANIFEST}): they would be overwritten; {where}")
+                         f"{side.name} beside it): they would be overwritten; {where}")
     if dist.is_main():
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(side, json.dumps({"key": key, "settings": settings}, indent=1, default=str))

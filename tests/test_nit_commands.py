@@ -234,7 +234,8 @@ def test_folder_of_another_run_is_refused(assets, tmp_path):
 
 def test_rerun_with_new_png_dir_writes_it(assets, tmp_path):
     """A finished eval re-run with another eval.png_dir reuses its units and still writes every PNG there."""
-    cmd = debug_command(256, assets, tmp_path)
+    # a grid of 1: the second unit keeps no images, so its PNGs are sampled again for the new folder
+    cmd = [*debug_command(256, assets, tmp_path), "sample.grid_classes=1", "sample.grid_per_class=1"]
     assert _train_py(cmd).returncode == 0
     first, _ = _pngs(tmp_path)
     p = _train_py([*cmd, f"eval.png_dir={tmp_path / 'elsewhere'}"])
@@ -254,3 +255,24 @@ def test_two_processes_write_the_same_images(assets, tmp_path):
     assert sorted(p1) == sorted(p2) and all(np.array_equal(p1[k], p2[k]) for k in p1)
     assert len({p1[k].tobytes() for k in p1}) == 3  # every image has its own noise
     assert r1["fid"] == pytest.approx(r2["fid"], rel=1e-6)
+
+
+def test_several_sizes_without_metrics_and_a_new_png_dir(assets, tmp_path):
+    """sample.sizes on the README command: one folder per size, named as the official sampler names a run of that
+    size; a re-run with a new eval.png_dir writes every size there from the finished units."""
+    # a grid of 1: the second unit keeps no images, so its PNGs are sampled again for the new folder
+    cmd = [*debug_command(256, assets, tmp_path), "sample.sizes=[64x64,64x96]", "sample.grid_classes=1",
+           "sample.grid_per_class=1"]
+    p = _train_py(cmd)
+    assert p.returncode == 0, p.stderr[-2000:]
+    it = assets[0]["weights"].parent.name
+    names = {s: f"{it}-{s}-sde-2-cfg-2.25-low-0.0-high-0.7" for s in ("64x64", "64x96")}
+    first = {s: {f.name: np.asarray(Image.open(f)) for f in sorted((tmp_path / n).glob("*.png"))}
+             for s, n in names.items()}
+    assert all(sorted(v) == ["000000.png", "000001.png", "000002.png"] for v in first.values())
+    assert first["64x96"]["000001.png"].shape == (64, 96, 3)
+    p = _train_py([*cmd, f"eval.png_dir={tmp_path / 'elsewhere'}"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    for s, n in names.items():
+        again = {f.name: np.asarray(Image.open(f)) for f in sorted((tmp_path / "elsewhere" / n).glob("*.png"))}
+        assert sorted(again) == sorted(first[s]) and all(np.array_equal(again[k], first[s][k]) for k in again)
