@@ -31,14 +31,37 @@ def _family_flags(name: str) -> dict:
     return get_family(name).official_flags
 
 
+def _implied_mode(family: str, argv: list[str], flags: dict) -> str:
+    """The run mode of a command without --mode: the one its official flags select (Family.mode_flags: flags that
+    only the family's eval or training script has), else eval with --pretrained_path (the ENAT README's eval
+    commands), else pretrain. Flags of both scripts in one command: an error asking for --mode."""
+    from engine.config import ConfigError
+    from models import get_family
+    table = get_family(family).mode_flags
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+    picked = {}
+    for flag in given:
+        if flag in table:
+            picked.setdefault(table[flag], flag)
+    if len(picked) > 1:
+        said = " and ".join(f"{f} ({m})" for m, f in picked.items())
+        raise ConfigError(f"the flags {said} belong to different official scripts of family '{family}': say which "
+                          f"run this is with --mode {' or --mode '.join(picked)}")
+    if picked:
+        return next(iter(picked))
+    return "eval" if "eval.pretrained_path" in flags else "pretrain"
+
+
 def _parser(with_flags: bool) -> argparse.ArgumentParser:
     epilog = _flag_table() if with_flags else None
     p = argparse.ArgumentParser(description=__doc__, epilog=epilog, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="recipe YAML (configs/...)")
     p.add_argument("--mode", default=None,
-                   help="pretrain | eval | search; default: eval when --pretrained_path is given (the ENAT README's "
-                        "eval commands name no mode), else pretrain. Another value goes to the family's official "
+                   help="pretrain | eval | search; default: the mode the family's official flags select (flags "
+                        "only its eval script has: NiT's sampler flags, the equivariant AR's --eval_bsz --num_images "
+                        "--cfg --metrics), else eval when --pretrained_path is given (the ENAT README's eval commands "
+                        "name no mode), else pretrain. Another value goes to the family's official "
                         "flags (NiT's --mode sde|ode names its solver) and the run mode is then eval")
     return p
 
@@ -84,7 +107,7 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--mode {args.mode}: expected one of {', '.join(MODES)}")
             rest = ["--mode", args.mode, *rest]
         cfg, flags = parse_command_line(args.config, rest)
-        mode = "eval" if family_mode else args.mode or ("eval" if "eval.pretrained_path" in flags else "pretrain")
+        mode = "eval" if family_mode else args.mode or _implied_mode(cfg.family, rest, flags)
         if mode == "pretrain" and "eval.pretrained_path" in flags and cfg.train.init_from is None:
             cfg.train.init_from = flags["eval.pretrained_path"]  # the official flag, given to a training run
     except (ConfigError, FileNotFoundError, ValueError) as e:

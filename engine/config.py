@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "base.yaml"
@@ -46,6 +47,32 @@ PRECISION_KEYS = ("train.precision", "eval.precision", "search.precision")
 
 class ConfigError(ValueError):
     pass
+
+
+def flag_for(key: str, family: str | None) -> str | None:
+    """The official flag that sets config key `key` in the commands of `family`: the family's own flag first (NiT's
+    --num-fid-samples for eval.n), else the shared one (--eval_n); None when no flag sets it."""
+    own = {}
+    if family is not None:
+        from models import get_family
+        try:
+            own = get_family(str(family)).official_flags
+        except ValueError:
+            pass
+        for flag, (k, *_rest) in own.items():
+            if k == key:
+                return flag
+    for flag, (k, *_rest) in OFFICIAL_FLAGS.items():
+        if k == key and flag not in own:  # a family flag of the same name means something else there
+            return flag
+    return None
+
+
+def key_name(key: str, cfg_or_family) -> str:
+    """`key (--flag)` with the flag of the family in use, for error lines; `key` alone when no flag sets it."""
+    fam = cfg_or_family if cfg_or_family is None or isinstance(cfg_or_family, str) else cfg_or_family.get("family")
+    flag = flag_for(key, fam)
+    return f"{key} ({flag})" if flag else key
 
 
 class Interrupted(Exception):
@@ -242,8 +269,22 @@ def _coerce(key: str, value, default):
 
 
 def validate(cfg: DictConfig, schema: DictConfig) -> None:
-    """Every value against its default's type and the shared keys' choices and ranges, naming the key."""
-    _walk(cfg, OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(schema, resolve=False), "")
+    """Every value against its default's type and the shared keys' choices and ranges, naming the key (and the
+    official flag that sets it in the family in use)."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:  # a family resolver's own message, without OmegaConf's extra lines
+        raise ConfigError(str(e).splitlines()[0].split("resolving interpolation: ", 1)[-1]) from None
+    try:
+        _walk(cfg, resolved, OmegaConf.to_container(schema, resolve=False), "")
+    except ConfigError as e:
+        msg = str(e)
+        if msg.startswith("config key '"):
+            key = msg[len("config key '"):].split("'", 1)[0]
+            flag = flag_for(key.split("[", 1)[0], cfg.get("family"))
+            if flag:
+                raise ConfigError(msg.replace(f"'{key}'", f"'{key}' ({flag})", 1)) from None
+        raise
     _check_tokenizer_channels(cfg)
 
 

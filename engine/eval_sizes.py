@@ -8,7 +8,8 @@ processes give the same images, and each size's images are those a run of that s
 
 Outputs under <output_dir>/eval/<tag>/: unit files (features per size, resumable as in the one-size eval),
 result.json {source, n, sizes: {"HxW": {fid, ...}}, provenance}; per size the grid <output_dir>/samples_<H>x<W>.png,
-the first eval.save_png PNGs in <png_dir>/<H>x<W>/<index>.png and, with eval.save_npz, samples_<H>x<W>.npz.
+the first eval.save_png PNGs in <udir>/png/<H>x<W>/<index>.png (eval.png_dir null) or in the family's folder of
+that size inside eval.png_dir (engine.png_output) and, with eval.save_npz, samples_<H>x<W>.npz.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from core import dist
 from core.images import save_grid
 from core.io import atomic_write_text
 from engine import checkpoint as ck
-from engine.evaluate import (ImageSource, _inception, _load_features, _provenance, _tag, _write_pngs, build_evaluator,
-                             ensure_ref_stats, my_units, size_name)
+from engine import png_output
+from engine.evaluate import (ImageSource, _inception, _load_features, _provenance, _tag, build_evaluator,
+                             ensure_ref_stats, my_units, size_name, wants_metrics, weights_path)
 from engine.logging import logger, progress
 
 
@@ -31,21 +33,32 @@ def evaluate_sizes(cfg, device, sizes: list[tuple[int, int]]) -> dict:
     out = Path(cfg.output_dir)
     if len(set(sizes)) != len(sizes):
         raise ValueError(f"the sample sizes {[size_name(s) for s in sizes]} repeat a size")
-    inc = _inception(cfg, device)
-    refs = {s: ensure_ref_stats(cfg, device, size=s, multi=True, inception=inc) for s in sizes}
-    evs = {s: build_evaluator(cfg, device, refs[s], inception=inc, quiet=k > 0) for k, s in enumerate(sizes)}
+    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
+    png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
+    if png_n and cfg.eval.png_dir is not None:  # refused before anything is loaded or generated
+        for s in sizes:
+            png_output.claim(png_output.png_folder(cfg, out, s, several=True, weights=weights_path(cfg)),
+                             png_output.image_settings(cfg, weights_path(cfg), s), cfg)
+    refs, evs = {s: None for s in sizes}, {s: None for s in sizes}
+    if wants_metrics(cfg):
+        inc = _inception(cfg, device)
+        refs = {s: ensure_ref_stats(cfg, device, size=s, multi=True, inception=inc) for s in sizes}
+        evs = {s: build_evaluator(cfg, device, refs[s], inception=inc, quiet=k > 0) for k, s in enumerate(sizes)}
+    elif dist.is_main():
+        logger.info("eval.metrics=[]: images only, no FID-Inception loaded")
     src = ImageSource(cfg, device)
     if bool(getattr(src.settings, "sequential", False)):
         raise ValueError("settings that replay one process's random stream cannot sample several sizes in one run")
-    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
     first = evs[sizes[0]]
-    tag = _tag(cfg, src.weights, first.collector)
+    tag = _tag(cfg, src.weights, first.collector if first is not None else None)
     udir = out / "eval" / tag
+    png_dirs = {s: png_output.png_folder(cfg, udir, s, several=True, weights=src.weights) for s in sizes}
+    if png_n and cfg.eval.png_dir is None:
+        for s in sizes:
+            png_output.claim(png_dirs[s], png_output.image_settings(cfg, src.weights, s), cfg)
     units = my_units(n, bs)
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class)
-    png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
-    png_dir = Path(cfg.eval.png_dir) if cfg.eval.png_dir is not None else udir / "png"
-    feats, index, reused = {s: [] for s in sizes}, [], 0
+    feats, index, reused, pngs = {s: [] for s in sizes}, [], 0, 0
     mine = sum(min(n, (u + 1) * bs) - u * bs for u in units)
     bar = progress(total=mine * dist.world_size() * len(sizes), desc=f"eval {len(sizes)} sizes", unit="img")
     try:
@@ -55,17 +68,28 @@ def evaluate_sizes(cfg, device, sizes: list[tuple[int, int]]) -> dict:
             if cfg.eval.resume and f.exists():
                 rec = ck.load_file(f)
                 reused += 1
+                if any(png_output.missing(idx, png_n, png_dirs[s]) for s in sizes):  # e.g. a new png_dir
+                    fresh = None
+                    for s in sizes:
+                        r = rec["sizes"][size_name(s)]
+                        if "images" not in r and fresh is None:
+                            fresh = src.sized(idx, sizes)
+                        images = r["images"] if "images" in r else fresh[s][0]
+                        pngs += png_output.write_pngs(images, idx, png_n, png_dirs[s])
             else:
                 rec = {"sizes": {}}
                 for s, (images, labels) in src.sized(idx, sizes).items():
-                    r = {"feats": evs[s].collector.extract(images), "labels": labels}
+                    r = {"labels": labels}
+                    if evs[s] is not None:
+                        r["feats"] = evs[s].collector.extract(images)
                     if cfg.eval.save_npz or idx[0] < grid_n:
                         r["images"] = images
-                    _write_pngs(images, idx, png_n, png_dir / size_name(s))
+                    pngs += png_output.write_pngs(images, idx, png_n, png_dirs[s])
                     rec["sizes"][size_name(s)] = r
                 ck.atomic_save(rec, f)
-            for s in sizes:
-                feats[s].append(rec["sizes"][size_name(s)]["feats"])
+            if first is not None:
+                for s in sizes:
+                    feats[s].append(rec["sizes"][size_name(s)]["feats"])
             index.append(torch.tensor(idx))
             bar.update(len(idx) * dist.world_size() * len(sizes))
     finally:
@@ -74,18 +98,24 @@ def evaluate_sizes(cfg, device, sizes: list[tuple[int, int]]) -> dict:
         logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")
     per_size = {}
     for s in sizes:
-        _load_features(evs[s], feats[s], index)
-        per_size[size_name(s)] = evs[s].compute()
+        per_size[size_name(s)] = {"n": n}
+        if evs[s] is not None:
+            _load_features(evs[s], feats[s], index)
+            per_size[size_name(s)] = evs[s].compute()
+        if png_n:
+            per_size[size_name(s)]["png_dir"] = str(png_dirs[s])
     result = {"source": "samples", "n": n, "sizes": per_size}
     dist.barrier()
     if dist.is_main():
         prov = {**_provenance(cfg, src, first), "ref_stats": {size_name(s): refs[s] for s in sizes}}
-        written = _write_outputs(cfg, udir, n, bs, grid_n, sizes, result, prov)
+        written = _write_outputs(cfg, udir, n, bs, grid_n, sizes, result, prov, png_dirs if png_n else None)
         for s in sizes:
             logger.info(f"eval {size_name(s)} " + " ".join(
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in per_size[size_name(s)].items()
                 if not isinstance(v, list)))
         logger.info("wrote " + ", ".join(str(p) for p in written))
+    if png_n:
+        logger.info(f"rank {dist.rank()}: {pngs} PNG(s) written in this run")
     dist.barrier()
     return result
 
@@ -99,7 +129,8 @@ def _unit(udir: Path, u: int, name: str) -> dict:
     return rec
 
 
-def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, sizes, result: dict, prov: dict) -> list[Path]:
+def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, sizes, result: dict, prov: dict,
+                   png_dirs: dict | None) -> list[Path]:
     written = [udir / "result.json"]
     atomic_write_text(written[0], json.dumps({**result, "provenance": prov}, indent=1))
     k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
@@ -130,6 +161,6 @@ def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, sizes, result:
             for r in rec["sizes"].values():
                 r.pop("images", None)
             ck.atomic_save(rec, f)
-    if int(cfg.eval.save_png):
-        written.append(Path(cfg.eval.png_dir) if cfg.eval.png_dir is not None else udir / "png")
+    if png_dirs is not None:
+        written.extend(png_dirs[s] for s in sizes)
     return written

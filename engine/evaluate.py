@@ -21,7 +21,7 @@ from core import dist
 from core.images import save_grid, to_uint8
 from core.io import atomic_write_text
 from core.seeding import row_generators
-from engine.config import to_container, to_yaml
+from engine.config import key_name, to_container, to_yaml
 from engine.generate import build_generator, build_tokenizer, decode, generate
 from engine.logging import logger, progress, setup_logging
 from engine.precision import autocast
@@ -54,10 +54,14 @@ def _tag(cfg, weights: str | None, collector) -> str:
     key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
            "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
            "tokenizer_weights": _file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
-           "fid_mode": cfg.eval.fid_mode, "dtype": collector.dtype, "precision": cfg.eval.precision,
+           "fid_mode": cfg.eval.fid_mode, "precision": cfg.eval.precision,
            "decode_batch": int(cfg.eval.decode_batch), "weights": _file_id(weights) or weights,
-           "size": to_container(cfg.eval.size),
-           "inception": _file_id(collector.weights_path), "features": sorted(collector.features)}
+           "size": to_container(cfg.eval.size)}
+    if collector is not None:  # None: a sampling run without metrics (its units hold no features)
+        key.update({"dtype": collector.dtype, "inception": _file_id(collector.weights_path),
+                    "features": sorted(collector.features)})
+    else:
+        key["features"] = []
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg.eval.source}_n{int(cfg.eval.n)}_{h}"
 
@@ -89,7 +93,7 @@ class ImageSource:
             self.model, self.fam = build_generator(cfg, device)
             if "eval" not in self.fam.modes:
                 raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
-            self.weights = cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+            self.weights = weights_path(cfg)
             self._settings = None  # from cfg on first use: a search passes its own and never needs the config's
             sizes = eval_sizes(cfg)
             self.size = sizes[0] if sizes is not None and len(sizes) == 1 else \
@@ -152,6 +156,16 @@ class ImageSource:
                          self.decode_batch)
             result[s] = (to_uint8(img).cpu(), labels.cpu())
         return result
+
+
+def weights_path(cfg) -> str:
+    """The generator weights an eval of samples reads (found without loading them)."""
+    return cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+
+
+def wants_metrics(cfg) -> bool:
+    """eval.metrics=[]: a sampling run; it writes images (PNGs, npz, grid) and loads no Inception."""
+    return bool(list(cfg.eval.metrics))
 
 
 def eval_sizes(cfg) -> list[tuple[int, int]] | None:
@@ -246,6 +260,16 @@ def _cache_name(cfg, key: dict, size) -> str:
     return f"ref_{slug}{'_' + size_name(size) if size is not None else ''}_n{key['n']}_{h}.npz"
 
 
+def missing_ref_help(cfg) -> str:
+    """Where reference statistics come from: the family's README file, or statistics made from real images."""
+    from models import get_family
+    hint = get_family(cfg.family).ref_stats_hint
+    return ((hint + "; " if hint else "") +
+            "or make statistics of real images with `python scripts/make_fid_stats.py --folder <images> --out "
+            "<stats>.npz` (or set eval.ref_images=<image folder> or fmnist-test to make and cache them); "
+            "eval.metrics=[] writes the images without any metric")
+
+
 def ref_stats_is_folder(path) -> bool:
     return path is None or str(path).endswith(("/", os.sep)) or Path(str(path)).is_dir()
 
@@ -268,11 +292,12 @@ def ensure_ref_stats(cfg, device, size=None, multi: bool = False, inception=None
     if src is None:
         if path is None:
             if needs:
-                raise ValueError("eval.ref_stats (--reference_image_path) is not set: FID needs reference statistics")
+                raise ValueError(f"{key_name('eval.ref_stats', cfg)} is not set: {', '.join(cfg.eval.metrics)} "
+                                 f"need(s) reference statistics; {missing_ref_help(cfg)}")
             return None
         if folder or not Path(path).exists():
-            raise FileNotFoundError(f"reference statistics not found: {path} (set eval.ref_images=fmnist-test to "
-                                    f"make them from the Fashion-MNIST test split, or give an existing .npz)")
+            raise FileNotFoundError(f"reference statistics not found: {path} ({key_name('eval.ref_stats', cfg)}); "
+                                    f"{missing_ref_help(cfg)}")
         return path
     if not folder and Path(path).exists() and not Path(str(path) + ".json").exists():
         return path  # a given file made elsewhere: nothing to compare it with
@@ -310,6 +335,7 @@ def ensure_ref_stats(cfg, device, size=None, multi: bool = False, inception=None
 
 
 def evaluate(cfg) -> dict:
+    from engine import png_output
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     setup_logging(str(out))
@@ -319,21 +345,32 @@ def evaluate(cfg) -> dict:
     if sizes is not None and len(sizes) > 1:
         from engine.eval_sizes import evaluate_sizes
         return evaluate_sizes(cfg, device, sizes)
-    ref = ensure_ref_stats(cfg, device, size=sizes[0] if sizes else None)
-    ev = build_evaluator(cfg, device, ref)
+    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
+    png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
+    size = sizes[0] if sizes else None
+    if png_n and cfg.eval.png_dir is not None:  # refused before anything is loaded or generated
+        weights = weights_path(cfg) if cfg.eval.source == "samples" else None
+        png_output.claim(png_output.png_folder(cfg, out, size, weights=weights),
+                         png_output.image_settings(cfg, weights, size), cfg)
+    ev = None
+    if wants_metrics(cfg):
+        ref = ensure_ref_stats(cfg, device, size=size)
+        ev = build_evaluator(cfg, device, ref)
+    elif dist.is_main():
+        logger.info("eval.metrics=[]: images only, no FID-Inception loaded")
     src = ImageSource(cfg, device)
     sequential = src.kind == "samples" and bool(getattr(src.settings, "sequential", False))
     if sequential and dist.world_size() > 1:  # (building the settings also checks them before any image is made)
         raise ValueError(f"these sampling settings (sample.rng=official) replay one process's random stream in "
                          f"order: run with 1 process, not {dist.world_size()}")
-    n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
-    tag = _tag(cfg, src.weights, ev.collector)
+    tag = _tag(cfg, src.weights, ev.collector if ev is not None else None)
     udir = out / "eval" / tag
+    png_dir = png_output.png_folder(cfg, udir, size, weights=src.weights)
+    if png_n and cfg.eval.png_dir is None:
+        png_output.claim(png_dir, png_output.image_settings(cfg, src.weights, size), cfg)
     units = my_units(n, bs)
-    reused, feats, index = 0, [], []
+    reused, feats, index, pngs = 0, [], [], 0
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
-    png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
-    png_dir = Path(cfg.eval.png_dir) if cfg.eval.png_dir is not None else udir / "png"
     keep_images = grid_n
     mine = sum(min(n, (u + 1) * bs) - u * bs for u in units)
     bar = progress(total=mine * dist.world_size(), desc=f"eval {src.kind}", unit="img")
@@ -344,40 +381,53 @@ def evaluate(cfg) -> dict:
             if cfg.eval.resume and f.exists() and not sequential:  # a replayed stream cannot skip a unit
                 rec = ck.load_file(f)
                 reused += 1
+                if png_output.missing(idx, png_n, png_dir):  # e.g. a finished eval re-run with a new png_dir
+                    images = rec["images"] if "images" in rec else src(idx)[0]
+                    pngs += png_output.write_pngs(images, idx, png_n, png_dir)
             else:
                 images, labels = src(idx)
-                rec = {"feats": ev.collector.extract(images), "labels": labels}
+                rec = {"labels": labels}
+                if ev is not None:
+                    rec["feats"] = ev.collector.extract(images)
                 if cfg.eval.save_npz or idx[0] < keep_images:
                     rec["images"] = images
-                _write_pngs(images, idx, png_n, png_dir)
+                pngs += png_output.write_pngs(images, idx, png_n, png_dir)
                 ck.atomic_save(rec, f)
-            feats.append(rec["feats"])
+            if ev is not None:
+                feats.append(rec["feats"])
             index.append(torch.tensor(idx))
             bar.update(len(idx) * dist.world_size())
     finally:
         bar.close()  # before any error line
-    _load_features(ev, feats, index)
     if reused:
         logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")
-    result = ev.compute()
-    result = {"source": src.kind, "n": n, **result}
+    result = {"source": src.kind, "n": n}
+    if ev is not None:
+        _load_features(ev, feats, index)
+        result.update(ev.compute())
+    if png_n:
+        result["png_dir"] = str(png_dir)
     dist.barrier()
     if dist.is_main():
-        written = _write_outputs(cfg, udir, n, bs, grid_n, result, _provenance(cfg, src, ev))
+        written = _write_outputs(cfg, udir, n, bs, grid_n, result, _provenance(cfg, src, ev), png_dir if png_n
+                                 else None)
         logger.info("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in result.items() if not isinstance(v, list)))
         logger.info("wrote " + ", ".join(str(p) for p in written))
+    if png_n:
+        logger.info(f"rank {dist.rank()}: {pngs} PNG(s) written to {png_dir} in this run")
     dist.barrier()
     return result
 
 
 def _provenance(cfg, src, ev) -> dict:
-    """What made the numbers, for result.json."""
+    """What made the numbers (or the images, without metrics), for result.json."""
     return {"generator_weights": src.weights, "tokenizer": to_container(cfg.tokenizer),
             "sample": to_container(cfg.sample) if "sample" in cfg else None, "seed": int(cfg.seed),
             "labels": cfg.eval.labels, "precision": cfg.eval.precision,
-            "inception_weights": ev.collector.weights_path, "inception_dtype": ev.collector.dtype,
-            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats}
+            "inception_weights": ev.collector.weights_path if ev is not None else None,
+            "inception_dtype": ev.collector.dtype if ev is not None else None,
+            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats if ev is not None else None}
 
 
 def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
@@ -389,7 +439,8 @@ def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
                         "index": torch.cat(index) if index else torch.zeros(0, dtype=torch.long)})
 
 
-def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, provenance: dict) -> list[Path]:
+def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, provenance: dict,
+                   png_dir: Path | None) -> list[Path]:
     """result.json, the samples.png grid, the first eval.save_png PNGs and the ADM-style samples.npz (streamed unit
     by unit); with the npz written, the unit files keep only their features (no image is stored twice)."""
     written = [udir / "result.json"]
@@ -413,21 +464,9 @@ def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, 
     if cfg.eval.save_npz:
         written.append(npz)
         _drop_unit_images(udir, n, bs, need)
-    if int(cfg.eval.save_png):
-        written.append(Path(cfg.eval.png_dir) if cfg.eval.png_dir is not None else udir / "png")
+    if png_dir is not None:
+        written.append(png_dir)
     return written
-
-
-def _write_pngs(images: torch.Tensor, idx: list[int], limit: int, folder: Path) -> None:
-    """One PNG per image with global index < limit, named by that index (as the official samplers write them);
-    each rank writes its own units as they finish."""
-    from PIL import Image
-
-    from core.images import save_png
-    for img, i in zip(images, idx):
-        if i < limit:
-            a = img.permute(1, 2, 0).numpy()
-            save_png(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), folder / f"{i:06d}.png")
 
 
 def _unit_with_images(udir: Path, u: int) -> dict:

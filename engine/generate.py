@@ -22,8 +22,9 @@ def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True
     if path is None:
         path = ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
         if path is None:
+            from engine.config import key_name
             raise FileNotFoundError(f"no checkpoint in {Path(cfg.output_dir) / 'checkpoints'} and "
-                                    f"eval.pretrained_path (--pretrained_path) is not set")
+                                    f"{key_name('eval.pretrained_path', cfg)} is not set")
     from models import get_family
     fam = get_family(cfg.family)
     if fam.weights_file is not None:

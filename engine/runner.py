@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core import dist
 from core.loading import CheckpointError
-from engine.config import ConfigError, Interrupted
+from engine.config import ConfigError, Interrupted, key_name
 
 ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
@@ -45,16 +45,15 @@ def preflight(cfg, mode: str, fam) -> None:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} (global) is not divisible by {world} "
                           f"process(es) x train.grad_accum {accum}")
     if mode == "eval":
-        n = int(cfg.eval.n)
+        n, name = int(cfg.eval.n), key_name("eval.n", cfg)
         if n < world:
-            raise ConfigError(f"eval.n (--eval_n) {n} is smaller than the {world} processes: every process needs at "
-                              f"least one image")
+            raise ConfigError(f"{name} {n} is smaller than the {world} processes: every process needs at least one "
+                              f"image")
         if n < 2 and any(m in list(cfg.eval.metrics) for m in ("fid", "sfid", "pr")):
-            raise ConfigError(f"eval.n (--eval_n) {n}: FID needs at least 2 images")
+            raise ConfigError(f"{name} {n}: FID needs at least 2 images")
         splits = int(cfg.eval.is_splits)
         if "is" in list(cfg.eval.metrics) and n < splits:
-            raise ConfigError(f"eval.n (--eval_n) {n} is smaller than eval.is_splits {splits} (Inception-Score "
-                              f"splits)")
+            raise ConfigError(f"{name} {n} is smaller than eval.is_splits {splits} (Inception-Score splits)")
     _check_writable(Path(cfg.output_dir))
 
 

@@ -45,13 +45,27 @@ def _join(directory, name):
 
 
 def _tokenizer_ckpt_from_config(config_path):
-    """tokenizer.ckpt from the official tokenizer YAML (--config_path): its model.params.ckpt_path, if readable."""
-    if config_path is None or not os.path.isfile(str(config_path)):
+    """tokenizer.ckpt from the official tokenizer YAML (--config_path): its model.params.ckpt_path (a path relative
+    to the working directory, as the release reads it). A given YAML that cannot say it is an error, never a silent
+    fall-back to the default tokenizer file."""
+    if config_path is None:
         return None
+    where = (f"--config_path {config_path} (tokenizer.config_path): the official tokenizer YAML, e.g. "
+             f"configs/second_stage/tokenizer_config.yaml")
+    if not os.path.isfile(str(config_path)):
+        raise ValueError(f"{where}, is not a file")
     import yaml
-    with open(str(config_path)) as f:
-        node = yaml.safe_load(f) or {}
-    return ((node.get("model") or {}).get("params") or {}).get("ckpt_path")
+    try:
+        with open(str(config_path)) as f:
+            node = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{where}, cannot be read ({type(e).__name__})") from None
+    params = ((node or {}).get("model") or {}).get("params") if isinstance(node, dict) else None
+    ckpt = params.get("ckpt_path") if isinstance(params, dict) else None
+    if not ckpt:
+        raise ValueError(f"{where}, has no model.params.ckpt_path (the tokenizer checkpoint); set it there or give "
+                         f"tokenizer.ckpt=<tokenizer checkpoint>")
+    return str(ckpt)
 
 
 for _name, _fn in (("eqar_join", _join), ("eqar_tokenizer_ckpt", _tokenizer_ckpt_from_config)):
@@ -344,8 +358,34 @@ OFFICIAL_FLAGS = {
     "--num_images": ("eval.n", 1),
     "--resume": ("eval.resume", 1),
     "--ckpt": ("eval.ckpt", 1),
-    "--metrics": ("eval.official_metrics", 0),
+    "--metrics": ("eval.metrics", 0, ["fid", "is"]),  # the release's switch: FID and IS (torch-fidelity) of the PNGs
 }
+
+# Without --mode, flags that only eval_generator.py has or uses select eval, flags that only train_generator.py has
+# select pretrain (--resume, --ckpt, --output_dir, the model flags: both scripts); both kinds at once: an error.
+MODE_FLAGS = {**{f: "eval" for f in ("--eval_bsz", "--num_images", "--cfg", "--metrics")},
+              **{f: "pretrain" for f in ("--data_path", "--epochs", "--warmup_epochs", "--blr", "--batch_size",
+                                         "--grad_clip")}}
+
+REF_STATS_HINT = ("the equivariant README's --metrics compares with ADM's ImageNet-256 statistics "
+                  "fid_stats/adm_in256_stats.npz (as in MAR), given as eval.ref_stats (the recipes: "
+                  "assets/fid_stats/adm_in256_stats.npz) or --reference_image_path")
+
+
+def sample_folder(cfg, size, weights) -> str:
+    """The folder eval_generator.py names by its settings inside --output_dir:
+    `ariter<tokens>-diffsteps<steps>-temp<temperature>-<--ckpt>-<schedule>cfg<cfg>-image<num_images>` and `_ema`
+    (it samples with the EMA weights); <--ckpt> is our checkpoint's file name when --ckpt is not given."""
+    s = cfg.sample
+    if size is None and cfg.eval.size is not None:
+        size = cfg.eval.size
+    tokens = int(size[1]) // int(cfg.data.column_width) if size is not None else \
+        int(s.num_iter) if s.num_iter is not None else int(cfg.data.token_num)
+    ckpt = cfg.eval.ckpt if cfg.eval.ckpt is not None else os.path.basename(str(weights))
+    name = (f"ariter{tokens}-diffsteps{int(s.num_sampling_steps)}-temp{float(s.temperature)}-{ckpt}-"
+            f"{s.cfg_schedule}cfg{float(s.cfg)}-image{int(cfg.eval.n)}")
+    return name + ("_ema" if cfg.eval.use_ema else "")
+
 
 FAMILY = Family(
     name="eqar",
@@ -359,4 +399,7 @@ FAMILY = Family(
     sample_settings=eqar_sample_settings,
     num_classes=lambda model, cfg: int(getattr(model, "module", model).class_num),
     param_groups=eqar_param_groups,
+    mode_flags=MODE_FLAGS,
+    sample_folder=sample_folder,
+    ref_stats_hint=REF_STATS_HINT,
 )

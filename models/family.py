@@ -112,6 +112,16 @@ class Family:
     weights_file: Callable[[str, bool], str] | None = None
     # bool, or (cfg) -> bool: DDP must tolerate parameters without a gradient in a step
     ddp_find_unused: bool | Callable[[Any], bool] = False
+    # official flag -> the run mode it selects when the command names no run mode: flags that only the family's
+    # official eval (or training) script has, so that its README commands run as written; a command whose flags
+    # select two modes is an error that asks for --mode
+    mode_flags: dict = field(default_factory=dict)
+    # (cfg, (H, W), weights path) -> the name of the folder, inside eval.png_dir, that the family's official sampler writes one
+    # run's PNGs into (named by its settings, so runs with other settings keep theirs); None: PNGs go into
+    # eval.png_dir itself (a folder that holds another run's images is refused either way)
+    sample_folder: Callable[[Any, tuple, str], str] | None = None
+    # where the family's README gets the reference statistics of its metrics (named when they are missing)
+    ref_stats_hint: str = ""
 
     @property
     def modes(self) -> tuple[str, ...]:

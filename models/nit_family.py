@@ -21,6 +21,7 @@ which tokenizer.decode turns into images.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -368,6 +369,34 @@ OFFICIAL_FLAGS = {
     "--global-seed": ("seed", 1),
 }
 
+# Without --mode every sampler flag means eval: the README's commands run sample_c2i_ddp.py, and training has no
+# official flags here.
+MODE_FLAGS = {flag: "eval" for flag in OFFICIAL_FLAGS}
+
+REF_STATS_HINT = ("NiT's README scores with ADM's reference batch of the sampled size, VIRTUAL_imagenet256_labeled.npz "
+                  "(256) or VIRTUAL_imagenet512.npz (512), from https://openaipublic.blob.core.windows.net/diffusion/"
+                  "jul-2021/ref_batches/imagenet/256/ (or .../512/), given as --reference_image_path or eval.ref_stats")
+
+
+def sample_folder(cfg, size, weights) -> str:
+    """The folder sample_c2i_ddp.py names by its settings inside --sample-dir:
+    `<train iter>-<H>x<W>-<mode>-<steps>-cfg-<w>-low-<low>-high-<high>`, the first part being the last '-' piece of
+    the checkpoint's parent folder (`checkpoints` for checkpoints/model_1000K.safetensors); our own latest
+    checkpoint contributes its file name (step_XXXXXXX). `-heun` is added for the ODE corrector, which the
+    official name leaves out (a run with it would otherwise share the folder of one without)."""
+    s = cfg.sample
+    h, w = (int(size[0]), int(size[1])) if size is not None else (int(s.height), int(s.width))
+    ckpt = cfg.eval.pretrained_path
+    if ckpt is None:
+        it = Path(str(weights)).stem
+    else:
+        parts = str(ckpt).split("/")
+        it = parts[-2].split("-")[-1] if len(parts) > 1 else ""
+    name = (f"{it}-{h}x{w}-{s.mode}-{int(s.steps)}-cfg-{float(s.cfg_scale)}-low-{float(s.guidance_low)}-high-"
+            f"{float(s.guidance_high)}")
+    return name + ("-heun" if switch(s.heun, "sample.heun") else "")
+
+
 FAMILY = Family(
     name="nit",
     flavours=FLAVOURS,
@@ -383,4 +412,7 @@ FAMILY = Family(
     sample_sizes=sample_sizes,
     num_classes=num_classes,
     param_groups=param_groups,
+    mode_flags=MODE_FLAGS,
+    sample_folder=sample_folder,
+    ref_stats_hint=REF_STATS_HINT,
 )

@@ -55,7 +55,7 @@ RECIPE = {"small": "configs/eqar_small.yaml", "base": "configs/eqar_base.yaml", 
 DEBUG_SIZES = {"--model": "debug", "--diffloss_d": "2", "--epochs": "1", "--warmup_epochs": "1", "--batch_size": "2",
                "--num_images": "4", "--eval_bsz": "2"}
 LOCAL = ["data.image_size=16", "data.column_width=4", "train.ckpt_every=1000", "sample.num_sampling_steps=3",
-         "sample.grid_classes=2", "sample.grid_per_class=1", "eval.inception_dtype=fp32", "eval.metrics=[fid]"]
+         "sample.grid_classes=2", "sample.grid_per_class=1", "eval.inception_dtype=fp32"]
 
 
 def readme_args(text: str, paths: dict, recipe: str) -> list[str]:
@@ -121,7 +121,19 @@ def _train_args(world, name):
 
 
 def _eval_local(world):
-    return [f"eval.inception_weights={world / 'inception.pth'}", f"eval.ref_stats={world / 'ref.npz'}", "eval.save_png=8"]
+    """Scored: stand-in Inception weights and reference statistics, FID."""
+    return [f"eval.inception_weights={world / 'inception.pth'}", f"eval.ref_stats={world / 'ref.npz'}",
+            "eval.metrics=[fid]"]
+
+
+def _unscored(world):
+    """Images only: Inception weights at a path that does not exist (a run that loaded them would fail)."""
+    return [f"eval.inception_weights={world / 'no_inception.pth'}"]
+
+
+def _official_folder(tokens, ckpt="step_0000003.pt", n=4):
+    """eval_generator.py's folder inside --output_dir (debug --num_sampling_steps 3; --cfg 7.0 of the README)."""
+    return f"ariter{tokens}-diffsteps3-temp1.0-{ckpt}-linearcfg7.0-image{n}_ema"
 
 
 def test_readme_flags_map_onto_the_recipe(world, monkeypatch):
@@ -155,9 +167,9 @@ def test_readme_train_command_runs(world, name):
 
 
 def _eval_images(out: Path) -> torch.Tensor:
-    """The eval's PNGs (one per image, by global index) as uint8 [N, C, H, W]."""
-    (tag,) = (out / "eval").iterdir()
-    files = sorted((tag / "png").glob("*.png"))
+    """The eval's PNGs (one per image, by global index, in the folder named by the settings) as uint8 [N, C, H, W]."""
+    (folder,) = out.glob("ariter*")
+    files = sorted(folder.glob("*.png"))
     return torch.stack([torch.from_numpy(np.asarray(Image.open(f))).permute(2, 0, 1) for f in files])
 
 
@@ -167,9 +179,15 @@ def test_readme_eval_commands_run(world):
     args = _fix_config_path(readme_args(EVAL_IMAGENET, _paths(world, "huge", SAVE_PATH=world / "huge_eval",
                                                               RESUME_PATH=world / "huge" / "checkpoints"),
                                         RECIPE["huge"]), world)
-    _main([*args, "--mode", "eval", *LOCAL, *_eval_local(world)])
+    _main([*args, *LOCAL, *_unscored(world)])  # as the README gives it: no --mode, no Inception, no statistics
     imgs = _eval_images(world / "huge_eval")
     assert imgs.shape == (4, 3, 16, 64) and imgs.dtype == torch.uint8
+    assert (world / "huge_eval" / _official_folder(16)).is_dir()
+    # --metrics (the release's switch): FID and IS of the same images
+    _main([*args, "--metrics", *LOCAL, *_eval_local(world)[:2], "eval.is_splits=2"])
+    (res,) = [json.loads(p.read_text()) for p in (world / "huge_eval" / "eval").glob("*/result.json") if
+              "fid" in json.loads(p.read_text())]
+    assert np.isfinite(res["fid"]) and np.isfinite(res["is"])
 
     # Places long images: LENGTH tokens at eval (4x the 16 trained); the README's --diffloss_w 1024 is corrected
     # to the trained 1280 (see test_official_args_mismatch_is_one_line for the uncorrected command)
@@ -179,9 +197,42 @@ def test_readme_eval_commands_run(world):
     args = _fix_config_path(readme_args(text, _paths(world, "places", SAVE_PATH=world / "places_eval", LENGTH=64,
                                                      RESUME_PATH=world / "places" / "checkpoints"),
                                         RECIPE["places"]), world)
-    _main([*args, "--mode", "eval", *LOCAL, *_eval_local(world)])
+    _main([*args, *LOCAL, *_unscored(world)])
     imgs = _eval_images(world / "places_eval")
     assert imgs.shape == (4, 3, 16, 256)
+    assert (world / "places_eval" / _official_folder(64)).is_dir()
+
+
+def test_eval_flags_select_eval(world, monkeypatch):
+    """Without --mode, the README's eval command is an eval (its --eval_bsz --num_images --cfg are eval_generator.py
+    flags), the training command a training run; flags of both scripts at once ask for --mode."""
+    ev = _fix_config_path(readme_args(EVAL_IMAGENET, _paths(world, "huge"), RECIPE["huge"]), world)
+    assert parse_train_args(monkeypatch, [*ev, *LOCAL])[1] == "eval"
+    assert parse_train_args(monkeypatch, [*_train_args(world, "small"), *LOCAL])[1] == "pretrain"
+    assert parse_train_args(monkeypatch, [*ev, "--data_path", "x", "--mode", "pretrain", *LOCAL])[1] == "pretrain"
+    p = subprocess.run([sys.executable, "train.py", *ev, "--data_path", str(world / "images"), *LOCAL], cwd=ROOT,
+                       env=env(), capture_output=True, text=True, timeout=300)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert last.startswith("error: the flags --eval_bsz (eval) and --data_path (pretrain)") and "--mode" in last
+
+
+@pytest.mark.parametrize("content", [None, "model:\n  params:\n    embed_dim: 256\n"])
+def test_config_path_is_read_or_refused(world, content):
+    """--config_path is the official tokenizer YAML: its model.params.ckpt_path is the tokenizer (tested in
+    test_readme_flags_map_onto_the_recipe); a YAML that is missing or names no checkpoint is one line, not a silent
+    fall-back to the default tokenizer file."""
+    path = world / "cfgs" / "tokenizer_config.yaml"
+    if content is not None:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(content)
+    ev = readme_args(EVAL_IMAGENET, _paths(world, "huge"), RECIPE["huge"])
+    ev[ev.index("--config_path") + 1] = str(path if content is not None else world / "nowhere.yaml")
+    p = subprocess.run([sys.executable, "train.py", *ev, *LOCAL], cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=300)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and "Traceback" not in p.stderr and last.startswith("error: --config_path "), p.stderr
+    assert ("is not a file" if content is None else "has no model.params.ckpt_path") in last
 
 
 def _official_container(world, src: Path, dst: Path, **args_over):
@@ -202,7 +253,7 @@ def _run_places_eval(world, ckpt: Path, diffloss_w=1280, extra=()):
     args = _fix_config_path(readme_args(text, _paths(world, "places", SAVE_PATH=world / f"off_{ckpt.stem}",
                                                      LENGTH=16, RESUME_PATH=ckpt.parent, CKPT_PATH=ckpt.name),
                                         RECIPE["places"]), world)
-    cmd = ["train.py", *args, "--mode", "eval", *LOCAL, *_eval_local(world), *extra]
+    cmd = ["train.py", *args, *LOCAL, *_eval_local(world), *extra]
     return subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
 
 
@@ -263,7 +314,7 @@ def test_two_processes_train_and_eval_identical_images(world):
                                                                 RESUME_PATH=world / "small2" / "checkpoints"),
                                           RECIPE["small"]), world)
         ev[ev.index("--diffloss_w") + 1] = str(960 // 32)
-        p = subprocess.run(torchrun_cmd(nproc, *ev, "--mode", "eval", *LOCAL, *_eval_local(world)), cwd=ROOT,
+        p = subprocess.run(torchrun_cmd(nproc, *ev, *LOCAL, *_unscored(world)), cwd=ROOT,
                            env=env(), capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         images.append(_eval_images(out))
