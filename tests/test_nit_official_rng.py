@@ -120,7 +120,8 @@ def test_train_py_eval_writes_the_official_images(assets, tmp_path):
          "--global-seed", "5", "sample.rng=official", "eval.n=3", f"tokenizer.ckpt={a['dcae']}",
          f"eval.inception_weights={inc}", f"eval.ref_stats={a['ref']}", "eval.save_npz=true", "device=cpu"])
     (tag,) = (out / "eval").iterdir()
-    pngs = [np.asarray(Image.open(tag / "png" / f"{i:06d}.png")) for i in range(3)]
+    (folder,) = out.glob("*-sde-4-cfg-2.5-low-0.0-high-0.7")  # named by the settings, as the official sampler
+    pngs = [np.asarray(Image.open(folder / f"{i:06d}.png")) for i in range(3)]
     want = official_script(_model(a["state_dict"]), 5, 3, 2, "sde", 4, 2.5, 0.0, 0.7)
     from core.images import to_uint8
     from tokenizer import build_tokenizer
