@@ -1,7 +1,9 @@
 """From a config to images for any family: generator weights, tokenizer, the family's sampler, decoding.
 
-Sample i depends only on (seed, i) (core.seeding.row_generators): the same pixels come out on 1 or N processes and
-in any batch composition. What a family's `sample` returns is handed to the tokenizer's `decode` as is.
+Sample i depends only on (seed, i) (core.seeding.row_generators): its random draws are the same on 1 or N processes
+and in any batch composition; its pixels are byte-identical at the same batch size and threads per process (matrix
+products over another batch or thread count may add up differently: README, Training). What a family's `sample`
+returns is handed to the tokenizer's `decode` as is.
 """
 from __future__ import annotations
 

@@ -186,3 +186,42 @@ def test_bench_load_tiny(tmp_path):
                                                          ("eqar_large", "whole"), ("eqar_large", "mapped")]
     assert all(r["peak_rss"] > 0 and r["weights"] > 0 for r in rows)
     assert p.stdout.count("both loads give the same weights: True") == 2, p.stdout
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int]]:
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] == str(path):
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
+def test_sampling_weights_stay_mapped_from_the_file(tmp_path):
+    """An official {'model', 'model_ema', ...} container loaded for sampling: the model's tensors are the file's
+    EMA tensors, memory-mapped (no copy in memory; the live copy is never read); a training init copies them."""
+    import argparse
+    from engine.config import load_config
+    from engine.generate import load_weights
+    from models import build_model
+    cfg = load_config("configs/debug/eqar_debug.yaml")
+    torch.manual_seed(0)
+    model, fam = build_model(cfg)
+    ema = {k: v + 1.0 for k, v in model.state_dict().items()}
+    path = tmp_path / "places_debug.ckpt"
+    torch.save({"model": model.state_dict(), "model_ema": ema, "epoch": 1, "args": argparse.Namespace(model="debug")},
+               path)
+    cfg = load_config("configs/debug/eqar_debug.yaml", [f"eval.pretrained_path={path}"])
+    model, fam = build_model(cfg)
+    load_weights(model, cfg, fam.name)
+    ranges = _mappings_of(path)
+    assert ranges
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+        assert any(lo <= v.data_ptr() < hi for lo, hi in ranges), f"{k} was copied out of the mapped file"
+    trained, _ = build_model(cfg)
+    load_weights(trained, cfg, fam.name, mapped=False)
+    assert all(torch.equal(v, ema[k]) for k, v in trained.state_dict().items())
+    assert not any(lo <= v.data_ptr() < hi for v in trained.state_dict().values() for lo, hi in _mappings_of(path))
