@@ -391,7 +391,8 @@ def read_lightning_state_dict(path: str) -> dict:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise not_weights(path, full, what) or ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors")
+        raise not_weights(path, full, what) or \
+            ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors")
     return obj
 
 

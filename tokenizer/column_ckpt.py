@@ -49,7 +49,8 @@ def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnToke
         raise ValueError(f"{path} is a '{obj['family']}' checkpoint, not a column tokenizer (family eqtok)")
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise not_weights(path, obj, "column tokenizer checkpoint") or ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok checkpoint")
+        raise not_weights(path, obj, "column tokenizer checkpoint") or \
+            ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok checkpoint")
     config = lightning_config(sd)
     model = build_column_autoencoder(config)
     load_strict(model, module_state_from_lightning(sd, model, use_ema, path), path, mapped=True)
