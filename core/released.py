@@ -68,7 +68,7 @@ def foreign_globals(path: str) -> list[str]:
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
 
 
-def read_released(path: str | os.PathLike, what: str = "a released checkpoint", mmap: bool = True):
+def read_released(path: str | os.PathLike, what: str = "a released checkpoint"):
     """torch.load(weights_only=True) of a released container, foreign classes read as inert placeholders,
     tensors memory-mapped (zip files; a legacy torch.save file is read whole). One-line CheckpointError naming the
     file (and the class) for anything unreadable."""
@@ -87,11 +87,11 @@ def read_released(path: str | os.PathLike, what: str = "a released checkpoint", 
     allowed = KNOWN_CLASSES + [(placeholder_class(n), n) for n in names]
     try:
         with _allow(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip and mmap)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as e:
         why = _load_failure(e, head)
         if names:  # torch's own text advises an unsafe load: only its line naming the refused global is kept
-            lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "blocked" in ln]
+            lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "blocked" in ln or "Placeholder[" in ln]
             why = f"it holds pickled Python objects ({', '.join(names)}) that a weights-only load refuses even as " \
                   f"inert placeholders" + (f": {lines[0][:200]}" if lines else "")
         raise CheckpointError(f"{path}: cannot be read ({why}); expected {what}") from None
