@@ -107,10 +107,8 @@ def mismatch(model: nn.Module, sd: dict) -> tuple[list[str], list[str], list[str
     return missing, unexpected, shapes
 
 
-def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", ignore_prefixes: tuple = ()) -> None:
-    """load_state_dict(strict=True) whose error (one line) names missing/unexpected keys and shape mismatches."""
-    if ignore_prefixes:
-        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_prefixes))}
+def check_strict(model: nn.Module, sd: dict, source: str = "checkpoint") -> None:
+    """The one-line error of a strict load (missing/unexpected keys, shape mismatches), without loading."""
     missing, unexpected, shapes = mismatch(model, sd)
     if missing or unexpected or shapes:
         parts = []
@@ -121,4 +119,60 @@ def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", ignore_p
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es): {_names(shapes, 3)}")
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
+
+
+def load_strict(model: nn.Module, sd: dict, source: str = "checkpoint", ignore_prefixes: tuple = (),
+                mapped: bool = False) -> None:
+    """load_state_dict(strict=True) whose error (one line) names missing/unexpected keys and shape mismatches.
+
+    mapped=True (a module that is only read: sampling, a frozen tokenizer): the file's CPU tensors of the module's
+    dtype become the module's own (`assign`), so weights memory-mapped by the reader are not copied, and their
+    pages are read from the file when first used; other tensors are copied as usual."""
+    if ignore_prefixes:
+        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_prefixes))}
+    check_strict(model, sd, source)
+    if not mapped:
+        model.load_state_dict(sd, strict=True)
+        return
+    own = model.state_dict()
+    same = {k for k, v in sd.items()
+            if v.dtype == own[k].dtype and v.device.type == "cpu" and own[k].device.type == "cpu"}
+    model.load_state_dict({k: sd[k] for k in same}, strict=False, assign=True)
+    model.load_state_dict({k: v for k, v in sd.items() if k not in same}, strict=False)
+
+
+SAFETENSORS_CHUNK = 64 << 20  # bytes read per opening of a .safetensors file (its mapping is dropped in between)
+
+
+def load_safetensors_strict(model: nn.Module, path: str | os.PathLike, source: str | None = None,
+                            chunk_bytes: int = SAFETENSORS_CHUNK) -> None:
+    """A flat .safetensors state dict (`module.` prefixes removed) loaded strictly into `model`, read with
+    `safe_open` a group of tensors at a time: the shapes are checked from the header first, and the file's
+    mapping is closed after every group, so the process holds the model plus one group, not the file twice."""
+    from safetensors import SafetensorError, safe_open
+    source = source or str(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot be read as a safetensors file ({_first_line(e)})") from None
+    names = {k: k for k in shapes}
+    if names and all(k.startswith("module.") for k in names):
+        names = {k[len("module."):]: k for k in shapes}
+    check_strict(model, {k: torch.empty(shapes[f], device="meta") for k, f in names.items()}, source)
+    own = model.state_dict()
+    groups, size = [[]], 0
+    for k in own:
+        if groups[-1] and size >= chunk_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += own[k].numel() * own[k].element_size()
+    for group in groups:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                part = {k: f.get_tensor(names[k]) for k in group}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot be read as a safetensors file ({_first_line(e)})") from None
+        model.load_state_dict(part, strict=False)
+        del part

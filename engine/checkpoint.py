@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 from core.io import atomic_torch_save
-from core.loading import CheckpointError, extract_state_dict, load_file, load_strict  # noqa: F401 (re-exported)
+from core.loading import (CheckpointError, extract_state_dict, load_file, load_safetensors_strict,  # noqa: F401
+                          load_strict)  # (re-exported)
 
 CKPT_RE = re.compile(r"^step_(\d+)\.pt$")
 

@@ -1,7 +1,9 @@
 """From a config to images for any family: generator weights, tokenizer, the family's sampler, decoding.
 
-Sample i depends only on (seed, i) (core.seeding.row_generators): the same pixels come out on 1 or N processes and
-in any batch composition. What a family's `sample` returns is handed to the tokenizer's `decode` as is.
+Sample i depends only on (seed, i) (core.seeding.row_generators): its random draws are the same on 1 or N processes
+and in any batch composition; its pixels are byte-identical at the same batch size and threads per process (matrix
+products over another batch or thread count may add up differently: README, Training). What a family's `sample`
+returns is handed to the tokenizer's `decode` as is.
 """
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ import torch
 
 from core.images import save_grid, to_uint8
 from core.seeding import row_generators
+from core.released import not_weights, read_released
 from engine import checkpoint as ck
 from engine.logging import logger
 from models import build_model
 
 
-def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True) -> str:
-    """Weights from eval.pretrained_path (ours or official) or the latest checkpoint in output_dir."""
+def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True, mapped: bool = True) -> str:
+    """Weights from eval.pretrained_path (ours or official) or the latest checkpoint in output_dir, read without
+    running code of the file (core.released) and memory-mapped: only the weights in use (EMA by default) are read.
+    mapped=False (a model about to be trained) copies them into the module instead of sharing the file's pages."""
     path = source or cfg.eval.pretrained_path
     if path is None:
         path = ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
@@ -29,11 +34,17 @@ def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True
     fam = get_family(cfg.family)
     if fam.weights_file is not None:
         path = fam.weights_file(str(path), prefer_ema)
-    obj = ck.load_file(path)
+    if str(path).endswith(".safetensors"):
+        ck.load_safetensors_strict(model, path)
+        return str(path)
+    obj = read_released(path, "generator weights")
     if isinstance(obj, dict):
         ck.check_family(obj, fam_name, cfg.model.flavour, path)
-    sd = ck.extract_state_dict(obj, prefer_ema=prefer_ema, source=str(path))
-    ck.load_strict(model, sd, str(path))
+    try:
+        sd = ck.extract_state_dict(obj, prefer_ema=prefer_ema, source=str(path))
+    except ck.CheckpointError as e:
+        raise not_weights(path, obj, "generator weights") or e from None
+    ck.load_strict(model, sd, str(path), mapped=mapped)
     return str(path)
 
 

@@ -85,7 +85,7 @@ class Trainer:
         if self.start == 0 and cfg.train.init_from is not None:
             from engine.generate import load_weights
             where = load_weights(self.model, cfg, self.fam.name, source=cfg.train.init_from,
-                                 prefer_ema=bool(cfg.eval.use_ema))
+                                 prefer_ema=bool(cfg.eval.use_ema), mapped=False)
             self.ema.load_state_dict(self.model.state_dict())
             logger.info(f"initialised from {where} (train.init_from; --pretrained_path with --mode pretrain); "
                         f"training starts at step 0")

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from core import dist
+from core.released import read_released
 from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models import eqar
@@ -85,7 +86,7 @@ def official_args(path) -> dict | None:
     if path is None or not os.path.isfile(str(path)):
         return None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        obj = read_released(path, "generator weights")
     except Exception:  # not ours to judge here: the engine's loader reports unreadable files in one line
         return None
     args = obj.get("args") if isinstance(obj, dict) else None

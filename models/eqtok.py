@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from core.images import save_grid, to_uint8
-from core.loading import load_file, load_strict, mismatch
+from core.loading import load_strict, mismatch
+from core.released import read_released
 from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models.family import Family
@@ -115,7 +116,7 @@ class EqTok(ColumnAutoencoder):
     @torch.no_grad()
     def load_stage1(self, path: str) -> None:
         """EMA autoencoder weights (and the live loss.* parts) of a stage-1 checkpoint: ours or Lightning."""
-        obj = load_file(path, "stage-1 tokenizer checkpoint")
+        obj = read_released(path, "stage-1 tokenizer checkpoint")
         own = self.state_dict()
         with torch.device("meta"):  # the plain autoencoder's key set (no loss.*)
             plain = ColumnAutoencoder(**self.ae_config)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.loading import load_file
+from core.released import not_weights, read_released
 from tokenizer.base import CheckpointMismatchError, Tokenizer, load_strict, strip_prefixes
 
 log = logging.getLogger(__name__)
@@ -397,11 +397,13 @@ def module_state_from_lightning(state_dict: dict, model: ColumnAutoencoder, use_
 def read_lightning_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"column tokenizer checkpoint not found: {path}; {WEIGHTS_HELP}")
-    obj = load_file(path, "a Lightning checkpoint of the column tokenizer ({'state_dict': ...})")
+    what = "a Lightning checkpoint of the column tokenizer ({'state_dict': ...})"
+    full = obj = read_released(path, what)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors")
+        raise not_weights(path, full, what) or \
+            ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors")
     return obj
 
 
@@ -425,7 +427,8 @@ class ColumnTokenizer(Tokenizer):
     def from_checkpoint(cls, path: str = DEFAULT_CKPT, config: str | dict = "official", use_ema: bool = True,
                         map_location="cpu") -> "ColumnTokenizer":
         model = build_column_autoencoder(config)
-        load_strict(model, module_state_from_lightning(read_lightning_state_dict(path), model, use_ema, path), path)
+        load_strict(model, module_state_from_lightning(read_lightning_state_dict(path), model, use_ema, path), path,
+                    mapped=True)
         return cls(model).to(map_location)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:

@@ -8,7 +8,8 @@ import logging
 
 import torch
 
-from core.loading import load_file, load_strict
+from core.loading import load_strict
+from core.released import not_weights, read_released
 from tokenizer.column import (COLUMN_CONFIGS, DEFAULT_CKPT, VAE_NORM, ColumnAutoencoder, ColumnTokenizer,
                               WEIGHTS_HELP, build_column_autoencoder, module_state_from_lightning)
 
@@ -32,7 +33,7 @@ def autoencoder_state(sd: dict) -> dict:
 def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnTokenizer:
     path = str(path or DEFAULT_CKPT)
     try:
-        obj = load_file(path, "column tokenizer checkpoint")
+        obj = read_released(path, "column tokenizer checkpoint")
     except FileNotFoundError:
         raise FileNotFoundError(f"column tokenizer checkpoint not found: {path}; {WEIGHTS_HELP} (or train one with "
                                 f"configs/eqtok_stage1.yaml)") from None
@@ -40,7 +41,7 @@ def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnToke
         cfg = obj.get("config") or {}
         model = ColumnAutoencoder(**autoencoder_config(cfg.get("model", {})))
         which = "ema" if use_ema and "ema" in obj else "model"
-        load_strict(model, autoencoder_state(obj[which]), f"{path} ({which})")
+        load_strict(model, autoencoder_state(obj[which]), f"{path} ({which})", mapped=True)
         vae_norm = float((cfg.get("tokenizer") or {}).get("vae_norm") or VAE_NORM)
         log.info("column tokenizer: eqtok checkpoint %s (%s weights, step %s)", path, which, obj.get("step"))
         return ColumnTokenizer(model, vae_norm).to(device)
@@ -48,10 +49,11 @@ def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnToke
         raise ValueError(f"{path} is a '{obj['family']}' checkpoint, not a column tokenizer (family eqtok)")
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok checkpoint")
+        raise not_weights(path, obj, "column tokenizer checkpoint") or \
+            ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok checkpoint")
     config = lightning_config(sd)
     model = build_column_autoencoder(config)
-    load_strict(model, module_state_from_lightning(sd, model, use_ema, path), path)
+    load_strict(model, module_state_from_lightning(sd, model, use_ema, path), path, mapped=True)
     log.info("column tokenizer: Lightning checkpoint %s (%s size, %s weights)", path, config,
              "EMA" if use_ema else "live")
     return ColumnTokenizer(model).to(device)

@@ -72,7 +72,8 @@ def load_autoencoder_dc(local_dir: str = DEFAULT_DCAE_DIR, dtype: torch.dtype = 
                                 f"{DCAE_HELP}")
     cls = _autoencoder_dc_class()
     try:
-        return cls.from_pretrained(local_dir, local_files_only=True, torch_dtype=dtype)
+        # low_cpu_mem_usage (needs accelerate): the weights go straight into an empty model, not over a random one
+        return cls.from_pretrained(local_dir, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=True)
     except (OSError, ValueError, RuntimeError, KeyError) as e:  # truncated or foreign weights: one line, the folder
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{local_dir}: cannot load AutoencoderDC weights ({type(e).__name__}: {first[:300]}); "

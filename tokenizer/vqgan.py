@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.loading import load_file
+from core.released import not_weights, read_released
 from tokenizer.base import Tokenizer, load_strict, strip_prefixes
 
 VQGAN_CONFIGS = {
@@ -212,7 +212,7 @@ def read_vqgan_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQGAN checkpoint not found: {path}; {WEIGHTS_HELP}")
     expected = "a VQGAN state dict (e.g. vqgan_jax_strongaug.ckpt, plain or under 'state_dict')"
-    obj = load_file(path, expected)
+    full = obj = read_released(path, expected)
     if isinstance(obj, dict) and "family" in obj and "model" in obj:
         raise ValueError(f"{path} is a train.py checkpoint of family '{obj['family']}', not a VQGAN checkpoint; "
                          f"expected {expected}")
@@ -220,7 +220,7 @@ def read_vqgan_state_dict(path: str) -> dict:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         found = f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: expected {expected}, found {found}")
+        raise not_weights(path, full, expected) or ValueError(f"{path}: expected {expected}, found {found}")
     return strip_prefixes(obj)
 
 
@@ -240,7 +240,8 @@ class VQGANTokenizer(Tokenizer):
                         map_location: str | torch.device = "cpu") -> "VQGANTokenizer":
         sd = read_vqgan_state_dict(path)
         model = build_vqmodel(config)
-        load_strict(model, sd, f"{path} (expected VQGAN '{config if isinstance(config, str) else 'custom'}' weights)")
+        load_strict(model, sd, f"{path} (expected VQGAN '{config if isinstance(config, str) else 'custom'}' weights)",
+                    mapped=True)
         return cls(model).to(map_location)
 
     @torch.no_grad()
