@@ -22,7 +22,7 @@ from core.images import save_grid, to_uint8
 from core.io import atomic_write_text
 from core.seeding import row_generators
 from engine.config import to_container, to_yaml
-from engine.generate import build_generator, build_tokenizer, decode, generate
+from engine.generate import build_generator, build_tokenizer, decode, generate, weights_path
 from engine.logging import logger, progress, setup_logging
 from engine.precision import autocast
 
@@ -56,6 +56,7 @@ def _tag(cfg, weights: str | None, collector) -> str:
            "tokenizer_weights": _file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
            "fid_mode": cfg.eval.fid_mode, "dtype": collector.dtype, "precision": cfg.eval.precision,
            "decode_batch": int(cfg.eval.decode_batch), "weights": _file_id(weights) or weights,
+           "use_ema": bool(cfg.eval.use_ema),
            "size": to_container(cfg.eval.size),
            "inception": _file_id(collector.weights_path), "features": sorted(collector.features)}
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -89,7 +90,7 @@ class ImageSource:
             self.model, self.fam = build_generator(cfg, device)
             if "eval" not in self.fam.modes:
                 raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
-            self.weights = cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+            self.weights = weights_path(cfg, prefer_ema=bool(cfg.eval.use_ema))  # the file read, not its folder
             self._settings = None  # from cfg on first use: a search passes its own and never needs the config's
             sizes = eval_sizes(cfg)
             self.size = sizes[0] if sizes is not None and len(sizes) == 1 else \

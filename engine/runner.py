@@ -40,6 +40,9 @@ def preflight(cfg, mode: str, fam) -> None:
         model, _ = build_model(cfg, fam)
         if mode == "eval" and cfg.eval.source == "samples":
             fam.settings(cfg, model)  # sampling settings (strategy files, knobs a strategy would ignore)
+        elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.sample is not None and \
+                fam.preview is None:
+            fam.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
     world, accum = _world(), int(cfg.train.grad_accum)
     if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} (global) is not divisible by {world} "
@@ -55,7 +58,28 @@ def preflight(cfg, mode: str, fam) -> None:
         if "is" in list(cfg.eval.metrics) and n < splits:
             raise ConfigError(f"eval.n (--eval_n) {n} is smaller than eval.is_splits {splits} (Inception-Score "
                               f"splits)")
+        if cfg.eval.source == "samples":  # the weights file (a folder resolved by the family), not yet read
+            from engine.generate import weights_path
+            weights_path(cfg, prefer_ema=bool(cfg.eval.use_ema))
+        if int(cfg.eval.save_png) != 0 and cfg.eval.png_dir is not None:
+            _check_creatable(Path(str(cfg.eval.png_dir)), "eval.png_dir")
+    if mode == "pretrain" and cfg.train.init_from is not None:
+        from engine import checkpoint as ck
+        if not (cfg.train.resume and ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")):
+            from engine.generate import weights_path
+            weights_path(cfg, cfg.train.init_from, prefer_ema=bool(cfg.eval.use_ema))
     _check_writable(Path(cfg.output_dir))
+
+
+def _check_creatable(path: Path, key: str) -> None:
+    """A folder that will be written later (after sampling): refused now if it cannot exist, created nothing."""
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{key} {path} cannot be created: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path} cannot be created or written: {p} is not writable")
 
 
 def _check_writable(out: Path) -> None:
