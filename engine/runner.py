@@ -93,7 +93,8 @@ def _check_writable(out: Path) -> None:
 
 
 def run(cfg, mode: str, on_error=None) -> int:
-    """0 on success, 2 after a one-line error, 130 after Ctrl-C. on_error(line): called with the printed line."""
+    """0 on success, 2 after a one-line error, 130 after Ctrl-C. on_error(line): called with the printed line by
+    the one process that repeats it after torchrun's summary (rank 0, or the first rank that met the error)."""
     from models import get_family
     try:
         fam = get_family(cfg.family)
@@ -102,8 +103,9 @@ def run(cfg, mode: str, on_error=None) -> int:
                               f"{', '.join(fam.modes)})")
         preflight(cfg, mode, fam)
     except ERRORS as e:
-        _say(f"error: {e}", on_error)  # every rank: each one's own log then ends in the line
+        _say(f"error: {e}", on_error if _rank0() else None)  # every rank: each one's own log ends in the line
         return 2
+    dist.on_peer_error(_peer_line)
     try:
         if mode == "pretrain":
             from engine.trainer import pretrain
@@ -114,21 +116,38 @@ def run(cfg, mode: str, on_error=None) -> int:
         else:
             from engine.search import search
             search(cfg)
-    except ERRORS as e:
-        _log_line(f"error: {e}")
-        _say(f"error: {e}", on_error)
-        dist.destroy()
+    except ERRORS as e:  # possibly on this rank only: the others learn it through the process group's store
+        line = f"error: {e}"
+        _log_line(line)
+        first = dist.publish_error(line)  # the other ranks may wait for this one in a collective: they print it
+        _say(line, on_error if first else None)  # the first rank to fail repeats it after the launcher's summary
+        dist.await_peers()
         return 2
     except KeyboardInterrupt:
         _log_line("error: interrupted")
-        _say(f"error: interrupted during --mode {mode}; re-run the same command to resume", on_error)
+        _say(f"error: interrupted during --mode {mode}; re-run the same command to resume",
+             on_error if _rank0() else None)
         return 130
     except Interrupted as e:
         _log_line(f"error: {e}")
-        _say(f"error: {e}", on_error)
+        _say(f"error: {e}", on_error if _rank0() else None)
         return 130
+    except Exception:
+        if dist.failed_because_of_peer():  # a collective with a rank that stopped with a line, printed here too
+            return 2
+        raise
     dist.destroy()
     return 0
+
+
+def _peer_line(line: str) -> None:
+    """Another rank stopped with this line (possibly while this one waits for it in a collective)."""
+    _log_line(line)
+    print("\n" + line, file=sys.stderr, flush=True)  # on a line of its own, after a progress bar's partial one
+
+
+def _rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _say(line: str, on_error) -> None:
