@@ -155,3 +155,38 @@ def test_two_processes_write_the_same_images(assets, tmp_path):
     assert sorted(p1) == sorted(p2) and all(np.array_equal(p1[k], p2[k]) for k in p1)
     assert len({p1[k].tobytes() for k in p1}) == 3  # every image has its own noise
     assert r1["fid"] == pytest.approx(r2["fid"], rel=1e-6)
+
+
+def test_accelerate_save_state_folder_as_ckpt(assets, tmp_path):
+    """--ckpt <accelerate save_state folder> through train.py: model.safetensors (EMA) by default, model_1.safetensors
+    (the online weights, `module.`-prefixed as accelerate saves the DDP model) with eval.use_ema=false. The two files
+    hold different random models, so the images tell which one was read; both evals share one --sample-dir, where
+    the second must not reuse the first one's finished units."""
+    from safetensors.torch import save_file
+
+    from models.nit import FLAVOURS
+    from tests.nit_helpers import randomized
+    a, _ = assets
+    folder = tmp_path / "checkpoint-1000K"
+    folder.mkdir()
+    save_file(a["state_dict"], str(folder / "model.safetensors"))
+    online = randomized(FLAVOURS["debug"](), seed=1).state_dict()
+    save_file({f"module.{k}": v.contiguous() for k, v in online.items()}, str(folder / "model_1.safetensors"))
+
+    def images(ckpt, out, *extra):
+        args = debug_command(256, assets, out)
+        for flag, value in (("--ckpt", ckpt), ("--height", "64"), ("--width", "64")):
+            args[args.index(flag) + 1] = str(value)
+        assert train.main(args + list(extra)) == 0
+        tags = sorted((out / "eval").iterdir(), key=lambda p: p.stat().st_mtime)
+        result = json.loads((tags[-1] / "result.json").read_text())
+        return {f.name: np.asarray(Image.open(f)) for f in sorted((tags[-1] / "png").iterdir())}, result
+
+    flat, _ = images(a["weights"], tmp_path / "flat")
+    ema, r_ema = images(folder, tmp_path / "shared")
+    online_imgs, r_online = images(folder, tmp_path / "shared", "eval.use_ema=false")
+    assert r_ema["provenance"]["generator_weights"] == str(folder / "model.safetensors")
+    assert r_online["provenance"]["generator_weights"] == str(folder / "model_1.safetensors")
+    assert sorted(ema) == sorted(flat) == sorted(online_imgs) == ["000000.png", "000001.png", "000002.png"]
+    assert all(np.array_equal(ema[k], flat[k]) for k in flat)  # the EMA file is the released flat file's model
+    assert not any(np.array_equal(ema[k], online_imgs[k]) for k in ema)
