@@ -257,8 +257,8 @@ NIT_TRAIN = ["--config", "configs/debug/nit_debug.yaml", "--mode", "pretrain", "
 NIT_EVAL = ["--config", "configs/debug/nit_debug.yaml", "--ckpt", "{a}/nit.safetensors", "--sample-dir", "{t}/out",
             "--height", "32", "--width", "32", "--per-proc-batch-size", "2", "--mode", "ode", "--num-steps", "2",
             "--cfg-scale", "2.25", "--guidance-low", "0.0", "--guidance-high", "0.7", "device=cpu",
-            "tokenizer.ckpt={a}/dcae", "eval.inception_weights={a}/inception.pth", "eval.ref_stats={a}/stats_ok.npz",
-            "eval.n=2"]
+            "--num-fid-samples", "2", "tokenizer.ckpt={a}/dcae", "eval.inception_weights={a}/inception.pth",
+            "eval.ref_stats={a}/stats_ok.npz"]
 
 
 def with_(argv: list[str], *changes: str) -> list[str]:
@@ -511,7 +511,7 @@ CASES = [
          "sample.steps (--num-steps) must be >= 1"),
     case("nit-per-proc-batch-size-zero", TRAIN, with_(NIT_EVAL, "--per-proc-batch-size=0"), prior_eval,
          "eval.batch_size"),
-    case("nit-num-fid-samples-zero", TRAIN, NIT_EVAL + ["--num-fid-samples", "0"], prior_eval, "eval.n"),
+    case("nit-num-fid-samples-zero", TRAIN, with_(NIT_EVAL, "--num-fid-samples=0"), prior_eval, "eval.n"),
     case("nit-slice-vae-with-value", TRAIN, NIT_EVAL + ["--slice_vae=2"], prior_eval,
          "flag --slice_vae takes no value"),
     case("nit-cfg-scale-text", TRAIN, with_(NIT_EVAL, "--cfg-scale=high"), prior_eval, "sample.cfg_scale"),
