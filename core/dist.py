@@ -104,13 +104,16 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 # die with the backend's traceback (gloo) or hang until the timeout (nccl), saying nothing of the cause. The stopping
 # process leaves its line in the process group's key-value store and waits a little; every other process watches the
 # store from a thread, prints the line when it appears and exits with the same code.
-_ERR_LINE, _ERR_COUNT, _ERR_ACKS = "project_error/line", "project_error/count", "project_error/acks"
-_WATCH = {"store": None, "world": 1, "handler": None, "done": False, "lock": threading.Lock(), "thread": None}
+# (keys per launcher attempt: an elastic restart keeps the store, but not the error of the attempt before)
+_ATTEMPT = f"project_error/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+_ERR_LINE, _ERR_COUNT, _ERR_ACKS = f"{_ATTEMPT}/line", f"{_ATTEMPT}/count", f"{_ATTEMPT}/acks"
+_WATCH = {"store": None, "world": 1, "handler": None, "done": False, "peer": False, "lock": threading.Lock(),
+          "thread": None}
 
 
 def on_peer_error(handler) -> None:
     """handler(line): prints another process's error line on this one (set before the process group starts)."""
-    _WATCH["handler"], _WATCH["done"] = handler, False
+    _WATCH["handler"], _WATCH["done"], _WATCH["peer"] = handler, False, False
 
 
 def _claim() -> bool:
@@ -150,7 +153,7 @@ def _report_peer(store, line: str) -> None:
 def failed_because_of_peer() -> bool:
     """This process's collective failed (an exception from the backend): True when another process stopped with an
     error line, now printed here (by the watch, or now), so the backend's traceback says nothing new."""
-    if _WATCH.get("peer"):
+    if _WATCH["peer"]:
         return True
     store = _WATCH["store"]
     if store is None:

@@ -153,20 +153,20 @@ def _nit_assets(a: Path) -> None:
     _junk(a / "nit_garbage" / "model.safetensors", b"not a safetensors file\n" * 4)
 
 
-def nit_meta(t: Path, a: Path, line: int, text: str | None = None, **fields) -> None:
-    """{t}/meta.jsonl: the asset data-meta with 1-based line `line` replaced by `text`, or with `fields` changed."""
+def nit_meta(t: Path, a: Path, line: int, text: str | None = None, name: str = "meta.jsonl", **fields) -> None:
+    """{t}/<name>: the asset data-meta with 1-based line `line` replaced by `text`, or with `fields` changed."""
     lines = (a / "nit" / "meta" / "x_merge_meta.jsonl").read_text().splitlines()
     lines[line - 1] = text if text is not None else json.dumps({**json.loads(lines[line - 1]), **fields})
-    (t / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    (t / name).write_text("\n".join(lines) + "\n")
 
 
-def nit_latent_copy(change: Callable[[Path], None]) -> Callable[[Path, Path], None]:
-    """{t}/lat: a copy of the asset latent folders with one file (the first image's) changed."""
+def nit_latent_copy(folder: str, change: Callable[[Path], None]) -> Callable[[Path, Path], None]:
+    """{t}/<folder>: a copy of the asset latent folders with one file (the first image's) changed."""
     def setup(t: Path, a: Path) -> None:
         import shutil
-        shutil.copytree(a / "nit" / "latents", t / "lat")
+        shutil.copytree(a / "nit" / "latents", t / folder)
         first = json.loads((a / "nit" / "meta" / "x_merge_meta.jsonl").read_text().splitlines()[0])
-        change(t / "lat" / first["type"] / first["latent_file"])
+        change(t / folder / first["type"] / first["latent_file"])
     return setup
 
 
@@ -447,9 +447,9 @@ CASES = [
     case("nit-data-meta-bad-line", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta.jsonl"],
          both(nit_prior, lambda t, a: nit_meta(t, a, 3, '{"image_file": "n00/img2.JPEG", ')),
          "{t}/meta.jsonl:3: not a JSON object"),
-    case("nit-data-meta-field-not-int", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta.jsonl"],
-         both(nit_prior, lambda t, a: nit_meta(t, a, 2, latent_h="2")),
-         "{t}/meta.jsonl:2: data-meta field latent_h must be an integer >= 1, got '2'"),
+    case("nit-data-meta-field-not-int", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta_str.jsonl"],
+         both(nit_prior, lambda t, a: nit_meta(t, a, 2, name="meta_str.jsonl", latent_h="2")),
+         "{t}/meta_str.jsonl:2: data-meta field latent_h must be an integer >= 1, got '2'"),
     case("nit-data-meta-binary", TRAIN, NIT_TRAIN + ["data.data_meta={a}/tiny.ckpt"], nit_prior,
          "{a}/tiny.ckpt:"),
     case("nit-data-meta-is-folder", TRAIN, NIT_TRAIN + ["data.data_meta={a}/nit/meta"], nit_prior,
@@ -459,20 +459,20 @@ CASES = [
     case("nit-sampler-meta-not-indices", TRAIN, NIT_TRAIN + ["data.sampler_meta={t}/packs.json"],
          both(nit_prior, file_at("packs.json", b'[[0, 1], ["2"]]')),
          "{t}/packs.json: a sampler-meta file is a JSON list of lists of integer indices"),
-    case("nit-sampler-meta-index-out-of-range", TRAIN, NIT_TRAIN + ["data.sampler_meta={t}/packs.json"],
-         both(nit_prior, file_at("packs.json", b"[[0, 99]]")), "pack 0 refers to image index 99"),
+    case("nit-sampler-meta-index-out-of-range", TRAIN, NIT_TRAIN + ["data.sampler_meta={t}/packs_99.json"],
+         both(nit_prior, file_at("packs_99.json", b"[[0, 99]]")), "pack 0 refers to image index 99"),
     case("nit-latent-dirs-missing", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/nolat"], nit_prior,
          "data.latent_dirs {t}/nolat not found"),
     case("nit-latent-dirs-without-a-type", TRAIN,
          NIT_TRAIN + ["data.latent_dirs={{fixed-64x64: {a}/nit/latents/fixed-64x64}}"], nit_prior,
          "data.latent_dirs has no folder for data type 'native-resolution'"),
     case("nit-latent-truncated", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/lat"],
-         both(nit_prior, nit_latent_copy(lambda f: f.write_bytes(f.read_bytes()[:100]))),
+         both(nit_prior, nit_latent_copy("lat", lambda f: f.write_bytes(f.read_bytes()[:100]))),
          "{t}/lat/fixed-64x64/n00/img0.safetensors (data-meta index 0) cannot be read as safetensors"),
-    case("nit-latent-without-label", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/lat"],
-         both(nit_prior, nit_latent_copy(lambda f: __import__("safetensors.torch").torch.save_file(
+    case("nit-latent-without-label", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/lat_nolabel"],
+         both(nit_prior, nit_latent_copy("lat_nolabel", lambda f: __import__("safetensors.torch").torch.save_file(
              {"latent": torch.zeros(2, 32, 2, 2)}, str(f)))),
-         "{t}/lat/fixed-64x64/n00/img0.safetensors (data-meta index 0) lacks ['label']"),
+         "{t}/lat_nolabel/fixed-64x64/n00/img0.safetensors (data-meta index 0) lacks ['label']"),
     case("nit-latent-missing-on-rank-1", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta.jsonl", "train.steps=1"],
          both(nit_prior, nit_missing_on_rank1), "n00/missing.safetensors (data-meta index", nproc=2),
     case("recipe-interpolation-missing-key", TRAIN, ["--config", "{a}/interp.yaml", "output_dir={t}/out"], nit_prior,
