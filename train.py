@@ -68,8 +68,9 @@ def _parser(with_flags: bool) -> argparse.ArgumentParser:
 
 def _repeat_after_launcher(line: str) -> None:
     """Under torchrun the launcher prints its failure summary after the workers exit, burying the one line that says
-    what is wrong: rank 0 leaves a tiny process behind that prints the line again once the launcher is gone."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("RANK", "0") != "0" or not hasattr(os, "fork"):
+    what is wrong: the calling process (one per run: rank 0, or the first rank that met the error) leaves a tiny
+    process behind that prints the line again once the launcher is gone."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not hasattr(os, "fork"):
         return
     launcher = os.getppid()
     sys.stderr.flush()
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
             cfg.train.init_from = flags["eval.pretrained_path"]  # the official flag, given to a training run
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)  # every rank, so that each one's log ends in the line
-        _repeat_after_launcher(f"error: {e}")
+        if os.environ.get("RANK", "0") == "0":  # once per run
+            _repeat_after_launcher(f"error: {e}")
         return 2
 
     from engine.runner import run

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -51,6 +53,7 @@ def init_distributed(device: str | None = None) -> torch.device:
         if want_cuda:
             kw["device_id"] = dev
         dist.init_process_group(**kw)
+        _start_watch()
     return dev
 
 
@@ -60,6 +63,7 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    stop_watch()
     if is_dist():
         dist.destroy_process_group()
 
@@ -93,3 +97,123 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     buf = [t.new_empty((m,) + tuple(t.shape[1:])) for _ in sizes]
     dist.all_gather(buf, torch.cat([t, pad], 0).contiguous())
     return torch.cat([b[:s] for b, s in zip(buf, sizes)], 0)
+
+
+# ------------------------------------------------------------------ an error met by one process, told to the others
+# A process that stops with a one-line error may leave the others blocked in a collective with it, where they would
+# die with the backend's traceback (gloo) or hang until the timeout (nccl), saying nothing of the cause. The stopping
+# process leaves its line in the process group's key-value store and waits a little; every other process watches the
+# store from a thread, prints the line when it appears and exits with the same code.
+# (keys per launcher attempt: an elastic restart keeps the store, but not the error of the attempt before)
+_ATTEMPT = f"project_error/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+_ERR_LINE, _ERR_COUNT, _ERR_ACKS = f"{_ATTEMPT}/line", f"{_ATTEMPT}/count", f"{_ATTEMPT}/acks"
+_WATCH = {"store": None, "world": 1, "handler": None, "done": False, "peer": False, "lock": threading.Lock(),
+          "thread": None}
+
+
+def on_peer_error(handler) -> None:
+    """handler(line): prints another process's error line on this one (set before the process group starts)."""
+    _WATCH["handler"], _WATCH["done"], _WATCH["peer"] = handler, False, False
+
+
+def _claim() -> bool:
+    """True once per process: the first of (this process's own error, a peer's line) to be reported."""
+    with _WATCH["lock"]:
+        if _WATCH["done"]:
+            return False
+        _WATCH["done"] = True
+        return True
+
+
+def _watch(interval_s: float = 0.5) -> None:
+    store = _WATCH["store"]
+    while not _WATCH["done"]:
+        time.sleep(interval_s)
+        try:
+            if not store.check([_ERR_LINE]):
+                continue
+            line = store.get(_ERR_LINE).decode()
+        except Exception:  # the store is gone: the run is over
+            return
+        if _claim():
+            try:
+                _report_peer(store, line)
+                time.sleep(5.0)  # the process that met the error exits first: the launcher names it as the cause
+            finally:
+                os._exit(2)
+
+
+def _report_peer(store, line: str) -> None:
+    _WATCH["peer"] = True
+    if _WATCH["handler"] is not None:
+        _WATCH["handler"](line)
+    store.add(_ERR_ACKS, 1)
+
+
+def failed_because_of_peer() -> bool:
+    """This process's collective failed (an exception from the backend): True when another process stopped with an
+    error line, now printed here (by the watch, or now), so the backend's traceback says nothing new."""
+    if _WATCH["peer"]:
+        return True
+    store = _WATCH["store"]
+    if store is None:
+        return False
+    try:
+        deadline = time.time() + 2.0
+        while not store.check([_ERR_LINE]):  # the peer counts itself before it writes its line
+            if int(store.add(_ERR_COUNT, 0)) == 0 or time.time() > deadline:
+                return False
+            time.sleep(0.02)
+        line = store.get(_ERR_LINE).decode()
+    except Exception:
+        return False
+    if _claim():
+        _report_peer(store, line)
+    return True
+
+
+def _start_watch() -> None:
+    try:
+        _WATCH["store"], _WATCH["world"] = dist.distributed_c10d._get_default_store(), world_size()
+    except Exception:  # a backend without a store: errors stay per process
+        return
+    if _WATCH["world"] > 1 and _WATCH["thread"] is None:
+        _WATCH["thread"] = threading.Thread(target=_watch, name="peer-error-watch", daemon=True)
+        _WATCH["thread"].start()
+
+
+def publish_error(line: str) -> bool:
+    """This process stops with `line`: leave it for the others (their watch prints it). Returns True when this
+    process is the one that repeats the line after the launcher's summary: the first to publish one, or rank 0 when
+    there is no process group. False also when a peer's line was already reported here (this error followed it)."""
+    if not _claim():
+        return False
+    store = _WATCH["store"] if is_dist() else None
+    if store is None:
+        return os.environ.get("RANK", "0") == "0"
+    try:
+        first = int(store.add(_ERR_COUNT, 1)) == 1
+        if first:
+            store.set(_ERR_LINE, line)
+        return first
+    except Exception:
+        return rank() == 0
+
+
+def await_peers(timeout_s: float = 10.0) -> None:
+    """After publish_error: stay until every other process has printed the line (the launcher stops the rest as
+    soon as one process exits), at most timeout_s."""
+    store, world = _WATCH["store"], _WATCH["world"]
+    if store is None or world < 2 or not is_dist():
+        return
+    deadline = time.time() + timeout_s
+    try:
+        while time.time() < deadline and int(store.add(_ERR_ACKS, 0)) + int(store.add(_ERR_COUNT, 0)) < world:
+            time.sleep(0.05)
+    except Exception:
+        pass
+
+
+def stop_watch() -> None:
+    """The run ends normally: the watch thread stops."""
+    _WATCH["done"] = True

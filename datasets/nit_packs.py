@@ -26,6 +26,26 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _read_latent(path: str, i: int) -> dict:
+    """One image's latent file {'latent', 'label'}, any defect named by the file and its data-meta index."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        data = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"latent file {path} (data-meta index {i}) cannot be read as safetensors ({first}); "
+                         f"extract it again with extract_imagenet_feature.py") from None
+    missing = [k for k in ("latent", "label") if k not in data]
+    if missing:
+        raise ValueError(f"latent file {path} (data-meta index {i}) lacks {missing} (it holds {sorted(data)}); "
+                         f"expected {{'latent': (2, C, h, w), 'label'}} as extract_imagenet_feature.py writes it")
+    if data["label"].numel() != 1:
+        raise ValueError(f"latent file {path} (data-meta index {i}): 'label' must be one integer, got shape "
+                         f"{list(data['label'].shape)}")
+    return data
+
+
 class PackOrder:
     """pack index for (step, rank); caches the current epoch's permutation."""
 
@@ -74,6 +94,21 @@ class NiTPackDataset:
         self._order: PackOrder | None = None
         for j, pack in enumerate(self.packs):
             self._check_pack(j, pack)
+        self._check_latent_dirs()
+
+    def _check_latent_dirs(self) -> None:
+        """A folder for every data type the data-meta names (a wrong latent_dirs fails here, not at some step)."""
+        for t in sorted({e["type"] for e in self.entries}):
+            if isinstance(self.latent_dirs, Mapping):
+                if t not in self.latent_dirs:
+                    raise ValueError(f"data.latent_dirs has no folder for data type {t!r} of the data-meta (it "
+                                     f"names {sorted(self.latent_dirs)})")
+                d = str(self.latent_dirs[t])
+            else:
+                d = os.path.join(self.latent_dirs, t)
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"latent folder {d} (data type {t!r} of the data-meta) not found under "
+                                        f"data.latent_dirs")
 
     def _check_pack(self, j: int, pack: Sequence[int]) -> None:
         for i in pack:
@@ -93,12 +128,11 @@ class NiTPackDataset:
         e = self.entries[i]
         if isinstance(self.latent_dirs, Mapping):
             if e["type"] not in self.latent_dirs:
-                raise KeyError(f"no latent directory for data type {e['type']!r} (image {e['latent_file']})")
+                raise ValueError(f"no latent directory for data type {e['type']!r} (image {e['latent_file']})")
             return os.path.join(self.latent_dirs[e["type"]], e["latent_file"])
         return os.path.join(self.latent_dirs, e["type"], e["latent_file"])
 
     def load_pack(self, j: int, generator: torch.Generator) -> dict:
-        from safetensors.torch import load_file
         pack = self.packs[j]
         flips = torch.randint(0, 2, (len(pack),), generator=generator).bool()
         if not self.flip:
@@ -110,7 +144,7 @@ class NiTPackDataset:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"latent file {path} (data-meta index {i}) not found: extract it with "
                                         "extract_imagenet_feature.py or point latent_dirs at the downloaded latents")
-            data = load_file(path)
+            data = _read_latent(path, i)
             lat, e = data["latent"], self.entries[i]
             if lat.dim() != 4 or lat.shape[0] != 2 or tuple(lat.shape[2:]) != (e["latent_h"], e["latent_w"]):
                 raise ValueError(f"{path}: latent {list(lat.shape)} does not match (2, C, {e['latent_h']}, "

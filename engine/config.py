@@ -191,7 +191,7 @@ def _all_keys(cfg, prefix=""):
 def _check_known(cfg: DictConfig, schema: DictConfig, where: str, family: str, prefix: str = "",
                  root: DictConfig | None = None) -> None:
     root = schema if root is None else root
-    for k, v in cfg.items():
+    for k, v in cfg.items_ex(resolve=False):  # interpolations are resolved (and their errors reported) by validate
         full = f"{prefix}{k}"
         if full.startswith("model."):  # flavour kwargs: checked by the builder
             continue
@@ -216,6 +216,7 @@ CHOICES = {
     "eval.fid_mode": ("pytorch-fid", "adm"),
     "search.gradient": ("fd", "spsa"),
     "train.lr_schedule": ("constant", "cosine"),
+    "tokenizer.kind": None,  # the names in tokenizer.TOKENIZERS (filled in on first use: no import at start-up)
 }
 RANGES = {
     "train.steps": _POS, "train.batch_size": _POS, "train.grad_accum": _POS, "train.log_every": _POS,
@@ -229,6 +230,8 @@ RANGES = {
     "eval.decode_batch": _NONNEG, "eval.save_png": (lambda v: v >= -1, "an integer >= -1 (-1: all)"), "eval.is_splits": _POS,
     "eval.is_std_ddof": (lambda v: v in (0, 1), "0 or 1"), "search.max_upd": _NONNEG, "search.spsa_pairs": _POS,
     "search.budget_images": _NONNEG,
+    "loss.label_drop": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    "loss.repa_coeff": (lambda v: v >= 0, "a number >= 0 (0 or loss.repa_encoder=null: no REPA term)"),
 }
 
 
@@ -268,13 +271,26 @@ def _coerce(key: str, value, default):
     return value
 
 
-def validate(cfg: DictConfig, schema: DictConfig) -> None:
+def _choices(key: str) -> tuple:
+    if CHOICES[key] is None and key == "tokenizer.kind":
+        from tokenizer import TOKENIZERS
+        CHOICES[key] = tuple(TOKENIZERS)
+    return CHOICES[key]
+
+
+def validate(cfg: DictConfig, schema: DictConfig, where=lambda key: "the config") -> None:
     """Every value against its default's type and the shared keys' choices and ranges, naming the key (and the
-    official flag that sets it in the family in use)."""
+    official flag that sets it in the family in use). where(key): the file (or command line) a key's value came
+    from, for an interpolation that cannot be resolved."""
+    from omegaconf.errors import OmegaConfBaseException
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-    except InterpolationResolutionError as e:  # a family resolver's own message, without OmegaConf's extra lines
-        raise ConfigError(str(e).splitlines()[0].split("resolving interpolation: ", 1)[-1]) from None
+    except OmegaConfBaseException as e:  # ${a.missing.key}, ${oc.env:UNSET}: OmegaConf's text spans several lines
+        first = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
+        if isinstance(e, InterpolationResolutionError) and " raised while resolving interpolation: " in first:
+            raise ConfigError(first.split("resolving interpolation: ", 1)[-1]) from None  # a resolver's own message
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}' in {where(key)}: cannot resolve its interpolation ({first})") from None
     try:
         _walk(cfg, resolved, OmegaConf.to_container(schema, resolve=False), "")
     except ConfigError as e:
@@ -313,9 +329,9 @@ def _walk(cfg: DictConfig, node: dict, dflt: dict, prefix: str) -> None:
             _walk(cfg, v, d, key + ".")
             continue
         new = _coerce(key, v, d)
-        if key in CHOICES and new is not None and str(new) not in CHOICES[key] and not (
+        if key in CHOICES and new is not None and str(new) not in _choices(key) and not (
                 key == "device" and str(new).startswith("cuda:") and str(new)[5:].isdigit()):
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}"
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(_choices(key))}"
                               f"{' (or cuda:N)' if key == 'device' else ''}, got {new!r}")
         if key in RANGES and new is not None:
             test, what = RANGES[key]
@@ -347,7 +363,17 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags
         _check_known(node, schema, "command line", family)
         OmegaConf.update(cfg, k, v, force_add=True)
     cfg.family = family
-    validate(cfg, schema)
+
+    def where(key: str) -> str:
+        if key in dotted:
+            return "the command line"
+        node = OmegaConf.to_container(recipe, resolve=False) if recipe is not None else {}
+        for part in key.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if node != {}:
+            return str(path)
+        return f"configs/base.yaml or the config of family '{family}'"
+    validate(cfg, schema, where)
     return cfg
 
 

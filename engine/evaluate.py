@@ -23,6 +23,7 @@ from core.io import atomic_write_text
 from core.seeding import row_generators
 from engine.config import key_name, to_container, to_yaml
 from engine.generate import build_generator, build_tokenizer, decode, generate
+from engine.generate import weights_path as _weights_file
 from engine.logging import logger, progress, setup_logging
 from engine.precision import autocast
 
@@ -56,6 +57,7 @@ def _tag(cfg, weights: str | None, collector) -> str:
            "tokenizer_weights": _file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
            "fid_mode": cfg.eval.fid_mode, "precision": cfg.eval.precision,
            "decode_batch": int(cfg.eval.decode_batch), "weights": _file_id(weights) or weights,
+           "use_ema": bool(cfg.eval.use_ema),
            "size": to_container(cfg.eval.size)}
     if collector is not None:  # None: a sampling run without metrics (its units hold no features)
         key.update({"dtype": collector.dtype, "inception": _file_id(collector.weights_path),
@@ -93,7 +95,7 @@ class ImageSource:
             self.model, self.fam = build_generator(cfg, device)
             if "eval" not in self.fam.modes:
                 raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
-            self.weights = weights_path(cfg)
+            self.weights = weights_path(cfg)  # the file read, not its folder
             self._settings = None  # from cfg on first use: a search passes its own and never needs the config's
             sizes = eval_sizes(cfg)
             self.size = sizes[0] if sizes is not None and len(sizes) == 1 else \
@@ -159,8 +161,8 @@ class ImageSource:
 
 
 def weights_path(cfg) -> str:
-    """The generator weights an eval of samples reads (found without loading them)."""
-    return cfg.eval.pretrained_path or str(ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints"))
+    """The generator weights file an eval of samples reads (a folder resolved by the family; nothing loaded)."""
+    return _weights_file(cfg, prefer_ema=bool(cfg.eval.use_ema))
 
 
 def wants_metrics(cfg) -> bool:

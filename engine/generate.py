@@ -19,10 +19,10 @@ from engine.logging import logger
 from models import build_model
 
 
-def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True, mapped: bool = True) -> str:
-    """Weights from eval.pretrained_path (ours or official) or the latest checkpoint in output_dir, read without
-    running code of the file (core.released) and memory-mapped: only the weights in use (EMA by default) are read.
-    mapped=False (a model about to be trained) copies them into the module instead of sharing the file's pages."""
+def weights_path(cfg, source=None, prefer_ema: bool = True) -> str:
+    """The weights file a run reads: `source`, else eval.pretrained_path (a folder through the family's
+    `weights_file`, e.g. an accelerate save_state folder), else the latest checkpoint in output_dir. Reads no
+    weights: the preflight calls it too."""
     path = source or cfg.eval.pretrained_path
     if path is None:
         path = ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
@@ -34,6 +34,19 @@ def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True
     fam = get_family(cfg.family)
     if fam.weights_file is not None:
         path = fam.weights_file(str(path), prefer_ema)
+    if Path(path).is_dir():
+        raise FileNotFoundError(f"{path} is a folder; expected a weights file (family '{fam.name}' reads no "
+                                f"checkpoint folders)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"not found: {path} (expected a weights-only torch checkpoint)")
+    return str(path)
+
+
+def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True, mapped: bool = True) -> str:
+    """Weights from eval.pretrained_path (ours or official) or the latest checkpoint in output_dir, read without
+    running code of the file (core.released) and memory-mapped: only the weights in use (EMA by default) are read.
+    mapped=False (a model about to be trained) copies them into the module instead of sharing the file's pages."""
+    path = weights_path(cfg, source, prefer_ema)
     if str(path).endswith(".safetensors"):
         ck.load_safetensors_strict(model, path)
         return str(path)

@@ -40,6 +40,9 @@ def preflight(cfg, mode: str, fam) -> None:
         model, _ = build_model(cfg, fam)
         if mode == "eval" and cfg.eval.source == "samples":
             fam.settings(cfg, model)  # sampling settings (strategy files, knobs a strategy would ignore)
+        elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.sample is not None and \
+                fam.preview is None:
+            fam.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
     world, accum = _world(), int(cfg.train.grad_accum)
     if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} (global) is not divisible by {world} "
@@ -54,7 +57,28 @@ def preflight(cfg, mode: str, fam) -> None:
         splits = int(cfg.eval.is_splits)
         if "is" in list(cfg.eval.metrics) and n < splits:
             raise ConfigError(f"{name} {n} is smaller than eval.is_splits {splits} (Inception-Score splits)")
+        if cfg.eval.source == "samples":  # the weights file (a folder resolved by the family), not yet read
+            from engine.generate import weights_path
+            weights_path(cfg, prefer_ema=bool(cfg.eval.use_ema))
+        if int(cfg.eval.save_png) != 0 and cfg.eval.png_dir is not None:
+            _check_creatable(Path(str(cfg.eval.png_dir)), "eval.png_dir")
+    if mode == "pretrain" and cfg.train.init_from is not None:
+        from engine import checkpoint as ck
+        if not (cfg.train.resume and ck.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")):
+            from engine.generate import weights_path
+            weights_path(cfg, cfg.train.init_from, prefer_ema=bool(cfg.eval.use_ema))
     _check_writable(Path(cfg.output_dir))
+
+
+def _check_creatable(path: Path, key: str) -> None:
+    """A folder that will be written later (after sampling): refused now if it cannot exist, created nothing."""
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{key} {path} cannot be created: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path} cannot be created or written: {p} is not writable")
 
 
 def _check_writable(out: Path) -> None:
@@ -68,7 +92,8 @@ def _check_writable(out: Path) -> None:
 
 
 def run(cfg, mode: str, on_error=None) -> int:
-    """0 on success, 2 after a one-line error, 130 after Ctrl-C. on_error(line): called with the printed line."""
+    """0 on success, 2 after a one-line error, 130 after Ctrl-C. on_error(line): called with the printed line by
+    the one process that repeats it after torchrun's summary (rank 0, or the first rank that met the error)."""
     from models import get_family
     try:
         fam = get_family(cfg.family)
@@ -77,8 +102,9 @@ def run(cfg, mode: str, on_error=None) -> int:
                               f"{', '.join(fam.modes)})")
         preflight(cfg, mode, fam)
     except ERRORS as e:
-        _say(f"error: {e}", on_error)  # every rank: each one's own log then ends in the line
+        _say(f"error: {e}", on_error if _rank0() else None)  # every rank: each one's own log ends in the line
         return 2
+    dist.on_peer_error(_peer_line)
     try:
         if mode == "pretrain":
             from engine.trainer import pretrain
@@ -89,21 +115,38 @@ def run(cfg, mode: str, on_error=None) -> int:
         else:
             from engine.search import search
             search(cfg)
-    except ERRORS as e:
-        _log_line(f"error: {e}")
-        _say(f"error: {e}", on_error)
-        dist.destroy()
+    except ERRORS as e:  # possibly on this rank only: the others learn it through the process group's store
+        line = f"error: {e}"
+        _log_line(line)
+        first = dist.publish_error(line)  # the other ranks may wait for this one in a collective: they print it
+        _say(line, on_error if first else None)  # the first rank to fail repeats it after the launcher's summary
+        dist.await_peers()
         return 2
     except KeyboardInterrupt:
         _log_line("error: interrupted")
-        _say(f"error: interrupted during --mode {mode}; re-run the same command to resume", on_error)
+        _say(f"error: interrupted during --mode {mode}; re-run the same command to resume",
+             on_error if _rank0() else None)
         return 130
     except Interrupted as e:
         _log_line(f"error: {e}")
-        _say(f"error: {e}", on_error)
+        _say(f"error: {e}", on_error if _rank0() else None)
         return 130
+    except Exception:
+        if dist.failed_because_of_peer():  # a collective with a rank that stopped with a line, printed here too
+            return 2
+        raise
     dist.destroy()
     return 0
+
+
+def _peer_line(line: str) -> None:
+    """Another rank stopped with this line (possibly while this one waits for it in a collective)."""
+    _log_line(line)
+    print("\n" + line, file=sys.stderr, flush=True)  # on a line of its own, after a progress bar's partial one
+
+
+def _rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _say(line: str, on_error) -> None:

@@ -56,6 +56,8 @@ def _patch_size(cfg) -> int:
 def max_seq_len(cfg) -> int:
     v = cfg.data.max_seq_len
     if v is not None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"config key 'data.max_seq_len' must be an integer >= 1 (tokens per pack), got {v!r}")
         return int(v)
     if cfg.model.flavour not in PACK_LEN:
         raise ValueError(f"data.max_seq_len is not set and flavour '{cfg.model.flavour}' has no official pack length")
@@ -72,6 +74,16 @@ def pack_dataset(cfg, split: str = "train"):
         if d[key] is None:
             raise ValueError(f"data.{key} is not set (family 'nit' reads a data-meta JSONL, its sampler-meta JSON "
                              f"from scripts/pack_dataset.py and the latent folders)")
+    lc = cfg.loss
+    if lc.repa_encoder is not None and float(lc.repa_coeff) == 0:
+        raise ValueError(f"loss.repa_coeff=0 turns the REPA term off, but loss.repa_encoder={lc.repa_encoder} is "
+                         f"set and would be ignored: set loss.repa_encoder=null to train without REPA, or "
+                         f"loss.repa_coeff > 0 to use it")
+    if repa_on(cfg):  # the encoder's files, before any latent is read (the encoder itself loads at the first step)
+        from models.repa_encoders import check_files
+        check_files(str(lc.repa_encoder), str(lc.get("repa_kind", "auto")),
+                    None if lc.get("radio_repo") is None else str(lc.radio_repo))
+        _image_dir(cfg)
     from omegaconf import DictConfig, OmegaConf
 
     from datasets.nit_packs import NiTPackDataset
@@ -241,6 +253,9 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
         raise ValueError(f"sample.steps (--num-steps) must be >= {2 if mode == 'sde' else 1} for --mode {mode}, "
                          f"got {steps}")
     low, high = float(s.guidance_low), float(s.guidance_high)
+    for key, v in (("sample.guidance_low (--guidance-low)", low), ("sample.guidance_high (--guidance-high)", high)):
+        if not 0.0 <= v <= 1.0:  # t runs from 1 (noise) to 0: a bound outside would be clipped without a word
+            raise ValueError(f"{key} is a time t in [0, 1] (1 = noise), got {v}")
     if not low <= high:
         raise ValueError(f"--guidance-low {low} must not exceed --guidance-high {high}")
     kind = cfg.tokenizer.kind
@@ -248,6 +263,11 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
     if ds is None:
         raise ValueError(f"sample.downsample is not set and tokenizer.kind {kind!r} has no known downsampling "
                          f"(known: {DOWNSAMPLE})")
+    if kind in DOWNSAMPLE and int(ds) != DOWNSAMPLE[kind]:  # images of another size than asked, FID on them
+        raise ValueError(f"sample.downsample {ds} disagrees with tokenizer.kind {kind}, which decodes one latent "
+                         f"pixel to {DOWNSAMPLE[kind]} x {DOWNSAMPLE[kind]} pixels; remove sample.downsample")
+    if int(ds) < 1:
+        raise ValueError(f"sample.downsample must be an integer >= 1, got {ds}")
     heun = switch(s.heun, "sample.heun")
     if heun and mode != "ode":
         raise ValueError("--heun is a corrector of the ODE sampler; it has no effect with --mode sde")
@@ -345,8 +365,10 @@ def weights_file(path: str, use_ema: bool = True) -> str:
         return path
     f = os.path.join(path, ACCELERATE_FILES[bool(use_ema)])
     if not os.path.isfile(f):
-        raise FileNotFoundError(f"{path} is a folder without {ACCELERATE_FILES[bool(use_ema)]} (an accelerate "
-                                f"save_state folder holds model.safetensors = EMA and model_1.safetensors = online)")
+        which = "EMA weights, eval.use_ema=true" if use_ema else "online weights, eval.use_ema=false"
+        raise FileNotFoundError(f"{f} not found ({which}): a folder given as weights is read as an accelerate "
+                                f"save_state folder, which holds model.safetensors (EMA) and model_1.safetensors "
+                                f"(online)")
     return f
 
 
@@ -412,6 +434,7 @@ FAMILY = Family(
     sample_sizes=sample_sizes,
     num_classes=num_classes,
     param_groups=param_groups,
+    weights_file=weights_file,
     mode_flags=MODE_FLAGS,
     sample_folder=sample_folder,
     ref_stats_hint=REF_STATS_HINT,

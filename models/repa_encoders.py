@@ -86,10 +86,32 @@ class FeatureGrid(nn.Module):
         return output_features(self.encoder(images)).float()
 
 
+def check_files(spec: str, kind: str = "auto", radio_repo: str | None = None) -> str:
+    """The files the encoder named by `spec` needs, checked without reading them -> its kind; one-line errors
+    naming the missing file and where to get it (a training run calls this before anything is built)."""
+    spec = str(spec)
+    kind = resolve_kind(kind, spec)
+    if kind == "export" and not os.path.isfile(spec):
+        raise FileNotFoundError(f"REPA encoder {spec} not found (loss.repa_encoder: a .pt2 (torch.export) or "
+                                f"TorchScript file; loss.repa_encoder=null turns REPA off)")
+    if kind == "radio":
+        name = os.path.basename(spec)
+        if not os.path.isfile(spec):
+            want = name if name in RADIO_WIDTH else "radio_v2.5-h.pth.tar"
+            raise FileNotFoundError(f"RADIO checkpoint {spec} not found (loss.repa_encoder; download {want} from "
+                                    f"{RADIO_URL.format(name=want)}; loss.repa_encoder=null turns REPA off)")
+        repo = radio_repo
+        if repo is None or not os.path.isfile(os.path.join(str(repo), "hubconf.py")):
+            where = "loss.radio_repo is not set" if repo is None else \
+                f"{os.path.join(str(repo), 'hubconf.py')} not found"
+            raise FileNotFoundError(f"RADIO's code is needed to read {name}: {where} (git clone {RADIO_REPO_URL} "
+                                    f"and set loss.radio_repo to it, or export RADIO to a .pt2 file for "
+                                    f"loss.repa_encoder)")
+    return kind
+
+
 def load_export(path: str, device) -> nn.Module:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"REPA encoder {path} not found (loss.repa_encoder: a .pt2 (torch.export) or "
-                                f"TorchScript file; loss.repa_coeff=0 turns REPA off)")
+    check_files(path, "export")
     if path.endswith(".pt2"):
         return torch.export.load(path).module().to(device)
     return torch.jit.load(path, map_location=device).eval()
@@ -97,15 +119,7 @@ def load_export(path: str, device) -> nn.Module:
 
 def load_radio(checkpoint: str, repo: str | None, device) -> nn.Module:
     """RADIO from a local checkpoint through a local clone of its code (module docstring); one-line errors."""
-    name = os.path.basename(checkpoint)
-    if not os.path.isfile(checkpoint):
-        want = name if name in RADIO_WIDTH else "radio_v2.5-h.pth.tar"
-        raise FileNotFoundError(f"RADIO checkpoint {checkpoint} not found (loss.repa_encoder; download {want} from "
-                                f"{RADIO_URL.format(name=want)}; loss.repa_coeff=0 turns REPA off)")
-    if repo is None or not os.path.isfile(os.path.join(str(repo), "hubconf.py")):
-        where = "loss.radio_repo is not set" if repo is None else f"{os.path.join(str(repo), 'hubconf.py')} not found"
-        raise FileNotFoundError(f"RADIO's code is needed to read {name}: {where} (git clone {RADIO_REPO_URL} and "
-                                f"set loss.radio_repo to it, or export RADIO to a .pt2 file for loss.repa_encoder)")
+    check_files(checkpoint, "radio", repo)
     try:
         model = torch.hub.load(str(repo), "radio_model", source="local", version=checkpoint, progress=False)
     except ModuleNotFoundError as e:

@@ -122,7 +122,69 @@ def assets(tmp_path_factory) -> Path:
     np.save(a / "tokens_empty.npy", np.zeros((0, 17), np.int64))
     (a / "bad.yaml").write_text("train:\n  lr: [1, 2\n")
     (a / "typo.yaml").write_text("family: nat\ntrain:\n  batch_sise: 8\n")
+    (a / "interp.yaml").write_text("family: nit\nmodel:\n  flavour: debug\ntrain:\n  steps: ${train.nope}\n")
+    _nit_assets(a)
     return a
+
+
+NIT_SHAPES = [(2, 2)] * 4 + [(2, 3)] * 2 + [(3, 2)] * 2  # latent grids: 8 images, 3 LPFHP packs of <= 16 tokens
+
+
+def _nit_assets(a: Path) -> None:
+    """NiT: a packed latent dataset as extract_imagenet_feature.py + scripts/pack_dataset.py write it, random debug
+    weights as the released flat safetensors and as accelerate save_state folders (complete and not)."""
+    from safetensors.torch import save_file
+
+    from datasets.lpfhp import pack_lengths
+    from datasets.nit_meta import write_sampler_meta
+    from models.nit import FLAVOURS
+    from tests.nit_helpers import randomized, write_latent_dataset
+    write_latent_dataset(a / "nit", NIT_SHAPES, [k % 2 for k in range(len(NIT_SHAPES))], channels=32)
+    write_sampler_meta(str(a / "nit" / "meta" / "x_merge_LPFHP_16.json"),
+                       pack_lengths([h * w for h, w in NIT_SHAPES], 16, verbose=False))
+    sd = {k: v.contiguous() for k, v in randomized(FLAVOURS["debug"](), seed=0).state_dict().items()}
+    save_file(sd, str(a / "nit.safetensors"))
+    _truncate(a / "nit.safetensors", a / "nit_trunc.safetensors")
+    for name, files in (("nit_online_only", ("model_1",)), ("nit_ema_only", ("model",))):
+        (a / name).mkdir()
+        for f in files:
+            save_file(sd, str(a / name / f"{f}.safetensors"))
+    (a / "nit_garbage").mkdir()
+    _junk(a / "nit_garbage" / "model.safetensors", b"not a safetensors file\n" * 4)
+
+
+def nit_meta(t: Path, a: Path, line: int, text: str | None = None, name: str = "meta.jsonl", **fields) -> None:
+    """{t}/<name>: the asset data-meta with 1-based line `line` replaced by `text`, or with `fields` changed."""
+    lines = (a / "nit" / "meta" / "x_merge_meta.jsonl").read_text().splitlines()
+    lines[line - 1] = text if text is not None else json.dumps({**json.loads(lines[line - 1]), **fields})
+    (t / name).write_text("\n".join(lines) + "\n")
+
+
+def nit_latent_copy(folder: str, change: Callable[[Path], None]) -> Callable[[Path, Path], None]:
+    """{t}/<folder>: a copy of the asset latent folders with one file (the first image's) changed."""
+    def setup(t: Path, a: Path) -> None:
+        import shutil
+        shutil.copytree(a / "nit" / "latents", t / folder)
+        first = json.loads((a / "nit" / "meta" / "x_merge_meta.jsonl").read_text().splitlines()[0])
+        change(t / folder / first["type"] / first["latent_file"])
+    return setup
+
+
+def nit_missing_on_rank1(t: Path, a: Path) -> None:
+    """A data-meta whose one missing latent file is read by rank 1 only (2 processes, first step)."""
+    from datasets.nit_packs import PackOrder
+    packs = json.loads((a / "nit" / "meta" / "x_merge_LPFHP_16.json").read_text())
+    order = PackOrder(len(packs), 2, seed=0)
+    mine, other = packs[order(0, 1)], packs[order(0, 0)]
+    assert not set(mine) & set(other)
+    nit_meta(t, a, mine[0] + 1, latent_file="n00/missing.safetensors")
+
+
+def nit_prior(t: Path, a: Path) -> None:
+    """An earlier NiT run's losses and sample grid in {t}/out."""
+    (t / "out").mkdir(parents=True)
+    (t / "out" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0}) + "\n" for s in (1, 2)))
+    (t / "out" / "samples.png").write_bytes(b"\x89PNG prior grid")
 
 
 # ------------------------------------------------------------------------------------------------- setups
@@ -186,6 +248,17 @@ VQ_TINY = ["--vq_config", "tiny", "--input_res", "32", "--num_workers", "0", "--
 VQ = [*VQ_TINY, "--path", "{a}/imgs", "--vq_ckpt", "{a}/tiny.ckpt", "--output", "{t}/feat/train.npy"]
 DCAE = ["--tokenizer", "dcae", "--input_res", "64", "--num_workers", "0", "--no_progress", "--path", "{a}/imgs",
         "--dcae_path", "{a}/dcae", "--output", "{t}/lat"]
+
+
+NIT_TRAIN = ["--config", "configs/debug/nit_debug.yaml", "--mode", "pretrain", "output_dir={t}/out", "device=cpu",
+             "data.data_meta={a}/nit/meta/x_merge_meta.jsonl", "data.sampler_meta={a}/nit/meta/x_merge_LPFHP_16.json",
+             "data.latent_dirs={a}/nit/latents", "data.max_seq_len=16", "train.steps=2"]
+# the NiT README's sampling command (run mode eval from --ckpt), on the debug recipe at 32 x 32
+NIT_EVAL = ["--config", "configs/debug/nit_debug.yaml", "--ckpt", "{a}/nit.safetensors", "--sample-dir", "{t}/out",
+            "--height", "32", "--width", "32", "--per-proc-batch-size", "2", "--mode", "ode", "--num-steps", "2",
+            "--cfg-scale", "2.25", "--guidance-low", "0.0", "--guidance-high", "0.7", "device=cpu",
+            "--num-fid-samples", "2", "tokenizer.ckpt={a}/dcae", "eval.inception_weights={a}/inception.pth",
+            "eval.ref_stats={a}/stats_ok.npz"]
 
 
 def with_(argv: list[str], *changes: str) -> list[str]:
@@ -353,6 +426,106 @@ CASES = [
     case("eqtok-semantic-blocks-zero", TRAIN, ["--config", "configs/debug/eqtok_debug.yaml", "--mode", "pretrain",
                                                "output_dir={t}/out", "device=cpu", "model.semantic_num_res_blocks=0"],
          prior_train, "model.semantic_num_res_blocks"),
+    # ---- NiT (train.py): silently wrong settings, the files the family reads, official sample_c2i_ddp.py flags
+    case("nit-label-drop-above-1", TRAIN, NIT_TRAIN + ["loss.label_drop=1.5"], nit_prior,
+         "config key 'loss.label_drop' must be a probability in [0, 1], got 1.5"),
+    case("nit-repa-coeff-negative", TRAIN, NIT_TRAIN + ["loss.repa_coeff=-0.5"], nit_prior,
+         "config key 'loss.repa_coeff' must be a number >= 0"),
+    case("nit-repa-coeff-zero-with-encoder", TRAIN, NIT_TRAIN + ["loss.repa_coeff=0", "loss.repa_encoder={t}/enc.pt2"],
+         nit_prior, "loss.repa_encoder={t}/enc.pt2 is set and would be ignored"),
+    case("nit-repa-encoder-missing", TRAIN, NIT_TRAIN + ["loss.repa_encoder={t}/enc.pt2", "data.image_dir={a}/imgs"],
+         nit_prior, "REPA encoder {t}/enc.pt2 not found"),
+    case("nit-repa-radio-without-code", TRAIN, NIT_TRAIN + ["loss.repa_encoder={t}/radio_v2.5-h.pth.tar",
+                                                            "data.image_dir={a}/imgs"],
+         both(nit_prior, file_at("radio_v2.5-h.pth.tar")), "loss.radio_repo is not set"),
+    case("nit-repa-without-image-dir", TRAIN, NIT_TRAIN + ["loss.repa_encoder={t}/enc.pt2"],
+         both(nit_prior, file_at("enc.pt2")), "data.image_dir is not set"),
+    case("nit-tokenizer-kind-unknown-pretrain", TRAIN, NIT_TRAIN + ["tokenizer.kind=bogus"], nit_prior,
+         "config key 'tokenizer.kind' must be one of"),
+    case("nit-data-kind-tokens", TRAIN, NIT_TRAIN + ["data.kind=tokens"], nit_prior, "data.kind must be 'packs'"),
+    case("nit-max-seq-len-zero", TRAIN, NIT_TRAIN + ["data.max_seq_len=0"], nit_prior, "data.max_seq_len"),
+    case("nit-pack-over-max-seq-len", TRAIN, NIT_TRAIN + ["data.max_seq_len=8"], nit_prior,
+         "tokens > max_seq_len 8"),
+    case("nit-grad-accum-mismatch", TRAIN, NIT_TRAIN + ["train.batch_size=4", "train.grad_accum=2"], nit_prior,
+         "train.grad_accum 2 does not fit"),
+    case("nit-data-meta-bad-line", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta.jsonl"],
+         both(nit_prior, lambda t, a: nit_meta(t, a, 3, '{"image_file": "n00/img2.JPEG", ')),
+         "{t}/meta.jsonl:3: not a JSON object"),
+    case("nit-data-meta-field-not-int", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta_str.jsonl"],
+         both(nit_prior, lambda t, a: nit_meta(t, a, 2, name="meta_str.jsonl", latent_h="2")),
+         "{t}/meta_str.jsonl:2: data-meta field latent_h must be an integer >= 1, got '2'"),
+    case("nit-data-meta-binary", TRAIN, NIT_TRAIN + ["data.data_meta={a}/tiny.ckpt"], nit_prior,
+         "{a}/tiny.ckpt:"),
+    case("nit-data-meta-is-folder", TRAIN, NIT_TRAIN + ["data.data_meta={a}/nit/meta"], nit_prior,
+         "data-meta {a}/nit/meta is a folder"),
+    case("nit-sampler-meta-not-json", TRAIN, NIT_TRAIN + ["data.sampler_meta={a}/nit/meta/x_merge_meta.jsonl"],
+         nit_prior, "{a}/nit/meta/x_merge_meta.jsonl: not a JSON sampler-meta file"),
+    case("nit-sampler-meta-not-indices", TRAIN, NIT_TRAIN + ["data.sampler_meta={t}/packs.json"],
+         both(nit_prior, file_at("packs.json", b'[[0, 1], ["2"]]')),
+         "{t}/packs.json: a sampler-meta file is a JSON list of lists of integer indices"),
+    case("nit-sampler-meta-index-out-of-range", TRAIN, NIT_TRAIN + ["data.sampler_meta={t}/packs_99.json"],
+         both(nit_prior, file_at("packs_99.json", b"[[0, 99]]")), "pack 0 refers to image index 99"),
+    case("nit-latent-dirs-missing", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/nolat"], nit_prior,
+         "data.latent_dirs {t}/nolat not found"),
+    case("nit-latent-dirs-without-a-type", TRAIN,
+         NIT_TRAIN + ["data.latent_dirs={{fixed-64x64: {a}/nit/latents/fixed-64x64}}"], nit_prior,
+         "data.latent_dirs has no folder for data type 'native-resolution'"),
+    case("nit-latent-truncated", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/lat"],
+         both(nit_prior, nit_latent_copy("lat", lambda f: f.write_bytes(f.read_bytes()[:100]))),
+         "{t}/lat/fixed-64x64/n00/img0.safetensors (data-meta index 0) cannot be read as safetensors"),
+    case("nit-latent-without-label", TRAIN, NIT_TRAIN + ["data.latent_dirs={t}/lat_nolabel"],
+         both(nit_prior, nit_latent_copy("lat_nolabel", lambda f: __import__("safetensors.torch").torch.save_file(
+             {"latent": torch.zeros(2, 32, 2, 2)}, str(f)))),
+         "{t}/lat_nolabel/fixed-64x64/n00/img0.safetensors (data-meta index 0) lacks ['label']"),
+    case("nit-latent-missing-on-rank-1", TRAIN, NIT_TRAIN + ["data.data_meta={t}/meta.jsonl", "train.steps=1"],
+         both(nit_prior, nit_missing_on_rank1), "n00/missing.safetensors (data-meta index", nproc=2),
+    case("recipe-interpolation-missing-key", TRAIN, ["--config", "{a}/interp.yaml", "output_dir={t}/out"], nit_prior,
+         "config key 'train.steps' in {a}/interp.yaml: cannot resolve its interpolation (Interpolation key "
+         "'train.nope' not found)"),
+    # ---- NiT eval (the README's sampling command): weights, sizes, sampler flags, output folders
+    case("nit-ckpt-folder-without-ema", TRAIN, with_(NIT_EVAL, "--ckpt={a}/nit_online_only"), prior_eval,
+         "error: {a}/nit_online_only/model.safetensors not found (EMA weights"),
+    case("nit-ckpt-folder-without-online", TRAIN, with_(NIT_EVAL, "--ckpt={a}/nit_ema_only") + ["eval.use_ema=false"],
+         prior_eval, "error: {a}/nit_ema_only/model_1.safetensors not found (online weights"),
+    case("nit-ckpt-folder-garbage", TRAIN, with_(NIT_EVAL, "--ckpt={a}/nit_garbage"), prior_eval,
+         "{a}/nit_garbage/model.safetensors: cannot be read as a safetensors file"),
+    case("nit-ckpt-missing", TRAIN, with_(NIT_EVAL, "--ckpt={t}/none.safetensors"), prior_eval,
+         "not found: {t}/none.safetensors"),
+    case("nit-ckpt-truncated", TRAIN, with_(NIT_EVAL, "--ckpt={a}/nit_trunc.safetensors"), prior_eval,
+         "{a}/nit_trunc.safetensors: cannot be read as a safetensors file"),
+    case("nit-ckpt-other-model", TRAIN, with_(NIT_EVAL, "--ckpt={a}/nnet_ema.pth"), prior_eval,
+         "{a}/nnet_ema.pth does not fit NiT"),
+    case("nit-downsample-disagrees", TRAIN, NIT_EVAL + ["sample.downsample=16"], prior_eval,
+         "sample.downsample 16 disagrees with tokenizer.kind dcae"),
+    case("nit-in-channels-mismatch", TRAIN, NIT_EVAL + ["model.in_channels=4"], prior_eval,
+         "model.in_channels 4 does not match tokenizer.kind dcae"),
+    case("nit-height-not-multiple", TRAIN, with_(NIT_EVAL, "--height=48"), prior_eval,
+         "image size 48x32 must be a multiple of 32"),
+    case("nit-sizes-not-hxw", TRAIN, NIT_EVAL + ["sample.sizes=[32by64]"], prior_eval,
+         "sample.sizes: a size is HxW"),
+    case("nit-guidance-high-above-1", TRAIN, with_(NIT_EVAL, "--guidance-high=70"), prior_eval,
+         "sample.guidance_high (--guidance-high) is a time t in [0, 1] (1 = noise), got 70.0"),
+    case("nit-guidance-low-above-high", TRAIN, with_(NIT_EVAL, "--guidance-low=0.8", "--guidance-high=0.5"),
+         prior_eval, "--guidance-low 0.8 must not exceed --guidance-high 0.5"),
+    case("nit-solver-unknown", TRAIN, with_(NIT_EVAL, "--mode=euler"), prior_eval,
+         "sample.mode (--mode) must be one of ode, sde, got 'euler'"),
+    case("nit-heun-with-sde", TRAIN, with_(NIT_EVAL, "--mode=sde") + ["--heun"], prior_eval,
+         "--heun is a corrector of the ODE sampler"),
+    case("nit-num-steps-zero", TRAIN, with_(NIT_EVAL, "--num-steps=0"), prior_eval,
+         "sample.steps (--num-steps) must be >= 1"),
+    case("nit-per-proc-batch-size-zero", TRAIN, with_(NIT_EVAL, "--per-proc-batch-size=0"), prior_eval,
+         "eval.batch_size"),
+    case("nit-num-fid-samples-zero", TRAIN, with_(NIT_EVAL, "--num-fid-samples=0"), prior_eval, "eval.n"),
+    case("nit-slice-vae-with-value", TRAIN, NIT_EVAL + ["--slice_vae=2"], prior_eval,
+         "flag --slice_vae takes no value"),
+    case("nit-cfg-scale-text", TRAIN, with_(NIT_EVAL, "--cfg-scale=high"), prior_eval, "sample.cfg_scale"),
+    case("nit-global-seed-fraction", TRAIN, NIT_EVAL + ["--global-seed", "1.5"], prior_eval, "seed"),
+    case("nit-sample-dir-under-file", TRAIN, with_(NIT_EVAL, "--sample-dir={t}/afile/out"),
+         both(prior_eval, file_at("afile")), "{t}/afile"),
+    case("nit-png-dir-under-file", TRAIN, NIT_EVAL + ["eval.save_png=2", "eval.png_dir={t}/afile/png"],
+         both(prior_eval, file_at("afile")), "eval.png_dir {t}/afile/png cannot be created: {t}/afile is a file"),
+    case("nit-dcae-folder-missing", TRAIN, NIT_EVAL + ["tokenizer.ckpt={t}/no-dcae"], prior_eval,
+         "DC-AE directory not found: {t}/no-dcae"),
 ]
 
 

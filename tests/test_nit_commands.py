@@ -276,3 +276,39 @@ def test_several_sizes_without_metrics_and_a_new_png_dir(assets, tmp_path):
     for s, n in names.items():
         again = {f.name: np.asarray(Image.open(f)) for f in sorted((tmp_path / "elsewhere" / n).glob("*.png"))}
         assert sorted(again) == sorted(first[s]) and all(np.array_equal(again[k], first[s][k]) for k in again)
+
+
+def test_accelerate_save_state_folder_as_ckpt(assets, tmp_path):
+    """--ckpt <accelerate save_state folder> through train.py: model.safetensors (EMA) by default, model_1.safetensors
+    (the online weights, `module.`-prefixed as accelerate saves the DDP model) with eval.use_ema=false. The two files
+    hold different random models, so the images tell which one was read; both evals share one --sample-dir, where
+    the second must not reuse the first one's finished units."""
+    from safetensors.torch import save_file
+
+    from models.nit import FLAVOURS
+    from tests.nit_helpers import randomized
+    a, _ = assets
+    folder = tmp_path / "checkpoint-1000K"
+    folder.mkdir()
+    save_file(a["state_dict"], str(folder / "model.safetensors"))
+    online = randomized(FLAVOURS["debug"](), seed=1).state_dict()
+    save_file({f"module.{k}": v.contiguous() for k, v in online.items()}, str(folder / "model_1.safetensors"))
+
+    def images(ckpt, out, pngs, *extra):
+        args = debug_command(256, assets, out)
+        for flag, value in (("--ckpt", ckpt), ("--height", "64"), ("--width", "64")):
+            args[args.index(flag) + 1] = str(value)
+        assert train.main(args + [f"eval.png_dir={pngs}", *extra]) == 0
+        tags = sorted((out / "eval").iterdir(), key=lambda p: p.stat().st_mtime)
+        result = json.loads((tags[-1] / "result.json").read_text())
+        (named,) = [d for d in pngs.iterdir() if d.is_dir()]  # the folder named by the sampler settings
+        return {f.name: np.asarray(Image.open(f)) for f in sorted(named.glob("*.png"))}, result
+
+    flat, _ = images(a["weights"], tmp_path / "flat", tmp_path / "png_flat")
+    ema, r_ema = images(folder, tmp_path / "shared", tmp_path / "png_ema")
+    online_imgs, r_online = images(folder, tmp_path / "shared", tmp_path / "png_online", "eval.use_ema=false")
+    assert r_ema["provenance"]["generator_weights"] == str(folder / "model.safetensors")
+    assert r_online["provenance"]["generator_weights"] == str(folder / "model_1.safetensors")
+    assert sorted(ema) == sorted(flat) == sorted(online_imgs) == ["000000.png", "000001.png", "000002.png"]
+    assert all(np.array_equal(ema[k], flat[k]) for k in flat)  # the EMA file is the released flat file's model
+    assert not any(np.array_equal(ema[k], online_imgs[k]) for k in ema)

@@ -104,7 +104,7 @@ def test_repa_coeff_zero_loads_no_encoder():
 
 
 @pytest.mark.parametrize("spec,kind,names", [
-    ("{d}/encoder.pt2", "auto", ["encoder.pt2", "loss.repa_coeff=0"]),
+    ("{d}/encoder.pt2", "auto", ["encoder.pt2", "loss.repa_encoder=null"]),
     ("{d}/radio_v2.5-h.pth.tar", "auto", ["radio_v2.5-h.pth.tar",
                                           "https://huggingface.co/nvidia/RADIO/resolve/main/radio_v2.5-h.pth.tar"]),
     ("{d}/radio_v2.5-b.pth.tar", "radio", ["https://huggingface.co/nvidia/RADIO/resolve/main/radio_v2.5-b.pth.tar"]),
