@@ -377,7 +377,8 @@ def _provenance(cfg, src, ev) -> dict:
             "sample": to_container(cfg.sample) if "sample" in cfg else None, "seed": int(cfg.seed),
             "labels": cfg.eval.labels, "precision": cfg.eval.precision,
             "inception_weights": ev.collector.weights_path, "inception_dtype": ev.collector.dtype,
-            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats}
+            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats,
+            "size": list(src.size) if getattr(src, "size", None) is not None else None}  # eval.size, as sampled
 
 
 def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:

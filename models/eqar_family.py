@@ -28,6 +28,7 @@ from core import dist
 from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models import eqar
+from models.eqar_checks import check_config, check_model_kwargs
 from models.family import Family
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
 
@@ -102,7 +103,9 @@ def _same(a, b) -> bool:
 
 def _builder(name: str, build):
     def make(args_from=None, grad_checkpointing=False, **kw):
-        gc = bool(grad_checkpointing)  # the bare official flag --grad_checkpointing sets True
+        kw = check_model_kwargs({**kw, "grad_checkpointing": bool(grad_checkpointing)
+                                 if grad_checkpointing in (0, 1) else grad_checkpointing})
+        gc = kw.pop("grad_checkpointing")  # the bare official flag --grad_checkpointing sets True
         full = {**build.defaults, **kw}
         check_official_args(args_from, name, full)
         return build(grad_checkpointing=gc, **kw)
@@ -173,7 +176,8 @@ def apply_official_schedule(cfg, n: int) -> None:
     """The release's per-GPU batch, base LR and epoch counts -> the engine's global batch, LR and steps (logged).
 
     Runs inside `dataset` because the step counts need the data set size; the engine reads train.batch_size,
-    train.steps, train.warmup_steps and train.lr only after building the data set."""
+    train.steps, train.warmup_steps and train.lr only after building the data set. The flags' ranges are checked
+    before anything loads (models/eqar_checks.py), so the values made here are in range too."""
     t, world = cfg.train, dist.world_size()
     notes = []
     if t.batch_size_per_rank is not None:
@@ -359,4 +363,5 @@ FAMILY = Family(
     sample_settings=eqar_sample_settings,
     num_classes=lambda model, cfg: int(getattr(model, "module", model).class_num),
     param_groups=eqar_param_groups,
+    check_config=check_config,
 )

@@ -112,6 +112,9 @@ class Family:
     weights_file: Callable[[str, bool], str] | None = None
     # bool, or (cfg) -> bool: DDP must tolerate parameters without a gradient in a step
     ddp_find_unused: bool | Callable[[Any], bool] = False
+    # (cfg, mode) -> None: the family's own value checks (ranges of its keys and official flags, the files it will
+    # read), run before any weights, data or process group are touched; raises ValueError naming the key or flag
+    check_config: Callable[[Any, str], None] | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:
