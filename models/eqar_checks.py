@@ -92,6 +92,9 @@ def _check_weights_flags(cfg, mode: str) -> None:
         given, other = ("--resume", "--ckpt") if ckpt is None else ("--ckpt", "--resume")
         raise ValueError(f"{given} is given without {other}: the weights are --resume DIR --ckpt FILE "
                          f"(eval.resume, eval.ckpt), or name the file with --pretrained_path")
+    weights = e.pretrained_path if mode == "eval" else cfg.train.get("init_from")
+    if weights is not None:
+        check_weights_file(str(weights))
     if resume is None:
         return
     joined = os.path.join(str(resume), str(ckpt))
@@ -104,6 +107,21 @@ def _check_weights_flags(cfg, mode: str) -> None:
             raise ValueError(f"--resume {resume} --ckpt {ckpt}: training resumes from the checkpoints of its own "
                              f"output_dir ({own}), not from another folder's file; to start from those weights "
                              f"use --pretrained_path {joined}")
+
+
+def check_weights_file(path: str) -> None:
+    """The generator weights exist and open (memory-mapped: only the archive's directory is read), so that a wrong
+    --resume/--ckpt or --pretrained_path stops before the tokenizer and the Inception are loaded."""
+    import torch
+
+    from core.loading import load_file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"not found: {path} (the generator weights: --pretrained_path, or --resume DIR "
+                                f"--ckpt FILE)")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy (non-zip) files load without mmap; anything unreadable gets load_file's one line
+        load_file(path, "generator weights")
 
 
 def check_eval_size(cfg) -> None:

@@ -269,3 +269,17 @@ def test_two_processes_train_and_eval_identical_images(world):
         images.append(_eval_images(out))
     assert images[0].shape == (4, 3, 16, 64) and torch.equal(images[0], images[1])
     assert len({tuple(x.flatten().tolist()) for x in images[0]}) == 4
+
+
+def test_eval_size_sets_the_width_and_is_recorded(world):
+    """eval.size=[H, W] asks for W / column width tokens; H is the tokenizer's (another height is refused before
+    anything loads: tests/test_bad_input.py, eqar-eval-size-height) and result.json records the size sampled."""
+    if not (world / "huge" / "checkpoints" / "step_0000003.pt").exists():
+        _main([*_train_args(world, "huge"), *LOCAL])
+    args = _fix_config_path(readme_args(EVAL_IMAGENET, _paths(world, "huge", SAVE_PATH=world / "huge_size",
+                                                              RESUME_PATH=world / "huge" / "checkpoints"),
+                                        RECIPE["huge"]), world)
+    _main([*args, "--mode", "eval", *LOCAL, *_eval_local(world), "eval.size=[16,32]"])
+    assert _eval_images(world / "huge_size").shape == (4, 3, 16, 32)
+    (result,) = (world / "huge_size" / "eval").glob("*/result.json")
+    assert json.loads(result.read_text())["provenance"]["size"] == [16, 32]
