@@ -5,12 +5,17 @@ the case folder, the text the last stderr line must contain). `{t}` in argv/culp
 shared folder of small inputs (tiny checkpoints, image folders, stats files). Every file present before the run
 (inputs and the prior checkpoints/results the setup wrote) must keep its checksum. Cases the engine does not handle
 yet carry `xfail=` (strict: fixing one makes its test fail until the mark is removed).
+
+Each single-process case runs the script as `__main__` in a child forked from an interpreter that has imported torch
+once (tests/forkrun.py: the project itself is imported by the child); `BAD_INPUT_FRESH=1` starts a fresh interpreter
+per case instead, as torchrun cases always do. `BAD_INPUT_TIMES=1` prints each case's seconds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -24,6 +29,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.forkrun import ForkRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, EXTRACT = "train.py", "extract_imagenet_feature.py"
@@ -577,15 +584,35 @@ def runs(request, tmp_path_factory, assets):
     for c in chosen:  # setups first, in this process (some call the extraction in-process)
         jobs[c.id] = (c, *_launch(c, tmp_path_factory.mktemp(c.id), assets))
 
+    # single-process cases run in children forked from interpreters that imported torch once (tests/forkrun.py);
+    # torchrun cases and cases with their own environment start fresh interpreters
+    fresh = bool(os.environ.get("BAD_INPUT_FRESH"))
+    parents: queue.Queue = queue.Queue()
+    if not fresh:
+        for _ in range(min(WORKERS, sum(1 for c, _, _ in jobs.values() if c.nproc == 1 and not c.env))):
+            parents.put(ForkRunner(_env({}), ROOT))
+    io = tmp_path_factory.mktemp("case_io")
+
     def go(job):
         c, run, cmd = job
         t0 = time.time()
-        run.proc = subprocess.run(cmd, cwd=ROOT, env=_env(c.env), capture_output=True, text=True, timeout=TIMEOUT)
+        if fresh or c.nproc > 1 or c.env:
+            run.proc = subprocess.run(cmd, cwd=ROOT, env=_env(c.env), capture_output=True, text=True,
+                                      timeout=TIMEOUT)
+        else:
+            parent = parents.get()
+            try:
+                (io / c.id).mkdir()
+                run.proc = parent.run(cmd, ROOT, _env(c.env), io / c.id, TIMEOUT)
+            finally:
+                parents.put(parent)
         run.seconds = time.time() - t0
         return run
 
     with ThreadPoolExecutor(WORKERS) as pool:
         done = dict(zip(jobs, pool.map(go, jobs.values())))
+    while not parents.empty():
+        parents.get().close()
     if os.environ.get("BAD_INPUT_TIMES"):  # where the module's time goes
         for k, r in sorted(done.items(), key=lambda kv: -kv[1].seconds):
             print(f"{r.seconds:6.1f} s  {k}")
