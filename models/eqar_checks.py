@@ -11,6 +11,8 @@ import os
 
 from omegaconf import OmegaConf
 
+from samplers.column_ar import SCHEDULES
+
 # key -> (smallest value, integer?, why); model.* keys are checked where the model is built (flavour defaults)
 INT_KEYS = {
     "model.vae_embed_dim": 1, "model.class_num": 1, "model.buffer_size": 1, "model.cond_length": 0,
@@ -73,6 +75,10 @@ def check_config(cfg, mode: str) -> None:
             v = check_value(key, OmegaConf.select(cfg, key))
             if v is not None:
                 OmegaConf.update(cfg, key, v)
+    schedule = cfg.sample.cfg_schedule
+    if schedule not in SCHEDULES:
+        raise ValueError(f"sample.cfg_schedule (--cfg_schedule) must be one of {', '.join(SCHEDULES)}, got "
+                         f"{schedule!r}")
     _check_weights_flags(cfg, mode)
     if mode == "eval" and cfg.eval.source == "samples" and cfg.eval.size is not None:
         check_eval_size(cfg)

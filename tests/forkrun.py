@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 PARENT = r"""
@@ -66,11 +67,20 @@ class ForkRunner:
     def __init__(self, env: dict, cwd: Path):
         self.proc = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=cwd)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
         assert self._line(300) == "ready", "the fork parent did not start"
 
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)  # the parent is gone
+
     def _line(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().strip() if ready else None
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def run(self, cmd: list[str], cwd: Path, env: dict, logs: Path, timeout: float) -> subprocess.CompletedProcess:
         """cmd = [python, script, *argv] as for subprocess.run; stdout/stderr are kept in files under `logs`."""
@@ -82,8 +92,11 @@ class ForkRunner:
         pid = json.loads(self._line(60))["pid"]
         line = self._line(timeout)
         if line is None:
-            os.kill(pid, signal.SIGKILL)
-            line = self._line(60)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._line(60)
             raise subprocess.TimeoutExpired(cmd, timeout)
         rc = json.loads(line)["rc"]
         return subprocess.CompletedProcess(cmd, rc, out.read_text(errors="replace"), err.read_text(errors="replace"))
