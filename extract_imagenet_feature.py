@@ -8,9 +8,10 @@ NiT (DC-AE latents, per-image safetensors + data-meta JSONL):
 Scale out with torchrun (any number of processes / nodes; the output is byte-identical):
     torchrun --nproc_per_node 8 extract_imagenet_feature.py --path data --split train --input_res 256
 Interrupted runs resume: finished shards are kept and skipped (--max_shards N stops each process after N shards,
-exit code 3, for time-limited jobs). A finished output is never rewritten. Unreadable images are skipped, logged,
-counted and listed next to the output (`<output stem>_skipped.txt`). Across nodes, --output must be on a file
-system that every node sees (rank 0 plans the shards and assembles the result).
+exit code 3, for time-limited jobs). A finished output is never rewritten; its settings are recorded beside it
+(`<output stem>_settings.json`) and a re-run with other ones is refused, naming them. Unreadable images are
+skipped, logged, counted and listed next to the output (`<output stem>_skipped.txt`). Across nodes, --output must
+be on a file system that every node sees (rank 0 plans the shards and assembles the result).
 
 Bad input (missing or empty folder, unreadable checkpoint, unwritable output, every image unreadable, ...) stops
 with one `error: ...` line on stderr and exit code 2, on every process of a torchrun job; existing outputs and
