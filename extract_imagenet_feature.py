@@ -238,13 +238,12 @@ class Job:
                 "n_images": len(files), "images": tw.list_digest(files, labels), "shard_size": self.args.shard_size,
                 "row_block": self.args.row_block}
 
-    def settings(self, root: str) -> dict:
+    def settings(self) -> dict:
         """The FINISHED_KEYS of this command (no folder listing needed)."""
-        now = self.manifest([], [])
-        now["path"] = os.path.abspath(root)
+        now = {**self.manifest([], []), "path": os.path.abspath(self.args.path)}
         return {k: now[k] for k in FINISHED_KEYS}
 
-    def check_finished(self, root: str) -> None:
+    def check_finished(self) -> None:
         """A finished output made with other settings is refused (naming them), not reported as done; one written
         before settings were recorded is accepted with a warning saying they are unknown."""
         path = self.settings_path
@@ -261,7 +260,7 @@ class Job:
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: unreadable ({one_line(e)}); it records the settings of {self.final}: delete "
                              f"both to extract again") from None
-        now = self.settings(root)
+        now = self.settings()
         diff = [k for k in FINISHED_KEYS if old.get(k) != now[k]]
         if diff:
             def show(k):
@@ -364,7 +363,7 @@ def plan_on_main(job, root: str) -> dict:
     shard state is written), open the shard store. Returns the plan every rank follows."""
     args = job.args
     if job.finished():
-        job.check_finished(root)
+        job.check_finished()
         return {"exists": True}
     if not os.path.isdir(root):
         raise InputError(f"image folder {root} not found (--path {args.path} --split {args.split}); expected "
@@ -372,7 +371,7 @@ def plan_on_main(job, root: str) -> dict:
     check_writable(job.out_dir)
     files, labels, classes = imf.list_image_folder(root)
     job.tok = job.load()
-    job.record = {**job.manifest(files, labels), "path": os.path.abspath(root)}
+    job.record = {**job.manifest(files, labels), "path": os.path.abspath(args.path)}
     job.store.open(job.manifest(files, labels), MANIFEST_SETTINGS)
     shards = tw.shard_ranges(len(files), args.shard_size)
     pending = [s for s in range(len(shards)) if not job.store.done(s)]

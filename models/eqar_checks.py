@@ -7,13 +7,14 @@ is checked against the data geometry (height, column width, token width) from it
 """
 from __future__ import annotations
 
+import math
 import os
 
 from omegaconf import OmegaConf
 
 from samplers.column_ar import SCHEDULES
 
-# key -> (smallest value, integer?, why); model.* keys are checked where the model is built (flavour defaults)
+# integer key -> its smallest value; model.* keys are checked where the model is built (with the flavour defaults)
 INT_KEYS = {
     "model.vae_embed_dim": 1, "model.class_num": 1, "model.buffer_size": 1, "model.cond_length": 0,
     "model.diffusion_batch_mul": 1, "model.diffloss_d": 1, "model.diffloss_w": 1,
@@ -23,8 +24,8 @@ INT_KEYS = {
 }
 WHY = {"data.token_num": " (the column tokenizer's reflect padding needs 2 columns)",
        "sample.num_iter": " (the column tokenizer decodes at least 2 columns)",
-       "train.epochs": " (0 epochs would train 0 steps)"}
-# key -> (test, what is expected)
+       "train.epochs": " (train.steps = epochs x the data set's images // the global batch)"}
+# number key -> (test of a finite value, what is expected)
 NUMBER_KEYS = {
     "train.blr": (lambda v: v >= 0, "a number >= 0 (lr = blr x global batch / 256)"),
     "train.warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
@@ -47,11 +48,11 @@ def check_value(key: str, v):
         return None
     if key in INT_KEYS:
         lo = INT_KEYS[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v) or v < lo:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < lo:
             raise ValueError(f"{key}{flag_of(key)} must be an integer >= {lo}{WHY.get(key, '')}, got {v!r}")
         return int(v)
     test, what = NUMBER_KEYS[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not test(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not test(v):
         raise ValueError(f"{key}{flag_of(key)} must be {what}, got {v!r}")
     return v
 
@@ -63,10 +64,13 @@ def check_model_kwargs(kw: dict) -> dict:
         key = f"model.{k}"
         if key in INT_KEYS or key in NUMBER_KEYS:
             out[k] = check_value(key, v)
-    if "grad_checkpointing" in kw and not isinstance(kw["grad_checkpointing"], bool):
-        raise ValueError(f"model.grad_checkpointing (--grad_checkpointing) must be true/false, got "
-                         f"{kw['grad_checkpointing']!r}")
     return out
+
+
+def check_switch(key: str, v) -> bool:
+    if v not in (True, False):  # 0 and 1 included
+        raise ValueError(f"{key}{flag_of(key)} must be true/false, got {v!r}")
+    return bool(v)
 
 
 def check_config(cfg, mode: str) -> None:

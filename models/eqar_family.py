@@ -28,7 +28,7 @@ from core import dist
 from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models import eqar
-from models.eqar_checks import check_config, check_model_kwargs
+from models.eqar_checks import check_config, check_model_kwargs, check_switch
 from models.family import Family
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
 
@@ -103,9 +103,8 @@ def _same(a, b) -> bool:
 
 def _builder(name: str, build):
     def make(args_from=None, grad_checkpointing=False, **kw):
-        kw = check_model_kwargs({**kw, "grad_checkpointing": bool(grad_checkpointing)
-                                 if grad_checkpointing in (0, 1) else grad_checkpointing})
-        gc = kw.pop("grad_checkpointing")  # the bare official flag --grad_checkpointing sets True
+        kw = check_model_kwargs(kw)
+        gc = check_switch("model.grad_checkpointing", grad_checkpointing)  # the bare official flag sets True
         full = {**build.defaults, **kw}
         check_official_args(args_from, name, full)
         return build(grad_checkpointing=gc, **kw)

@@ -2,6 +2,7 @@
 the tokenizer can take, the loss weights' ranges, and the weight files the run will read (LPIPS, DINO, DINOv2)."""
 from __future__ import annotations
 
+import math
 import os
 
 from omegaconf import OmegaConf
@@ -12,7 +13,8 @@ CHANNELS_OF_KIND = {"imagefolder": 3, "fmnist": 1}  # synthetic: data.channels
 
 
 def _number(key: str, v, integer: bool = False) -> None:
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v >= 0 and (not integer or float(v) == int(v))
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 and (
+        not integer or float(v).is_integer())
     if not ok:
         raise ValueError(f"config key '{key}' must be {'an integer' if integer else 'a number'} >= 0, got {v!r}")
 

@@ -206,6 +206,12 @@ def finished_tokens(t: Path, a: Path) -> None:
                          "--output", str(t / "feat" / "train.npy")]) == 0
 
 
+def finished_latents(t: Path, a: Path) -> None:
+    """A finished DC-AE extraction (train split, 64 px) in {t}/lat."""
+    import extract_imagenet_feature as extract
+    assert extract.main([s.format(t=t, a=a) for s in DCAE]) == 0
+
+
 def damaged_shard(how: str) -> Callable[[Path, Path], None]:
     """unfinished_shards, then its finished shard cut in half, overwritten with text, or holding object arrays."""
     def setup(t: Path, a: Path) -> None:
@@ -432,7 +438,9 @@ CASES = [
     # ---- eqar: the official flags' ranges (checked before anything loads), the schedule they translate to
     case("eqar-blr-negative", TRAIN, EQAR + ["--blr", "-1"], prior_eqar, "train.blr (--blr) must be a number >= 0"),
     case("eqar-blr-text", TRAIN, EQAR + ["--blr", "abc"], prior_eqar, "train.blr (--blr)"),
-    case("eqar-epochs-zero", TRAIN, EQAR + ["--epochs", "0"], prior_eqar, "train.epochs (--epochs) must be an integer >= 1"),
+    case("eqar-epochs-zero", TRAIN, EQAR + ["--epochs", "0"], prior_eqar,
+         "train.epochs (--epochs) must be an integer >= 1"),
+    case("eqar-blr-negative-2proc", TRAIN, EQAR + ["--blr", "-1"], prior_eqar, "train.blr (--blr)", nproc=2),
     case("eqar-epochs-fraction", TRAIN, EQAR + ["--epochs", "2.5"], prior_eqar, "train.epochs (--epochs)"),
     case("eqar-warmup-epochs-negative", TRAIN, EQAR + ["--warmup_epochs", "-1"], prior_eqar,
          "train.warmup_epochs (--warmup_epochs) must be a number >= 0"),
@@ -451,7 +459,8 @@ CASES = [
     case("eqar-class-num-zero", TRAIN, EQAR + ["--class_num", "0"], prior_eqar, "model.class_num (--class_num)"),
     case("eqar-diffusion-batch-mul-zero", TRAIN, EQAR + ["--diffusion_batch_mul", "0"], prior_eqar,
          "(--diffusion_batch_mul)"),
-    case("eqar-buffer-size-zero", TRAIN, EQAR + ["--buffer_size", "0"], prior_eqar, "model.buffer_size (--buffer_size)"),
+    case("eqar-buffer-size-zero", TRAIN, EQAR + ["--buffer_size", "0"], prior_eqar,
+         "model.buffer_size (--buffer_size)"),
     case("eqar-label-drop-above-one", TRAIN, EQAR + ["--label_drop_prob", "2"], prior_eqar, "(--label_drop_prob)"),
     case("eqar-vae-norm-zero", TRAIN, EQAR + ["--vae_norm", "0"], prior_eqar, "tokenizer.vae_norm (--vae_norm)"),
     case("eqar-img-size-other", TRAIN, EQAR + ["--img_size", "32"], prior_eqar,
@@ -530,6 +539,8 @@ CASES = [
          "train.npy exists but was extracted with other settings (differing: --input_res 32 -> 64)"),
     case("extract-finished-other-row-block", EXTRACT, VQ + ["--row_block", "2", "--shard_size", "2"],
          finished_tokens, "(differing: --row_block 128 -> 2)"),
+    case("extract-dcae-finished-other-split", EXTRACT, DCAE + ["--split", "val"], finished_latents,
+         "dcae_64x64_meta.jsonl exists but was extracted with other settings (differing: --split train -> val)"),
     case("extract-finished-settings-unreadable", EXTRACT, VQ,
          both(finished_tokens, file_at("feat/train_settings.json", b"{")), "train_settings.json: unreadable"),
     case("extract-shard-truncated", EXTRACT, VQ + ["--shard_size", "2", "--row_block", "2"],
