@@ -24,13 +24,17 @@ def check_config(cfg, mode: str) -> None:
     from tokenizer.column_ckpt import autoencoder_config
     ae = autoencoder_config(OmegaConf.to_container(cfg.model, resolve=True))
     _check_images(cfg, ae)
+    _check_networks(cfg, ae)
     L = cfg.loss
     for k in NONNEG_WEIGHTS:
         _number(f"loss.{k}", L[k])
     for k in STARTS:
         _number(f"loss.{k}", L[k], integer=True)
     _check_perceptual(L)
-    if float(L.semantic_weight) > 0 and str(L.semantic_teacher) == "dinov2":
+    teacher = str(L.semantic_teacher)
+    if teacher not in ("none", "dinov2") and ":" not in teacher:
+        raise ValueError(f"loss.semantic_teacher must be none, dinov2 or package.module:factory, got {teacher!r}")
+    if float(L.semantic_weight) > 0 and teacher == "dinov2":
         from tokenizer.vit import DINOV2_URL, require_file
         require_file(L.dinov2_path, "DINOv2 ViT-B/14 (loss.dinov2_path)", DINOV2_URL)
     if str(cfg.model.get("discriminator", "conv")) == "dino":
@@ -50,11 +54,28 @@ def _check_images(cfg, ae: dict) -> None:
     if w % down or w < 2 * down:
         raise ValueError(f"data.crop_width={w} is not a multiple >= 2 of the column width {down} (one token per {down} "
                          f"px; reflect padding needs 2 columns)")
+    if str(d.kind) == "synthetic" and int(d.synthetic_n) < 1:
+        raise ValueError(f"config key 'data.synthetic_n' must be an integer >= 1, got {d.synthetic_n}")
     want = CHANNELS_OF_KIND.get(str(d.kind), int(d.channels))
     if want != int(ae["in_channels"]):
         what = "data.channels" if str(d.kind) not in CHANNELS_OF_KIND else f"data.kind={d.kind}"
         raise ValueError(f"{what} gives {want}-channel images, but the column tokenizer (model.flavour="
                          f"{cfg.model.flavour}) takes {ae['in_channels']} (model.in_channels)")
+
+
+def _check_networks(cfg, ae: dict) -> None:
+    """Widths the GroupNorms of the autoencoder (32 groups) and of the conv discriminator (8 groups) can split."""
+    if int(ae["ch"]) < 1 or int(ae["ch"]) % 32:
+        raise ValueError(f"model.ch={ae['ch']}: the column tokenizer's widths must be multiples of 32 (GroupNorm "
+                         f"with 32 groups)")
+    m = cfg.model
+    if str(m.get("discriminator", "conv")) == "conv":
+        ch, layers = m.get("disc_channels", 64), m.get("disc_layers", 3)
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"model.disc_layers must be an integer >= 1, got {layers!r}")
+        if not isinstance(ch, int) or ch < 4 or ch % 4:
+            raise ValueError(f"model.disc_channels must be a multiple of 4 (GroupNorm with 8 groups of twice the "
+                             f"width), got {ch!r}")
 
 
 def _check_perceptual(L) -> None:
