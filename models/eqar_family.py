@@ -164,6 +164,11 @@ def eqar_dataset(cfg, split: str = "train"):
         if not d.path:
             raise ValueError("data.path is empty: give a latent cache written by scripts/eqar_cache_latents.py")
         ds = LatentFile(str(d.path))
+        dim = cfg.model.get("vae_embed_dim") or FLAVOURS[str(cfg.model.flavour)].defaults.get("vae_embed_dim")
+        if ds.mean.dim() != 4 or len(ds.label) != ds.mean.shape[0] or int(ds.mean.shape[-1]) != int(dim):
+            raise ValueError(f"{d.path}: latents {tuple(ds.mean.shape)} and {len(ds.label)} labels do not fit "
+                             f"model.vae_embed_dim (--vae_embed_dim) {dim}: expected 'mean' (N, [V,] L, {dim}) and N "
+                             f"labels")
     else:
         from datasets.column_images import SyntheticColumns
         ds = SyntheticColumns(int(d.synthetic_n), int(cfg.model.get("class_num", 10) or 10), h, w)

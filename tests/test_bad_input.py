@@ -135,7 +135,7 @@ def assets(tmp_path_factory) -> Path:
 
 def _column_assets(a: Path) -> None:
     """The equivariant AR's inputs: a debug column tokenizer (eqtok container; one with a key short; a Lightning
-    file with one EMA tensor short) and a prior debug generator checkpoint (step 5)."""
+    file with one EMA tensor short), a latent cache and a prior debug generator checkpoint (step 5)."""
     from engine.config import load_config
     from engine.optim import build_optimizer, make_ema
     from engine.trainer import save_checkpoint
@@ -151,6 +151,8 @@ def _column_assets(a: Path) -> None:
     light = {**sd, **ColumnEMA(ae).state_dict()}
     light.pop("ema_quant_layer.bias")
     torch.save({"state_dict": light}, a / "column_lightning_missing.ckpt")
+    # a latent cache of 8-d tokens (the debug generator takes 16-d ones)
+    torch.save({"mean": torch.zeros(4, 4, 8), "label": torch.zeros(4, dtype=torch.long)}, a / "latents_8d.pt")
     cfg = load_config(ROOT / "configs/debug/eqar_debug.yaml")
     model, fam = build_model(cfg)
     save_checkpoint(a / "eqar_step5.pt", model, make_ema(model), build_optimizer(model, cfg.train), 5, fam.name, cfg)
@@ -471,6 +473,8 @@ CASES = [
          "sample.cfg_schedule (--cfg_schedule) must be one of linear, constant, got 'cosine'"),
     case("eqar-data-path-missing", TRAIN, EQAR + ["data.kind=imagefolder", "--data_path", "{t}/nowhere"],
          prior_eqar, "image folder {t}/nowhere not found"),
+    case("eqar-latent-cache-other-width", TRAIN, EQAR + ["data.kind=latents", "data.path={a}/latents_8d.pt"],
+         prior_eqar, "latents_8d.pt: latents (4, 1, 4, 8) and 4 labels do not fit model.vae_embed_dim"),
     case("eqar-resume-other-folder", TRAIN, EQAR + ["--resume", "{a}", "--ckpt", "eqar_step5.pt"], prior_eqar,
          "training resumes from the checkpoints of its own output_dir"),
     # ---- eqar: the tokenizer file, checked against the data geometry before anything loads
