@@ -250,6 +250,7 @@ def test_official_args_mismatch_is_one_line(world, over, flag):
 def test_two_processes_train_and_eval_identical_images(world):
     args = _train_args(world, "small")
     args[args.index("--output_dir") + 1] = str(world / "small2")
+    args[args.index("--resume") + 1] = str(world / "small2" / "checkpoints")  # a run resumes from its own folder
     p = subprocess.run(torchrun_cmd(2, *args, *LOCAL), cwd=ROOT, env=env(), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
