@@ -8,9 +8,10 @@ NiT (DC-AE latents, per-image safetensors + data-meta JSONL):
 Scale out with torchrun (any number of processes / nodes; the output is byte-identical):
     torchrun --nproc_per_node 8 extract_imagenet_feature.py --path data --split train --input_res 256
 Interrupted runs resume: finished shards are kept and skipped (--max_shards N stops each process after N shards,
-exit code 3, for time-limited jobs). A finished output is never rewritten. Unreadable images are skipped, logged,
-counted and listed next to the output (`<output stem>_skipped.txt`). Across nodes, --output must be on a file
-system that every node sees (rank 0 plans the shards and assembles the result).
+exit code 3, for time-limited jobs). A finished output is never rewritten; its settings are recorded beside it
+(`<output stem>_settings.json`) and a re-run with other ones is refused, naming them. Unreadable images are
+skipped, logged, counted and listed next to the output (`<output stem>_skipped.txt`). Across nodes, --output must
+be on a file system that every node sees (rank 0 plans the shards and assembles the result).
 
 Bad input (missing or empty folder, unreadable checkpoint, unwritable output, every image unreadable, ...) stops
 with one `error: ...` line on stderr and exit code 2, on every process of a torchrun job; existing outputs and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -54,7 +56,11 @@ MANIFEST_SETTINGS = {"input_res": "--input_res", "split": "--split", "tokenizer"
                      "config": "--vq_config / DC-AE config.json",
                      "weights": "tokenizer weights (--vq_ckpt / --dcae_path)",
                      "images": "the image list under --path", "n_images": "the number of images under --path",
-                     "shard_size": "--shard_size", "row_block": "--row_block", "flip": "--split", "format": "format"}
+                     "shard_size": "--shard_size", "row_block": "--row_block", "flip": "--split", "format": "format",
+                     "path": "--path"}
+# what a finished output is checked against (its `<output stem>_settings.json`): the settings that change its content
+# and can be known without listing the image folder (the folder itself stands for its images)
+FINISHED_KEYS = ("format", "tokenizer", "config", "weights", "split", "input_res", "flip", "row_block", "path")
 
 
 def one_line(e: BaseException) -> str:
@@ -206,6 +212,7 @@ class Job:
             self.weights = tw.file_fingerprint(wfile) if os.path.isfile(wfile) else "config-only"
         self.final = self.out if args.tokenizer == "vqgan" else self.meta_path
         self.skipped_path = os.path.splitext(self.final)[0] + "_skipped.txt"
+        self.settings_path = os.path.splitext(self.final)[0] + "_settings.json"
         self.out_dir = (os.path.dirname(self.out) or ".") if args.tokenizer == "vqgan" else self.out
         self.tok = None
 
@@ -230,6 +237,39 @@ class Job:
                 "split": self.args.split, "input_res": str(self.args.input_res), "flip": self.flip,
                 "n_images": len(files), "images": tw.list_digest(files, labels), "shard_size": self.args.shard_size,
                 "row_block": self.args.row_block}
+
+    def settings(self) -> dict:
+        """The FINISHED_KEYS of this command (no folder listing needed)."""
+        now = {**self.manifest([], []), "path": os.path.abspath(self.args.path)}
+        return {k: now[k] for k in FINISHED_KEYS}
+
+    def check_finished(self) -> None:
+        """A finished output made with other settings is refused (naming them), not reported as done; one written
+        before settings were recorded is accepted with a warning saying they are unknown."""
+        path = self.settings_path
+        if not os.path.isfile(path):
+            logger.warning(f"{self.final} was written without {os.path.basename(path)} (by an earlier version): the "
+                           f"settings it was made with are unknown and cannot be checked against this command's; "
+                           f"delete it to extract again with these settings")
+            return
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: unreadable ({one_line(e)}); it records the settings of {self.final}: delete "
+                             f"both to extract again") from None
+        now = self.settings()
+        diff = [k for k in FINISHED_KEYS if old.get(k) != now[k]]
+        if diff:
+            def show(k):
+                a, b = old.get(k), now[k]
+                short = all(len(str(v)) <= 60 for v in (a, b))
+                return f"{MANIFEST_SETTINGS.get(k, k)} {a} -> {b}" if short else MANIFEST_SETTINGS.get(k, k)
+            raise InputError(f"{self.final} exists but was extracted with other settings (differing: "
+                             f"{'; '.join(show(k) for k in diff)}); delete it and {os.path.basename(path)} to "
+                             f"extract again, or choose another --output")
 
     @property
     def prepare(self):
@@ -323,6 +363,7 @@ def plan_on_main(job, root: str) -> dict:
     shard state is written), open the shard store. Returns the plan every rank follows."""
     args = job.args
     if job.finished():
+        job.check_finished()
         return {"exists": True}
     if not os.path.isdir(root):
         raise InputError(f"image folder {root} not found (--path {args.path} --split {args.split}); expected "
@@ -330,9 +371,14 @@ def plan_on_main(job, root: str) -> dict:
     check_writable(job.out_dir)
     files, labels, classes = imf.list_image_folder(root)
     job.tok = job.load()
+    job.record = {**job.manifest(files, labels), "path": os.path.abspath(args.path)}
     job.store.open(job.manifest(files, labels), MANIFEST_SETTINGS)
     shards = tw.shard_ranges(len(files), args.shard_size)
     pending = [s for s in range(len(shards)) if not job.store.done(s)]
+    todo = set(pending)
+    for s in range(len(shards)):  # a damaged finished shard stops the run now, not after the other shards' work
+        if s not in todo:
+            (tw.check_token_shard if args.tokenizer == "vqgan" else lw.load_meta_shard)(job.store, s)
     return {"files": files, "labels": labels, "n_classes": len(classes), "shards": shards, "pending": pending}
 
 
@@ -455,6 +501,9 @@ def finish(job, root: str, n_files: int, n_shards: int) -> int:
         job.store.remove()
         raise InputError(f"{root}: none of the {n_files} image files could be read (first: {first}); nothing was "
                          f"written (the warnings above give each file's error)")
+    # the settings first: an output without them would be taken for one of an earlier version
+    os.makedirs(os.path.dirname(os.path.abspath(job.settings_path)), exist_ok=True)
+    tw.atomic_write_bytes(job.settings_path, json.dumps(job.record, indent=1, sort_keys=True).encode())
     if job.args.tokenizer == "vqgan":
         width = 1 + (job.res // job.downsample) ** 2
         n, skipped = tw.assemble_token_file(job.store, n_shards, job.out, width)

@@ -15,7 +15,7 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
-from datasets.token_writer import ShardStore, atomic_write_bytes
+from datasets.token_writer import ShardStore, atomic_write_bytes, shard_error
 
 TYPE_TAGS = {"fixed-256x256": "256x256", "fixed-512x512": "512x512", "native-resolution": "nr"}
 
@@ -55,9 +55,18 @@ def save_meta_shard(store: ShardStore, i: int, lines: list[str], skipped: list[s
 
 
 def load_meta_shard(store: ShardStore, i: int) -> tuple[list[str], list[str]]:
-    with open(store.path(i)) as f:
-        part = json.load(f)
-    return part["lines"], part["skipped"]
+    """(data-meta lines, skipped files) of a finished shard; a damaged file raises ShardError naming it."""
+    path = store.path(i)
+    try:
+        with open(path) as f:
+            part = json.load(f)
+        lines, skipped = part["lines"], part["skipped"]
+        if not isinstance(lines, list) or not isinstance(skipped, list):
+            raise ValueError("lines/skipped are not lists")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = f"no {e} entry" if isinstance(e, KeyError) else "truncated or corrupted: not a complete shard JSON file"
+        raise shard_error(path, why) from None
+    return lines, skipped
 
 
 def assemble_meta(store: ShardStore, n_shards: int, out_path: str) -> tuple[int, list[str]]:
@@ -65,13 +74,16 @@ def assemble_meta(store: ShardStore, n_shards: int, out_path: str) -> tuple[int,
     n, skipped = 0, []
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = f"{out_path}.tmp{os.getpid()}"
-    with open(tmp, "w") as out:
-        for i in range(n_shards):
-            with open(store.path(i)) as f:
-                part = json.load(f)
-            out.writelines(l + "\n" for l in part["lines"])
-            n += len(part["lines"])
-            skipped += part["skipped"]
+    try:
+        with open(tmp, "w") as out:
+            for i in range(n_shards):
+                lines, names = load_meta_shard(store, i)
+                out.writelines(l + "\n" for l in lines)
+                n += len(lines)
+                skipped += names
+    except BaseException:
+        os.unlink(tmp)
+        raise
     os.replace(tmp, out_path)
     return n, skipped
 

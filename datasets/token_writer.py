@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 
 import numpy as np
 
@@ -128,22 +129,60 @@ def save_token_shard(store: ShardStore, i: int, rows: np.ndarray, skipped: list[
     os.replace(tmp, store.path(i))
 
 
+class ShardError(ValueError):
+    """A finished shard that cannot be read: named, with what to do, on one line."""
+
+
+def shard_error(path: str, why: str) -> ShardError:
+    return ShardError(f"{path}: unreadable shard ({why}); delete it and re-run the same command to extract its "
+                      f"images again")
+
+
+def _open_shard(path: str):
+    """The shard's NpzFile, or ShardError in our words (numpy's own text advises loading pickled data unsafely)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != b"PK\x03\x04":
+            raise shard_error(path, "not an .npz archive" if head else "empty file")
+        z = np.load(path, allow_pickle=False)
+        missing = [k for k in ("rows", "skipped") if k not in z.files]
+        if missing:
+            z.close()
+            raise shard_error(path, f"no '{missing[0]}' array: not a shard of this program")
+        return z
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, ShardError):
+            raise
+        raise shard_error(path, "truncated or corrupted: not a complete .npz file") from None
+
+
 def load_token_shard(store: ShardStore, i: int) -> tuple[np.ndarray, list[str]]:
-    with np.load(store.path(i), allow_pickle=False) as z:
-        return z["rows"], [str(s) for s in z["skipped"]]
+    """(rows, skipped files) of a finished shard; a damaged file raises ShardError naming it."""
+    path = store.path(i)
+    with _open_shard(path) as z:
+        try:
+            return z["rows"], [str(s) for s in z["skipped"]]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            why = "it holds pickled objects, not the int64 rows of a shard" if "pickle" in str(e).lower() else \
+                "truncated or corrupted: not a complete .npz file"
+            raise shard_error(path, why) from None
+
+
+def check_token_shard(store: ShardStore, i: int) -> None:
+    """A finished shard's archive opens and names its two arrays (reads the zip directory only, not the rows)."""
+    _open_shard(store.path(i)).close()
 
 
 def assemble_token_file(store: ShardStore, n_shards: int, out_path: str, width: int) -> tuple[int, list[str]]:
     """Concatenate every shard into `out_path` (.npy, int64 [rows, width]) atomically -> (rows, skipped files)."""
     total, skipped = 0, []
     for i in range(n_shards):
-        with np.load(store.path(i), allow_pickle=False) as z:
-            rows = z["rows"]
-            if rows.ndim != 2 or rows.shape[1] != width or rows.dtype != np.int64:
-                raise ValueError(f"{store.path(i)}: expected int64 rows of width {width}, got {rows.dtype} "
-                                 f"{rows.shape}")
-            total += rows.shape[0]
-            skipped += [str(s) for s in z["skipped"]]
+        rows, names = load_token_shard(store, i)
+        if rows.ndim != 2 or rows.shape[1] != width or rows.dtype != np.int64:
+            raise shard_error(store.path(i), f"expected int64 rows of width {width}, got {rows.dtype} {rows.shape}")
+        total += rows.shape[0]
+        skipped += names
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = f"{out_path}.tmp{os.getpid()}.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(total, width))

@@ -429,7 +429,8 @@ def _provenance(cfg, src, ev) -> dict:
             "labels": cfg.eval.labels, "precision": cfg.eval.precision,
             "inception_weights": ev.collector.weights_path if ev is not None else None,
             "inception_dtype": ev.collector.dtype if ev is not None else None,
-            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats if ev is not None else None}
+            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats if ev is not None else None,
+            "size": list(src.size) if getattr(src, "size", None) is not None else None}  # eval.size, as sampled
 
 
 def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:

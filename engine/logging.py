@@ -1,6 +1,7 @@
 """Rank-0 logging with loguru: stderr plus `<output_dir>/log.txt`; other ranks only print warnings."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,21 @@ from core import dist
 
 
 _LOG_FILE: list = [None]
+# packages whose modules log through the standard library (logging.getLogger(__name__)): their INFO lines (e.g.
+# "perceptual loss off ...", "official schedule: ...") go where the engine's own lines go, not nowhere
+STDLIB_PACKAGES = ("models", "tokenizer", "datasets", "samplers", "metrics", "core")
+
+
+class _ToLoguru(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.log(level, record.getMessage())
+
+
+_BRIDGE = _ToLoguru(level=logging.INFO)
 
 
 def log_file() -> Path | None:
@@ -30,6 +46,12 @@ def setup_logging(output_dir: str | None = None) -> None:
             _LOG_FILE[0] = Path(output_dir) / "log.txt"
     else:
         logger.add(sys.stderr, format=f"[rank {dist.rank()}] " + fmt, level="WARNING")
+    for name in STDLIB_PACKAGES:
+        std = logging.getLogger(name)
+        if std.level == logging.NOTSET or std.level > logging.INFO:
+            std.setLevel(logging.INFO)
+        if _BRIDGE not in std.handlers:
+            std.addHandler(_BRIDGE)
 
 
 __all__ = ["logger", "setup_logging", "log_file"]

@@ -35,6 +35,8 @@ def preflight(cfg, mode: str, fam) -> None:
         if on_cpu and OmegaConf.select(cfg, key) == "fp16":
             raise ConfigError(f"{key}=fp16 needs CUDA (autocast + GradScaler), but this run is on the CPU; use "
                               f"{key}=bf16, fp32 or auto")
+    if fam.check_config is not None:
+        fam.check_config(cfg, mode)
     from models import build_model
     with torch.device("meta"):  # flavour and its arguments (e.g. --input_res) checked without memory
         model, _ = build_model(cfg, fam)

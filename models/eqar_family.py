@@ -29,6 +29,7 @@ from core.released import read_released
 from core.seeding import step_seed
 from datasets.sampling import rank_micro_batches
 from models import eqar
+from models.eqar_checks import check_config, check_model_kwargs, check_switch
 from models.family import Family
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
 
@@ -117,7 +118,8 @@ def _same(a, b) -> bool:
 
 def _builder(name: str, build):
     def make(args_from=None, grad_checkpointing=False, **kw):
-        gc = bool(grad_checkpointing)  # the bare official flag --grad_checkpointing sets True
+        kw = check_model_kwargs(kw)
+        gc = check_switch("model.grad_checkpointing", grad_checkpointing)  # the bare official flag sets True
         full = {**build.defaults, **kw}
         check_official_args(args_from, name, full)
         return build(grad_checkpointing=gc, **kw)
@@ -177,6 +179,11 @@ def eqar_dataset(cfg, split: str = "train"):
         if not d.path:
             raise ValueError("data.path is empty: give a latent cache written by scripts/eqar_cache_latents.py")
         ds = LatentFile(str(d.path))
+        dim = cfg.model.get("vae_embed_dim") or FLAVOURS[str(cfg.model.flavour)].defaults.get("vae_embed_dim")
+        if ds.mean.dim() != 4 or len(ds.label) != ds.mean.shape[0] or int(ds.mean.shape[-1]) != int(dim):
+            raise ValueError(f"{d.path}: latents {tuple(ds.mean.shape)} and {len(ds.label)} labels do not fit "
+                             f"model.vae_embed_dim (--vae_embed_dim) {dim}: expected 'mean' (N, [V,] L, {dim}) and N "
+                             f"labels")
     else:
         from datasets.column_images import SyntheticColumns
         ds = SyntheticColumns(int(d.synthetic_n), int(cfg.model.get("class_num", 10) or 10), h, w)
@@ -188,7 +195,8 @@ def apply_official_schedule(cfg, n: int) -> None:
     """The release's per-GPU batch, base LR and epoch counts -> the engine's global batch, LR and steps (logged).
 
     Runs inside `dataset` because the step counts need the data set size; the engine reads train.batch_size,
-    train.steps, train.warmup_steps and train.lr only after building the data set."""
+    train.steps, train.warmup_steps and train.lr only after building the data set. The flags' ranges are checked
+    before anything loads (models/eqar_checks.py), so the values made here are in range too."""
     t, world = cfg.train, dist.world_size()
     notes = []
     if t.batch_size_per_rank is not None:
@@ -403,4 +411,5 @@ FAMILY = Family(
     mode_flags=MODE_FLAGS,
     sample_folder=sample_folder,
     ref_stats_hint=REF_STATS_HINT,
+    check_config=check_config,
 )

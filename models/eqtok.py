@@ -28,7 +28,6 @@ non-strict load does (`model.init_loss=false`: they start fresh).
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
@@ -43,6 +42,7 @@ from tokenizer import column_losses as cl
 from tokenizer.column import COLUMN_CONFIGS, ColumnAutoencoder, gaussian_sample, module_state_from_lightning
 from tokenizer.column_ckpt import autoencoder_config
 from tokenizer.column_ema import warmup_decay
+from models.eqtok_checks import check_config
 from models.eqtok_lr import group_lrs, lr_of, schedule_of, scheduled_groups
 
 log = logging.getLogger(__name__)
@@ -222,19 +222,20 @@ def loss_weights(cfg) -> dict:
 
 
 def perceptual_metric(cfg, device):
-    """LPIPS when its weights are local files; otherwise None (L1 only), said once."""
+    """LPIPS from loss.lpips_path; None (L1 only), said once, when that path is null (a path to a missing file stops
+    the run before anything loads: models/eqtok_checks.py)."""
     key = ("perceptual", str(cfg.loss.perceptual), str(cfg.loss.lpips_path), str(device))
     if key not in _PLUGS:
         fn = None
         if str(cfg.loss.perceptual) == "lpips" and float(cfg.loss.perceptual_weight) > 0:
             path = cfg.loss.lpips_path
-            if path and os.path.isfile(str(path)):
+            if path is not None:
                 from tokenizer.lpips import load_lpips
                 with torch.random.fork_rng(devices=[]):
                     fn = load_lpips(str(path)).to(device)
             else:
-                log.info("perceptual loss off: loss.lpips_path (%s) is not a local file (LPIPS-VGG weights, see "
-                         "tokenizer/lpips.py); training with L1 only", path)
+                log.info("perceptual loss off: loss.lpips_path is null (LPIPS-VGG weights, see tokenizer/lpips.py); "
+                         "training with L1 only")
         elif str(cfg.loss.perceptual) not in ("lpips", "none"):
             raise ValueError(f"loss.perceptual must be lpips or none, got {cfg.loss.perceptual!r}")
         _PLUGS[key] = fn
@@ -313,5 +314,6 @@ FAMILY = Family(
     param_groups=eqtok_param_groups,
     group_lrs=group_lrs,
     ema_decay=eqtok_ema_decay,
+    check_config=check_config,
     ddp_find_unused=True,  # the semantic decoder trains only with a teacher, the discriminator only after disc_start
 )

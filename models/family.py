@@ -122,6 +122,9 @@ class Family:
     sample_folder: Callable[[Any, tuple, str], str] | None = None
     # where the family's README gets the reference statistics of its metrics (named when they are missing)
     ref_stats_hint: str = ""
+    # (cfg, mode) -> None: the family's own value checks (ranges of its keys and official flags, the files it will
+    # read), run before any weights, data or process group are touched; raises ValueError naming the key or flag
+    check_config: Callable[[Any, str], None] | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -5,12 +5,17 @@ the case folder, the text the last stderr line must contain). `{t}` in argv/culp
 shared folder of small inputs (tiny checkpoints, image folders, stats files). Every file present before the run
 (inputs and the prior checkpoints/results the setup wrote) must keep its checksum. Cases the engine does not handle
 yet carry `xfail=` (strict: fixing one makes its test fail until the mark is removed).
+
+Each single-process case runs the script as `__main__` in a child forked from an interpreter that has imported torch
+once (tests/forkrun.py: the project itself is imported by the child); `BAD_INPUT_FRESH=1` starts a fresh interpreter
+per case instead, as torchrun cases always do. `BAD_INPUT_TIMES=1` prints each case's seconds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -24,6 +29,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.forkrun import ForkRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, EXTRACT = "train.py", "extract_imagenet_feature.py"
@@ -124,6 +131,7 @@ def assets(tmp_path_factory) -> Path:
     (a / "typo.yaml").write_text("family: nat\ntrain:\n  batch_sise: 8\n")
     (a / "interp.yaml").write_text("family: nit\nmodel:\n  flavour: debug\ntrain:\n  steps: ${train.nope}\n")
     _nit_assets(a)
+    _column_assets(a)
     return a
 
 
@@ -187,6 +195,31 @@ def nit_prior(t: Path, a: Path) -> None:
     (t / "out" / "samples.png").write_bytes(b"\x89PNG prior grid")
 
 
+def _column_assets(a: Path) -> None:
+    """The equivariant AR's inputs: a debug column tokenizer (eqtok container; one with a key short; a Lightning
+    file with one EMA tensor short), a latent cache and a prior debug generator checkpoint (step 5)."""
+    from engine.config import load_config
+    from engine.optim import build_optimizer, make_ema
+    from engine.trainer import save_checkpoint
+    from models import build_model
+    from tokenizer.column import build_column_autoencoder
+    from tokenizer.column_ema import ColumnEMA
+    ae = build_column_autoencoder("debug")
+    sd = ae.state_dict()
+    box = {"family": "eqtok", "config": {"model": {"flavour": "debug"}}, "step": 1}
+    torch.save({**box, "model": sd, "ema": sd}, a / "eqtok_tok.pt")
+    short = {k: v for k, v in sd.items() if k != "quant_layer.bias"}
+    torch.save({**box, "model": short, "ema": short}, a / "eqtok_tok_missing.pt")
+    light = {**sd, **ColumnEMA(ae).state_dict()}
+    light.pop("ema_quant_layer.bias")
+    torch.save({"state_dict": light}, a / "column_lightning_missing.ckpt")
+    # a latent cache of 8-d tokens (the debug generator takes 16-d ones)
+    torch.save({"mean": torch.zeros(4, 4, 8), "label": torch.zeros(4, dtype=torch.long)}, a / "latents_8d.pt")
+    cfg = load_config(ROOT / "configs/debug/eqar_debug.yaml")
+    model, fam = build_model(cfg)
+    save_checkpoint(a / "eqar_step5.pt", model, make_ema(model), build_optimizer(model, cfg.train), 5, fam.name, cfg)
+
+
 # ------------------------------------------------------------------------------------------------- setups
 def prior_train(t: Path, a: Path) -> None:
     """An earlier run's checkpoint and log in {t}/out: must survive any failed run."""
@@ -221,6 +254,51 @@ def unfinished_shards(t: Path, a: Path) -> None:
     assert extract.main([*VQ_TINY, "--path", str(a / "imgs"), "--vq_ckpt", str(a / "tiny.ckpt"),
                          "--output", str(t / "feat" / "train.npy"),
                          "--shard_size", "2", "--row_block", "2", "--max_shards", "1"]) == 3
+
+
+def prior_eqar(t: Path, a: Path) -> None:
+    """An earlier equivariant-AR run (step 5) in {t}/out."""
+    (t / "out" / "checkpoints").mkdir(parents=True)
+    (t / "out" / "checkpoints" / "step_0000005.pt").write_bytes((a / "eqar_step5.pt").read_bytes())
+    (t / "out" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
+
+
+def finished_tokens(t: Path, a: Path) -> None:
+    """A finished extraction at --input_res 32 in {t}/feat/train.npy (with its settings record)."""
+    import extract_imagenet_feature as extract
+    assert extract.main([*VQ_TINY, "--path", str(a / "imgs"), "--vq_ckpt", str(a / "tiny.ckpt"),
+                         "--output", str(t / "feat" / "train.npy")]) == 0
+
+
+def finished_latents(t: Path, a: Path) -> None:
+    """A finished DC-AE extraction (train split, 64 px) in {t}/lat."""
+    import extract_imagenet_feature as extract
+    assert extract.main([s.format(t=t, a=a) for s in DCAE]) == 0
+
+
+def damaged_shard(how: str) -> Callable[[Path, Path], None]:
+    """unfinished_shards, then its finished shard cut in half, overwritten with text, or holding object arrays."""
+    def setup(t: Path, a: Path) -> None:
+        unfinished_shards(t, a)
+        shard = t / "feat" / ".train.npy.shards" / "shard_000000.npz"
+        if how == "truncated":
+            shard.write_bytes(shard.read_bytes()[:200])
+        elif how == "garbage":
+            shard.write_bytes(b"not a shard\n" * 4)
+        else:
+            with open(shard, "wb") as f:
+                np.savez(f, rows=np.array([object()], dtype=object), skipped=np.array([], dtype=np.str_))
+    return setup
+
+
+def damaged_meta_shard(t: Path, a: Path) -> None:
+    """An interrupted DC-AE extraction whose finished shard (JSON) was cut short."""
+    import extract_imagenet_feature as extract
+    prior_latents(t, a)
+    argv = [s.format(t=t, a=a) for s in DCAE]
+    assert extract.main([*argv, "--shard_size", "2", "--row_block", "2", "--max_shards", "1"]) == 3
+    (shard,) = (t / "lat").glob(".shards_*/shard_000000.json")
+    shard.write_text(shard.read_text()[:20])
 
 
 def file_at(name: str, data: bytes = b"x") -> Callable[[Path, Path], None]:
@@ -259,6 +337,13 @@ NIT_EVAL = ["--config", "configs/debug/nit_debug.yaml", "--ckpt", "{a}/nit.safet
             "--cfg-scale", "2.25", "--guidance-low", "0.0", "--guidance-high", "0.7", "device=cpu",
             "--num-fid-samples", "2", "tokenizer.ckpt={a}/dcae", "eval.inception_weights={a}/inception.pth",
             "eval.ref_stats={a}/stats_ok.npz"]
+EQAR = ["--config", "configs/debug/eqar_debug.yaml", "--mode", "pretrain", "output_dir={t}/out", "device=cpu",
+        "tokenizer.ckpt={a}/eqtok_tok.pt"]
+EQAR_EVAL = ["--config", "configs/debug/eqar_debug.yaml", "--mode", "eval", "output_dir={t}/out", "device=cpu",
+             "tokenizer.ckpt={a}/eqtok_tok.pt", "eval.ref_stats={a}/stats_ok.npz",
+             "eval.inception_weights={a}/inception.pth"]
+EQAR_W = [*EQAR_EVAL, "--pretrained_path", "{a}/eqar_step5.pt"]
+EQTOK = ["--config", "configs/debug/eqtok_debug.yaml", "--mode", "pretrain", "output_dir={t}/out", "device=cpu"]
 
 
 def with_(argv: list[str], *changes: str) -> list[str]:
@@ -275,7 +360,8 @@ def with_(argv: list[str], *changes: str) -> list[str]:
 
 ENGINE = "engine fix pending: "
 # torch's advice for a file a weights-only load refuses: never to be passed on to a user
-UNSAFE_HINTS = ("weights_only=False", "set to `False`", "This file can still be loaded")
+UNSAFE_HINTS = ("weights_only=False", "set to `False`", "This file can still be loaded", "allow_pickle",
+                "load it unsafely")
 
 
 @dataclass
@@ -526,6 +612,130 @@ CASES = [
          both(prior_eval, file_at("afile")), "eval.png_dir {t}/afile/png cannot be created: {t}/afile is a file"),
     case("nit-dcae-folder-missing", TRAIN, NIT_EVAL + ["tokenizer.ckpt={t}/no-dcae"], prior_eval,
          "DC-AE directory not found: {t}/no-dcae"),
+    # ---- eqar: the official flags' ranges (checked before anything loads), the schedule they translate to
+    case("eqar-blr-negative", TRAIN, EQAR + ["--blr", "-1"], prior_eqar, "train.blr (--blr) must be a number >= 0"),
+    case("eqar-blr-text", TRAIN, EQAR + ["--blr", "abc"], prior_eqar, "train.blr (--blr)"),
+    case("eqar-epochs-zero", TRAIN, EQAR + ["--epochs", "0"], prior_eqar,
+         "train.epochs (--epochs) must be an integer >= 1"),
+    case("eqar-blr-negative-2proc", TRAIN, EQAR + ["--blr", "-1"], prior_eqar, "train.blr (--blr)", nproc=2),
+    case("eqar-epochs-fraction", TRAIN, EQAR + ["--epochs", "2.5"], prior_eqar, "train.epochs (--epochs)"),
+    case("eqar-warmup-epochs-negative", TRAIN, EQAR + ["--warmup_epochs", "-1"], prior_eqar,
+         "train.warmup_epochs (--warmup_epochs) must be a number >= 0"),
+    case("eqar-batch-size-zero", TRAIN, EQAR + ["--batch_size", "0"], prior_eqar,
+         "train.batch_size_per_rank (--batch_size) must be an integer >= 1"),
+    case("eqar-batch-size-negative", TRAIN, EQAR + ["--batch_size", "-3"], prior_eqar, "(--batch_size)"),
+    case("eqar-token-num-zero", TRAIN, EQAR + ["--token_num", "0"], prior_eqar,
+         "data.token_num (--token_num) must be an integer >= 2"),
+    case("eqar-model-unknown", TRAIN, EQAR + ["--model", "giant_model"], prior_eqar,
+         "family 'eqar' has no flavour 'giant_model'"),
+    case("eqar-vae-embed-dim-zero", TRAIN, EQAR + ["--vae_embed_dim", "0"], prior_eqar, "(--vae_embed_dim)"),
+    case("eqar-diffloss-d-zero", TRAIN, EQAR + ["--diffloss_d", "0"], prior_eqar, "model.diffloss_d (--diffloss_d)"),
+    case("eqar-diffloss-w-zero", TRAIN, EQAR + ["--diffloss_w", "0"], prior_eqar, "model.diffloss_w (--diffloss_w)"),
+    case("eqar-cond-length-negative", TRAIN, EQAR + ["--cond_length", "-1"], prior_eqar,
+         "model.cond_length (--cond_length) must be an integer >= 0"),
+    case("eqar-class-num-zero", TRAIN, EQAR + ["--class_num", "0"], prior_eqar, "model.class_num (--class_num)"),
+    case("eqar-diffusion-batch-mul-zero", TRAIN, EQAR + ["--diffusion_batch_mul", "0"], prior_eqar,
+         "(--diffusion_batch_mul)"),
+    case("eqar-buffer-size-zero", TRAIN, EQAR + ["--buffer_size", "0"], prior_eqar,
+         "model.buffer_size (--buffer_size)"),
+    case("eqar-label-drop-above-one", TRAIN, EQAR + ["--label_drop_prob", "2"], prior_eqar, "(--label_drop_prob)"),
+    case("eqar-vae-norm-zero", TRAIN, EQAR + ["--vae_norm", "0"], prior_eqar, "tokenizer.vae_norm (--vae_norm)"),
+    case("eqar-img-size-other", TRAIN, EQAR + ["--img_size", "32"], prior_eqar,
+         "makes one token per 4 px of 16-px-high images, but data.image_size=32"),
+    case("eqar-num-sampling-steps-zero", TRAIN, EQAR + ["--num_sampling_steps", "0"], prior_eqar,
+         "sample.num_sampling_steps (--num_sampling_steps) must be an integer >= 1"),
+    case("eqar-cfg-schedule-unknown", TRAIN, EQAR + ["--cfg_schedule", "cosine"], prior_eqar,
+         "sample.cfg_schedule (--cfg_schedule) must be one of linear, constant, got 'cosine'"),
+    case("eqar-data-path-missing", TRAIN, EQAR + ["data.kind=imagefolder", "--data_path", "{t}/nowhere"],
+         prior_eqar, "image folder {t}/nowhere not found"),
+    case("eqar-latent-cache-other-width", TRAIN, EQAR + ["data.kind=latents", "data.path={a}/latents_8d.pt"],
+         prior_eqar, "latents_8d.pt: latents (4, 1, 4, 8) and 4 labels do not fit model.vae_embed_dim"),
+    case("eqar-resume-other-folder", TRAIN, EQAR + ["--resume", "{a}", "--ckpt", "eqar_step5.pt"], prior_eqar,
+         "training resumes from the checkpoints of its own output_dir"),
+    # ---- eqar: the tokenizer file, checked against the data geometry before anything loads
+    case("eqar-tokenizer-missing", TRAIN, EQAR + ["tokenizer.ckpt={t}/none.ckpt"], prior_eqar,
+         "column tokenizer checkpoint not found: {t}/none.ckpt (tokenizer.ckpt)"),
+    case("eqar-tokenizer-garbage", TRAIN, EQAR + ["tokenizer.ckpt={a}/garbage.ckpt"], prior_eqar,
+         "{a}/garbage.ckpt: cannot be read"),
+    case("eqar-tokenizer-truncated", TRAIN, EQAR + ["tokenizer.ckpt={a}/trunc.ckpt"], prior_eqar,
+         "{a}/trunc.ckpt: cannot be read (truncated or corrupted"),
+    case("eqar-tokenizer-missing-key", TRAIN, EQAR + ["tokenizer.ckpt={a}/eqtok_tok_missing.pt"], prior_eqar,
+         "eqtok_tok_missing.pt (ema) does not fit the column tokenizer: 1 missing key(s): quant_layer.bias"),
+    case("eqar-tokenizer-lightning-missing-key", TRAIN, EQAR + ["tokenizer.ckpt={a}/column_lightning_missing.ckpt"],
+         prior_eqar, "1 missing key(s): ema_quant_layer.bias"),
+    case("eqar-tokenizer-other-family", TRAIN, EQAR + ["tokenizer.ckpt={a}/demo_vq.pt"], prior_eqar,
+         "{a}/demo_vq.pt is a 'demo_vq' checkpoint, not a column tokenizer"),
+    case("eqar-tokenizer-column-width", TRAIN, EQAR + ["data.column_width=8"], prior_eqar,
+         "makes one token per 4 px of 16-px-high images, but data.image_size=16, data.column_width=8"),
+    case("eqar-tokenizer-token-width", TRAIN, EQAR + ["--vae_embed_dim", "8"], prior_eqar,
+         "makes 16-d tokens, but model.vae_embed_dim (--vae_embed_dim) is 8"),
+    case("eqar-tokenizer-kind", TRAIN, EQAR + ["tokenizer.kind=pixels", "tokenizer.ckpt=null"], prior_eqar,
+         "tokenizer.kind must be 'column'"),
+    # ---- eqar --mode eval: sizes, sampling flags, the weights named by --resume/--ckpt
+    case("eqar-eval-size-height", TRAIN, EQAR_W + ["eval.size=[32,16]"], prior_eval,
+         "eval.size height 32: the column tokenizer makes images 16 px high"),
+    case("eqar-eval-size-width", TRAIN, EQAR_W + ["eval.size=[16,18]"], prior_eval,
+         "eval.size width 18 is not a multiple >= 2 of the column width 4"),
+    case("eqar-eval-size-one-column", TRAIN, EQAR_W + ["eval.size=[16,4]"], prior_eval, "eval.size width 4"),
+    case("eqar-eval-size-not-pair", TRAIN, EQAR_W + ["eval.size=[16]"], prior_eval, "eval.size must be [H, W]"),
+    case("eqar-num-iter-one", TRAIN, EQAR_W + ["--num_iter", "1"], prior_eval, "sample.num_iter (--num_iter)"),
+    case("eqar-cfg-negative", TRAIN, EQAR_W + ["--cfg", "-1"], prior_eval, "sample.cfg (--cfg)"),
+    case("eqar-eval-bsz-zero", TRAIN, EQAR_W + ["--eval_bsz", "0"], prior_eval, "eval.batch_size"),
+    case("eqar-num-images-zero", TRAIN, EQAR_W + ["--num_images", "0"], prior_eval, "eval.n"),
+    case("eqar-ckpt-without-resume", TRAIN, EQAR_EVAL + ["--ckpt", "eqar_step5.pt"], prior_eval,
+         "--ckpt is given without --resume"),
+    case("eqar-resume-and-pretrained", TRAIN, EQAR_W + ["--resume", "{a}", "--ckpt", "nnet_ema.pth"], prior_eval,
+         "name two different weight files"),
+    case("eqar-resume-ckpt-absent", TRAIN, EQAR_EVAL + ["--resume", "{t}", "--ckpt", "nope.pt"], prior_eval,
+         "not found: {t}/nope.pt"),
+    case("eqar-resume-ckpt-garbage", TRAIN, EQAR_EVAL + ["--resume", "{a}", "--ckpt", "garbage.ckpt"], prior_eval,
+         "{a}/garbage.ckpt: cannot be read"),
+    case("eqar-resume-ckpt-truncated", TRAIN, EQAR_EVAL + ["--resume", "{a}", "--ckpt", "nnet_trunc.pth"],
+         prior_eval, "{a}/nnet_trunc.pth: cannot be read"),
+    # ---- eqtok: crops the tokenizer can take, loss ranges, weight files
+    case("eqtok-lpips-file-missing", TRAIN, EQTOK + ["loss.perceptual=lpips", "loss.lpips_path={t}/vgg.pth"],
+         prior_train, "LPIPS-VGG weights not found: {t}/vgg.pth (loss.lpips_path"),
+    case("eqtok-crop-width-not-columns", TRAIN, EQTOK + ["data.crop_width=18"], prior_train,
+         "data.crop_width=18 is not a multiple >= 2 of the column width 4"),
+    case("eqtok-crop-width-one-column", TRAIN, EQTOK + ["data.crop_width=4"], prior_train, "data.crop_width=4"),
+    case("eqtok-image-size-other", TRAIN, EQTOK + ["data.image_size=20"], prior_train,
+         "data.image_size=20, but the column tokenizer (model.flavour=debug) is built for 16-px-high images"),
+    case("eqtok-channels-other", TRAIN, EQTOK + ["data.channels=1"], prior_train,
+         "data.channels gives 1-channel images"),
+    case("eqtok-synthetic-n-zero", TRAIN, EQTOK + ["data.synthetic_n=0"], prior_train, "data.synthetic_n"),
+    case("eqtok-width-not-groups", TRAIN, EQTOK + ["model.ch=30"], prior_train,
+         "model.ch=30: the column tokenizer's widths must be multiples of 32"),
+    case("eqtok-disc-channels-odd", TRAIN, EQTOK + ["model.disc_channels=3"], prior_train, "model.disc_channels"),
+    case("eqtok-semantic-teacher-unknown", TRAIN, EQTOK + ["loss.semantic_teacher=dinov3"], prior_train,
+         "loss.semantic_teacher must be none, dinov2 or package.module:factory, got 'dinov3'"),
+    case("eqtok-kl-weight-negative", TRAIN, EQTOK + ["loss.kl_weight=-1"], prior_train, "loss.kl_weight"),
+    case("eqtok-disc-start-negative", TRAIN, EQTOK + ["loss.disc_start=-5"], prior_train, "loss.disc_start"),
+    case("eqtok-dino-path-missing", TRAIN, EQTOK + ["model.discriminator=dino", "model.dino_path={t}/dino.pth"],
+         prior_train, "DINO ViT-S/16 (model.dino_path) weights not found: {t}/dino.pth"),
+    case("eqtok-dinov2-path-missing", TRAIN, EQTOK + ["loss.semantic_weight=1"], prior_train,
+         "DINOv2 ViT-B/14 (loss.dinov2_path) weights not found"),
+    case("eqtok-init-from-lightning-missing-key", TRAIN,
+         EQTOK + ["model.init_from={a}/column_lightning_missing.ckpt", "model.stage2=true"], prior_train,
+         "1 missing key(s): ema_quant_layer.bias"),
+    case("eqtok-init-from-truncated", TRAIN, EQTOK + ["model.init_from={a}/trunc.ckpt", "model.stage2=true"],
+         prior_train, "{a}/trunc.ckpt: cannot be read (truncated or corrupted"),
+    # ---- extraction (new): a finished output's recorded settings, damaged shards on resume
+    case("extract-finished-other-input-res", EXTRACT, with_(VQ, "--input_res=64"), finished_tokens,
+         "train.npy exists but was extracted with other settings (differing: --input_res 32 -> 64)"),
+    case("extract-finished-other-row-block", EXTRACT, VQ + ["--row_block", "2", "--shard_size", "2"],
+         finished_tokens, "(differing: --row_block 128 -> 2)"),
+    case("extract-dcae-finished-other-split", EXTRACT, DCAE + ["--split", "val"], finished_latents,
+         "dcae_64x64_meta.jsonl exists but was extracted with other settings (differing: --split train -> val)"),
+    case("extract-finished-settings-unreadable", EXTRACT, VQ,
+         both(finished_tokens, file_at("feat/train_settings.json", b"{")), "train_settings.json: unreadable"),
+    case("extract-shard-truncated", EXTRACT, VQ + ["--shard_size", "2", "--row_block", "2"],
+         damaged_shard("truncated"), "shard_000000.npz: unreadable shard (truncated or corrupted"),
+    case("extract-shard-garbage", EXTRACT, VQ + ["--shard_size", "2", "--row_block", "2"],
+         damaged_shard("garbage"), "shard_000000.npz: unreadable shard (not an .npz archive)"),
+    case("extract-shard-pickled", EXTRACT, VQ + ["--shard_size", "2", "--row_block", "2"],
+         damaged_shard("pickled"), "shard_000000.npz: unreadable shard (it holds pickled objects"),
+    case("extract-dcae-shard-truncated", EXTRACT, DCAE + ["--shard_size", "2", "--row_block", "2"],
+         damaged_meta_shard, "shard_000000.json: unreadable shard (truncated or corrupted"),
 ]
 
 
@@ -578,15 +788,35 @@ def runs(request, tmp_path_factory, assets):
     for c in chosen:  # setups first, in this process (some call the extraction in-process)
         jobs[c.id] = (c, *_launch(c, tmp_path_factory.mktemp(c.id), assets))
 
+    # single-process cases run in children forked from interpreters that imported torch once (tests/forkrun.py);
+    # torchrun cases and cases with their own environment start fresh interpreters
+    fresh = bool(os.environ.get("BAD_INPUT_FRESH"))
+    parents: queue.Queue = queue.Queue()
+    if not fresh:
+        for _ in range(min(WORKERS, sum(1 for c, _, _ in jobs.values() if c.nproc == 1 and not c.env))):
+            parents.put(ForkRunner(_env({}), ROOT))
+    io = tmp_path_factory.mktemp("case_io")
+
     def go(job):
         c, run, cmd = job
         t0 = time.time()
-        run.proc = subprocess.run(cmd, cwd=ROOT, env=_env(c.env), capture_output=True, text=True, timeout=TIMEOUT)
+        if fresh or c.nproc > 1 or c.env:
+            run.proc = subprocess.run(cmd, cwd=ROOT, env=_env(c.env), capture_output=True, text=True,
+                                      timeout=TIMEOUT)
+        else:
+            parent = parents.get()
+            try:
+                (io / c.id).mkdir()
+                run.proc = parent.run(cmd, ROOT, _env(c.env), io / c.id, TIMEOUT)
+            finally:
+                parents.put(parent)
         run.seconds = time.time() - t0
         return run
 
     with ThreadPoolExecutor(WORKERS) as pool:
         done = dict(zip(jobs, pool.map(go, jobs.values())))
+    while not parents.empty():
+        parents.get().close()
     if os.environ.get("BAD_INPUT_TIMES"):  # where the module's time goes
         for k, r in sorted(done.items(), key=lambda kv: -kv[1].seconds):
             print(f"{r.seconds:6.1f} s  {k}")
@@ -629,7 +859,7 @@ def test_bad_input(c: Case, runs):
 
 def test_cases_are_distinct():
     assert len({c.id for c in CASES}) == len(CASES) >= 30
-    assert len({(c.script, tuple(c.argv), c.nproc) for c in CASES}) == len(CASES)
+    assert len({(c.script, tuple(c.argv), c.nproc, c.setup) for c in CASES}) == len(CASES)
 
 
 # ------------------------------------------------- stats files in-process (the message, without an eval around it)

@@ -301,6 +301,7 @@ def test_official_args_mismatch_is_one_line(world, over, flag):
 def test_two_processes_train_and_eval_identical_images(world):
     args = _train_args(world, "small")
     args[args.index("--output_dir") + 1] = str(world / "small2")
+    args[args.index("--resume") + 1] = str(world / "small2" / "checkpoints")  # a run resumes from its own folder
     p = subprocess.run(torchrun_cmd(2, *args, *LOCAL), cwd=ROOT, env=env(), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -320,3 +321,17 @@ def test_two_processes_train_and_eval_identical_images(world):
         images.append(_eval_images(out))
     assert images[0].shape == (4, 3, 16, 64) and torch.equal(images[0], images[1])
     assert len({tuple(x.flatten().tolist()) for x in images[0]}) == 4
+
+
+def test_eval_size_sets_the_width_and_is_recorded(world):
+    """eval.size=[H, W] asks for W / column width tokens; H is the tokenizer's (another height is refused before
+    anything loads: tests/test_bad_input.py, eqar-eval-size-height) and result.json records the size sampled."""
+    if not (world / "huge" / "checkpoints" / "step_0000003.pt").exists():
+        _main([*_train_args(world, "huge"), *LOCAL])
+    args = _fix_config_path(readme_args(EVAL_IMAGENET, _paths(world, "huge", SAVE_PATH=world / "huge_size",
+                                                              RESUME_PATH=world / "huge" / "checkpoints"),
+                                        RECIPE["huge"]), world)
+    _main([*args, "--mode", "eval", *LOCAL, *_eval_local(world), "eval.size=[16,32]"])
+    assert _eval_images(world / "huge_size").shape == (4, 3, 16, 32)
+    (result,) = (world / "huge_size" / "eval").glob("*/result.json")
+    assert json.loads(result.read_text())["provenance"]["size"] == [16, 32]

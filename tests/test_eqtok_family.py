@@ -68,10 +68,25 @@ def test_litema_warmup_rule():
 
 
 def test_perceptual_off_with_a_logged_line(caplog):
-    cfg = _cfg("loss.perceptual=lpips", "loss.lpips_path=/nonexistent/vgg_lpips.pth")
+    cfg = _cfg("loss.perceptual=lpips", "loss.lpips_path=null")
     with caplog.at_level(logging.INFO):
         assert perceptual_metric(cfg, torch.device("cpu")) is None
-    assert "perceptual loss off" in caplog.text and "/nonexistent/vgg_lpips.pth" in caplog.text
+    assert "perceptual loss off: loss.lpips_path is null" in caplog.text
+
+
+def test_perceptual_off_line_reaches_the_run_log(tmp_path):
+    """The line the config promises reaches the run's log.txt (the family logs through the standard library, the
+    engine through loguru). A missing file named explicitly: tests/test_bad_input.py, eqtok-lpips-file-missing."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, env
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "train.py", "--config", RECIPE, "--mode", "pretrain", f"output_dir={out}",
+                        "device=cpu", "train.steps=1", "loss.perceptual=lpips", "loss.lpips_path=null"], cwd=ROOT,
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "perceptual loss off: loss.lpips_path is null" in (out / "log.txt").read_text()
 
 
 def _lightning_file(model, path):

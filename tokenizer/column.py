@@ -380,13 +380,14 @@ def module_state_from_lightning(state_dict: dict, model: ColumnAutoencoder, use_
     missing = sorted(set(own) - live) + sorted(expected_ema - emas if use_ema else set())
     unexpected = sorted((live - set(own)) | (emas - expected_ema))
     if missing or unexpected:
-        def _fmt(title, items):
+        def _fmt(title, items):  # one line: the entry points print the message as their one `error:` line
             if not items:
                 return ""
-            return f"\n  {title}: " + ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+            return f"; {len(items)} {title}: " + ", ".join(items[:5]) + (f", ... ({len(items)} in all)"
+                                                                         if len(items) > 5 else "")
         raise CheckpointMismatchError(f"{source} does not match the column tokenizer "
-                                      f"({'EMA' if use_ema else 'live'} weights):"
-                                      + _fmt("missing keys", missing) + _fmt("unexpected keys", unexpected))
+                                      f"({'EMA' if use_ema else 'live'} weights)"
+                                      + _fmt("missing key(s)", missing) + _fmt("unexpected key(s)", unexpected))
     out = {k: sd[k] for k in own}
     if use_ema:
         for key, name in ema_of.items():

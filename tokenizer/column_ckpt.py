@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 
 import torch
 
@@ -57,6 +58,51 @@ def load_column_any(path=None, use_ema: bool = True, device="cpu") -> ColumnToke
     log.info("column tokenizer: Lightning checkpoint %s (%s size, %s weights)", path, config,
              "EMA" if use_ema else "live")
     return ColumnTokenizer(model).to(device)
+
+
+def column_geometry(path=None) -> dict:
+    """{'height', 'downsample' (the column width), 'embed_dim' (token width)} of a column tokenizer file, read without
+    loading its weights (memory-mapped: the eqtok config or the Lightning tensors' shapes decide), so that a run can
+    check its settings against the tokenizer before anything large is read. Unreadable files and Lightning files that
+    fit no known size raise the one-line errors of the full load."""
+    path = str(path or DEFAULT_CKPT)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"column tokenizer checkpoint not found: {path} (tokenizer.ckpt); {WEIGHTS_HELP} (or "
+                                f"train one with configs/eqtok_stage1.yaml)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy (non-zip) files load without mmap; anything unreadable gets load_file's one line
+        obj = load_file(path, "column tokenizer checkpoint")
+    if isinstance(obj, dict) and obj.get("family") == "eqtok":
+        config = autoencoder_config((obj.get("config") or {}).get("model", {}))
+        which = "ema" if "ema" in obj else "model"
+        with torch.device("meta"):
+            model = ColumnAutoencoder(**config)
+        load_strict_shapes(model, autoencoder_state(obj.get(which) or {}), f"{path} ({which})")
+    elif isinstance(obj, dict) and "family" in obj:
+        raise ValueError(f"{path} is a '{obj['family']}' checkpoint, not a column tokenizer (family eqtok)")
+    else:
+        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ValueError(f"{path}: neither a Lightning column tokenizer ({{'state_dict': ...}}) nor an eqtok "
+                             f"checkpoint")
+        name = lightning_config(sd)
+        with torch.device("meta"):  # a file of no known size: the strict load's one line names what differs
+            model = build_column_autoencoder(name)
+        load_strict_shapes(model, module_state_from_lightning(sd, model, True, path), path)
+        config = COLUMN_CONFIGS[name]
+    return {"height": int(config["resolution"]), "downsample": 2 ** (len(config["ch_mult"]) - 1),
+            "embed_dim": int(config["embed_dim"])}
+
+
+def load_strict_shapes(model, sd: dict, source: str) -> None:
+    """The key and shape checks of load_strict, without copying anything (model may live on the meta device)."""
+    from core.loading import CheckpointError, mismatch
+    missing, unexpected, shapes = mismatch(model, sd)
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {t}: {', '.join(v[:3])}" for t, v in
+                 (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", shapes)) if v]
+        raise CheckpointError(f"{source} does not fit the column tokenizer: " + "; ".join(parts))
 
 
 def lightning_config(sd: dict) -> str:
