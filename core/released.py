@@ -68,7 +68,7 @@ def foreign_globals(path: str) -> list[str]:
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
 
 
-def read_released(path: str | os.PathLike, what: str = "a released checkpoint"):
+def read_released(path: str | os.PathLike, what: str = "a released checkpoint", log: bool = True):
     """torch.load(weights_only=True) of a released container, foreign classes read as inert placeholders,
     tensors memory-mapped (zip files; a legacy torch.save file is read whole). One-line CheckpointError naming the
     file (and the class) for anything unreadable."""
@@ -95,7 +95,7 @@ def read_released(path: str | os.PathLike, what: str = "a released checkpoint"):
             why = f"it holds pickled Python objects ({', '.join(names)}) that a weights-only load refuses even as " \
                   f"inert placeholders" + (f": {lines[0][:200]}" if lines else "")
         raise CheckpointError(f"{path}: cannot be read ({why}); expected {what}") from None
-    if names and str(path) not in _logged:
+    if log and names and str(path) not in _logged:  # log=False: a look at shapes before the load
         _logged.add(str(path))
         logger.warning(f"{path}: {len(names)} class(es) of the code that wrote it read as inert placeholders (never "
                        f"imported or run): {', '.join(names)}")

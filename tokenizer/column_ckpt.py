@@ -69,10 +69,8 @@ def column_geometry(path=None) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"column tokenizer checkpoint not found: {path} (tokenizer.ckpt); {WEIGHTS_HELP} (or "
                                 f"train one with configs/eqtok_stage1.yaml)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) files load without mmap; anything unreadable gets load_file's one line
-        obj = load_file(path, "column tokenizer checkpoint")
+    # memory-mapped, a released Lightning file's classes inert; the load proper logs them (into the run's log)
+    obj = read_released(path, "column tokenizer checkpoint", log=False)
     if isinstance(obj, dict) and obj.get("family") == "eqtok":
         config = autoencoder_config((obj.get("config") or {}).get("model", {}))
         which = "ema" if "ema" in obj else "model"
