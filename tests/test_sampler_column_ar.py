@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from models.eqar import FLAVOURS
-from samplers.column_ar import ColumnARSettings, cfg_scale_at, euler_flow, sample
+from models.eqar_condition import sample
+from samplers.column_ar import ColumnARSettings, cfg_scale_at, euler_flow
 from core.seeding import row_generators
 
 
