@@ -12,10 +12,11 @@ export, a local RADIO checkpoint, or any 'package.module:factory' mapping images
 REPA term is off, no encoder is loaded, and the projector is frozen (it would get no gradient; DDP needs every
 trained parameter used).
 
-Sampling: samplers.flow stepping NiT's guided velocity (models.nit_sampling) with cfg.sample (`--mode ode|sde --num-steps --cfg-scale --guidance-low --guidance-high
---heun`, `--height --width`); `sample.sizes=[32x32,32x48,...]` makes `--mode eval` sample every size in one packed
-batch per unit, with images, grids and metrics per size (engine.eval_sizes). `--cfg-scale` is the official w of
-u + w·(c − u) (w = 1: no guidance). The output is latents in the tokenizer's scaled space (DC-AE: times 0.41407),
+Sampling: samplers.flow stepping NiT's guided velocity (models.nit_sampling) with cfg.sample (`--mode ode|sde
+--num-steps --cfg-scale --guidance-low --guidance-high --heun`, `--height --width`); `sample.sizes=[32x32,...]`
+makes `--mode eval` sample every size in one packed batch per unit, with images, grids and metrics per size
+(engine.eval_sizes). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance), carried as
+NiTSampling.cfg_scale into the velocity function. The output is latents in the tokenizer's scaled space (DC-AE: times 0.41407),
 which tokenizer.decode turns into images.
 """
 from __future__ import annotations

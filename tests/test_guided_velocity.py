@@ -108,8 +108,8 @@ def test_nit_samplers_step_exactly_the_exposed_function(mode, heun):
 
 
 def test_sde_with_explicit_step_noise_is_the_restated_loop():
-    """models.nit_sampling.sample_latents (the family's entry) with the initial and every step noise given: a hand-written
-    Euler–Maruyama loop with the same noises, guidance interval [0, 0.6]."""
+    """models.nit_sampling.sample_latents (the family's entry) with the initial and every step noise given: a
+    hand-written Euler–Maruyama loop with the same noises, guidance interval [0, 0.6]."""
     model, y = _nit(), torch.tensor([3, 7])
     steps, w, high = 4, 3.0, 0.6
     g = torch.Generator().manual_seed(11)
