@@ -1,4 +1,5 @@
-"""Family `eqar`: the equivariant column AR generator (network in models/eqar.py, sampler in samplers/column_ar.py).
+"""Family `eqar`: the equivariant column AR generator (network in models/eqar.py, sampler in samplers/column_ar.py
+stepping the model functions of models/eqar_condition.py).
 
 Training data, as the release makes it: images -> column tokenizer `sample()` (posterior mean plus per-image noise)
 -> x vae_norm, encoded on the fly inside `loss` with the tokenizer of `cfg.tokenizer` (data.kind imagefolder |
@@ -31,7 +32,8 @@ from datasets.sampling import rank_micro_batches
 from models import eqar
 from models.eqar_checks import check_config, check_model_kwargs, check_switch
 from models.family import Family
-from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
+from models.eqar_condition import sample as column_ar_sample
+from samplers.column_ar import ColumnARSettings, OfficialColumnStream
 
 log = logging.getLogger(__name__)
 

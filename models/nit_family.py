@@ -12,10 +12,11 @@ export, a local RADIO checkpoint, or any 'package.module:factory' mapping images
 REPA term is off, no encoder is loaded, and the projector is frozen (it would get no gradient; DDP needs every
 trained parameter used).
 
-Sampling: samplers.flow with cfg.sample (`--mode ode|sde --num-steps --cfg-scale --guidance-low --guidance-high
---heun`, `--height --width`); `sample.sizes=[32x32,32x48,...]` makes `--mode eval` sample every size in one packed
-batch per unit, with images, grids and metrics per size (engine.eval_sizes). `--cfg-scale` is the official w of
-u + w·(c − u) (w = 1: no guidance). The output is latents in the tokenizer's scaled space (DC-AE: times 0.41407),
+Sampling: samplers.flow stepping NiT's guided velocity (models.nit_sampling) with cfg.sample (`--mode ode|sde
+--num-steps --cfg-scale --guidance-low --guidance-high --heun`, `--height --width`); `sample.sizes=[32x32,...]`
+makes `--mode eval` sample every size in one packed batch per unit, with images, grids and metrics per size
+(engine.eval_sizes). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance), carried as
+NiTSampling.cfg_scale into the velocity function. The output is latents in the tokenizer's scaled space (DC-AE: times 0.41407),
 which tokenizer.decode turns into images.
 """
 from __future__ import annotations
@@ -224,7 +225,7 @@ def param_groups(model: nn.Module, cfg) -> list[dict]:
 class NiTSampling:
     mode: str
     steps: int
-    cfg_scale: float
+    cfg_scale: float  # w of u + w·(c − u) (samplers.guidance): the official --cfg-scale as it is
     guidance_low: float
     guidance_high: float
     heun: bool
@@ -236,10 +237,6 @@ class NiTSampling:
     @property
     def sequential(self) -> bool:
         return self.stream is not None
-
-    def sampler_settings(self) -> dict:
-        return {"mode": self.mode, "steps": self.steps, "cfg_scale": self.cfg_scale,
-                "guidance_low": self.guidance_low, "guidance_high": self.guidance_high, "heun": self.heun}
 
 
 def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
@@ -335,7 +332,7 @@ def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: 
     settings' height x width; row i from generators[i] alone. `size` a list of one (H, W) per row: the rows are
     sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back. With the
     official stream (sample.rng=official): (latents, labels), both from the stream, generators unused."""
-    from samplers.flow import sample
+    from models.nit_sampling import sample_latents, sample_official
     if size is None:
         size = (settings.height, settings.width)
     elif len(size) == 2 and all(isinstance(v, int) for v in size):
@@ -343,11 +340,8 @@ def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: 
     else:
         size = [parse_size(v, "size") for v in size]
     if settings.stream is not None:  # (latents, the stream's labels)
-        from samplers.official_stream_nit import sample_official
-        return sample_official(model, labels.shape[0], settings.stream, settings.sampler_settings(), size,
-                               settings.downsample)
-    return sample(model, labels, generators, settings.sampler_settings(), size=size,
-                  downsample=settings.downsample)
+        return sample_official(model, labels.shape[0], settings, size)
+    return sample_latents(model, labels, generators, settings, size)
 
 
 def num_classes(model: nn.Module, cfg) -> int:

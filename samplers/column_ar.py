@@ -1,37 +1,39 @@
-"""Left-to-right sampling of the equivariant column AR (models/eqar.py), one column token per iteration.
+"""Left-to-right sampling of a column AR generator, one column token per iteration, as a function of two model
+functions (the equivariant column AR of models/eqar.py provides them: models/eqar_condition.py).
 
+Model functions:
+  condition(i, token) -> z_i   the transformer's condition of token i, called for i = 0..N−1 in order, once each:
+                               token is the token i − 1 just sampled (B, C), None for i = 0. With guidance (cfg != 1)
+                               z is (2B, Dz) = [conditional; unconditional], the function feeding both halves the
+                               same token; else (B, Dz).
+  head(x, t, z) -> v           the flow head's velocity, x (B', C), t (B',), z (B', Dz).
 Per token i = 0..N-1:
-  1. the transformer gives the token's condition z_i (the state of token i-1; the last buffer token for i = 0);
+  1. z_i = condition(i, token_{i−1});
   2. the flow head integrates dx/dt = v(x, t, z_i) from t = 1 (x = noise) to 0 with `num_steps` Euler steps at
      t = k/num_steps, k = num_steps..1 (x <- x - v/num_steps);
-  3. with guidance (cfg != 1) the velocity is v_u + w_i (v_c - v_u) (`guided_velocity`, the one function
-     every step calls): the conditional and the unconditional (fake_latent) rows run in one batched call
-     on the same x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear'
-     schedule (official default), cfg for 'constant'. Both halves then carry the same sampled token.
+  3. with guidance the velocity is v_u + w_i (v_c - v_u) (`guided_velocity`, the one function every step calls,
+     samplers.guidance's formula): the conditional and the unconditional rows run in one batched call on the same
+     x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear' schedule (official default), cfg for 'constant'.
 `temperature` is accepted for command-line parity but, as in the release, does not change anything: the ODE is
 deterministic given its initial noise.
-
-KV cache: the band mask lets token i see only tokens i - cond_length..i in every layer, so the cache keeps, per
-layer, the rotated keys/values of the last `cond_length` tokens, plus the buffer's cross-attention keys/values
-(the buffer never attends to image tokens, so its track through the blocks is computed once). `use_cache=False`
-recomputes the whole zero-padded sequence every step as the release does (O(N^2) work, same result).
 
 Randomness: row r draws exactly one N(0, I) vector of C values per token from generators[r] (CPU), so row r
 depends only on its generator, its label and the model. With an `OfficialColumnStream` (sample.rng: official) the
 noise comes instead from one stream in the release's order: per batch and per token one `randn(batch, C)` on the
-CPU generator (the release draws on the CPU, then moves to the GPU), both guidance halves sharing it. Positions continue past the trained length (RoPE has no
-table), so any number of tokens works (ultra-long images: 16 pixels of width per token).
-Returns latents (B, N, C) in the generator's normalised space: the tokenizer decodes `latents / vae_norm`.
+CPU generator (the release draws on the CPU, then moves to the GPU), both guidance halves sharing it. Positions
+continue past the trained length (RoPE has no table), so any number of tokens works (ultra-long images: 16 pixels of
+width per token). Returns latents (B, N, C) in the generator's normalised space: the tokenizer decodes
+`latents / vae_norm`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch import nn
 
 from core.seeding import check_generators
+from samplers.guidance import combine
 
 SCHEDULES = ("linear", "constant")
 
@@ -39,7 +41,7 @@ SCHEDULES = ("linear", "constant")
 @dataclass(frozen=True)
 class ColumnARSettings:
     num_steps: int = 100          # Euler steps of the flow head per token (official num_sampling_steps "100")
-    cfg: float = 1.0              # guidance scale w; 1.0 = no unconditional rows
+    cfg: float = 1.0              # guidance weight w (u + w·(c − u), the official --cfg); 1.0 = no unconditional rows
     cfg_schedule: str = "linear"  # 'linear' (official default) or 'constant'
     temperature: float = 1.0      # accepted, unused (as released)
     use_cache: bool = True
@@ -73,7 +75,7 @@ def guided_velocity(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor
     if scale is None:
         return velocity(x, t, z).float()
     v = velocity(torch.cat([x, x]), torch.cat([t, t]), z).float()
-    return v[b:] + scale * (v[:b] - v[b:])
+    return combine(v[:b], v[b:], scale)
 
 
 def euler_flow(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
@@ -84,10 +86,6 @@ def euler_flow(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], to
     for k in range(num_steps, 0, -1):
         x = x - guided_velocity(velocity, x, k / num_steps, z, scale) / num_steps
     return x
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def _normal_rows(generators: Sequence[torch.Generator], channels: int, device) -> torch.Tensor:
@@ -133,82 +131,31 @@ class OfficialColumnStream:
         return torch.randn(n, channels, generator=self.generator)[:rows].to(device)
 
 
-class _CachedStepper:
-    """The transformer side of incremental decoding: condition of the next token given the tokens so far."""
-
-    def __init__(self, net, buffer: torch.Tensor):
-        self.net = net
-        cond = net.z_proj_ln(buffer)
-        self.cross, self.past = [], []
-        for blk in net.encoder_blocks:
-            self.cross.append(blk.cross_kv(cond))
-            cond = blk.cond_step(cond)
-            self.past.append((None, None))
-        self.z = net.encoder_norm(cond)[:, -1]
-
-    def push(self, token: torch.Tensor, position: int) -> torch.Tensor:
-        net, w = self.net, self.net.cond_length
-        x = net.z_proj_ln(net.z_proj(token))[:, None]
-        cos, sin = net.rope(torch.tensor([position], device=token.device))
-        for li, blk in enumerate(net.encoder_blocks):
-            pk, pv = self.past[li]
-            x, k, v = blk.token_step(x, cos, sin, pk, pv, self.cross[li])
-            if w == 0:
-                self.past[li] = (None, None)
-            else:
-                k = torch.cat([pk, k], dim=2) if pk is not None else k
-                v = torch.cat([pv, v], dim=2) if pv is not None else v
-                self.past[li] = (k[:, :, -w:], v[:, :, -w:])
-        self.z = net.encoder_norm(x)[:, 0]
-        return self.z
+ConditionFn = Callable[[int, "torch.Tensor | None"], torch.Tensor]
 
 
 @torch.no_grad()
-def sample(model: nn.Module, labels: torch.Tensor, generators: Sequence[torch.Generator] | None,
-           settings: ColumnARSettings | None = None, num_tokens: int = 16, stream: OfficialColumnStream | None = None,
-           **overrides) -> torch.Tensor:
-    """Latents (B, num_tokens, C) for `labels` Long[B] (on the model's device); `overrides` replace fields of
-    `settings` (e.g. cfg=7.0, num_steps=100). With `stream` the noise comes from it (generators are ignored)."""
-    settings = replace(settings or ColumnARSettings(), **overrides)
-    settings.check()
-    net = _unwrap(model)
-    if labels.dim() != 1:
-        raise ValueError(f"labels must be Long[B], got shape {list(labels.shape)}")
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
-    b, device, c = labels.shape[0], labels.device, net.token_embed_dim
+def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+           generators: Sequence[torch.Generator] | None, settings: ColumnARSettings, *, rows: int, channels: int,
+           num_tokens: int = 16, device="cpu", stream: OfficialColumnStream | None = None) -> torch.Tensor:
+    """Latents Float32 (rows, num_tokens, channels) from the model functions (module doc); `condition` must be
+    built for guidance iff settings.cfg != 1. With `stream` the noise comes from it (generators are ignored)."""
     if stream is None:
-        check_generators(generators, b)
-    elif b > stream.batch_size:
-        raise ValueError(f"batch of {b} rows exceeds the official stream's batch size {stream.batch_size}")
+        check_generators(generators, rows)
+    elif rows > stream.batch_size:
+        raise ValueError(f"batch of {rows} rows exceeds the official stream's batch size {stream.batch_size}")
     guided = settings.cfg != 1.0
-    if guided:
-        rows = torch.cat([labels, labels])
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=device), torch.ones(b, dtype=torch.bool, device=device)])
-    else:
-        rows, drop = labels, None
-    buffer = net.buffer(rows, drop)
-    out = torch.zeros(b, num_tokens, c, device=device)
-    if settings.use_cache:
-        stepper = _CachedStepper(net, buffer)
-        z = stepper.z
-    else:
-        seq = torch.zeros(rows.shape[0], num_tokens, c, device=device, dtype=buffer.dtype)
+    out = torch.zeros(rows, num_tokens, channels, device=device)
+    z = condition(0, None)
     for i in range(num_tokens):
-        if not settings.use_cache:
-            z = net.features(seq, buffer)[:, i]
         scale = cfg_scale_at(i, num_tokens, settings.cfg, settings.cfg_schedule) if guided else None
-        noise = _normal_rows(generators, c, device) if stream is None else stream.noise(b, c, device)
-        token = euler_flow(net.diffloss.net, z, noise, settings.num_steps, scale)
+        noise = _normal_rows(generators, channels, device) if stream is None else stream.noise(rows, channels, device)
+        token = euler_flow(head, z, noise, settings.num_steps, scale)
         out[:, i] = token
-        token_rows = torch.cat([token, token]) if guided else token
-        if settings.use_cache:
-            if i + 1 < num_tokens:
-                z = stepper.push(token_rows.to(buffer.dtype), i)
-        else:
-            seq[:, i] = token_rows.to(seq.dtype)
+        if i + 1 < num_tokens:
+            z = condition(i + 1, token)
     if stream is not None:
-        stream.rows_done += b
+        stream.rows_done += rows
     return out
 
 

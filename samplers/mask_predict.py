@@ -8,7 +8,8 @@ Model-function protocol
   same order every step. With guidance the call holds 2B rows: conditional rows 0..B−1, unconditional rows B..2B−1.
 
 Algorithm, step t = 0..T−1 (official AutoNAT `generate`, extended to any grid, any T, per-row randomness):
-  1. logits = c + s_t·(c − u) (one batched forward of 2B rows) if `null_label` is given, else one forward of B rows.
+  1. logits = u + w_t·(c − u), w_t = 1 + s_t (samplers.guidance; s_t = strategy.cfg[t], the official scale of
+     c + s·(c − u)), one batched forward of 2B rows, if `null_label` is given; else one forward of B rows.
   2. Sample every position from Categorical(softmax(logits / max(τs_t, min_temp))); visible positions keep their id.
   3. Last step: return the sampled ids. Otherwise
      confidence = log_softmax(logits)[sampled id] (temperature 1), +inf at visible positions, + τg_t·Gumbel(0, 1);
@@ -41,7 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from samplers.guidance import ClassifierFreeGuidance
+from samplers.guidance import ClassifierFreeGuidance, weight_from_s
 from core.seeding import check_generators, uniform_rows
 from samplers.official_stream import OfficialStream
 from samplers.strategy import Strategy
@@ -110,7 +111,7 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label
     last = strategy.steps - 1
     for t in range(strategy.steps):
         u = uniform_rows(generators, (2, seq_len), device) if rng is None else None
-        logits = fn(ids, labels, strategy.cfg[t]) if null_label is not None else fn(ids, labels)
+        logits = fn(ids, labels, weight_from_s(strategy.cfg[t])) if null_label is not None else fn(ids, labels)
         if tuple(logits.shape) != (b, seq_len, codebook_size):
             raise ValueError(f"model_fn returned logits of shape {list(logits.shape)}, expected "
                              f"[{b}, {seq_len}, {codebook_size}] (batch, tokens, codebook size)")

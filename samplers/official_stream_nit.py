@@ -17,7 +17,8 @@ exactly what the default generator produces after `torch.manual_seed(seed)`, wit
 that is the script's stream itself (its model and autoencoder are built on the CPU, so nothing else draws on the
 GPU generator before the first batch). One process only (the script's rank r uses seed S·world + r and writes the
 images j·world + r of each round; our ranks take contiguous units). The stream carries on from call to call: batches
-must come in order; a short last batch is sampled as a full one and cut (the script samples whole batches).
+must come in order; a short last batch is sampled as a full one and cut (the script samples whole batches):
+models.nit_sampling.sample_official.
 """
 from __future__ import annotations
 
@@ -54,25 +55,3 @@ class NiTOfficialStream:
         g = self.generator(x.device)
         return torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
 
-
-@torch.no_grad()
-def sample_official(model: torch.nn.Module, rows: int, stream: NiTOfficialStream, settings: dict, size,
-                    downsample: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scaled latents Float32 (rows, C, H/downsample, W/downsample), labels Long[rows]) of the next batch of the
-    stream at image size `size` = (H, W): the full batch is sampled with the stream's labels and noise, the first
-    `rows` kept. `settings`: samplers.flow.sample's (mode, steps, cfg_scale, ...)."""
-    from samplers.flow import latent_size, sample
-    net = model.module if hasattr(model, "module") else model
-    if rows > stream.batch_size:
-        raise ValueError(f"a batch of {rows} rows exceeds the official stream's batch size {stream.batch_size}")
-    if len(size) != 2 or not all(isinstance(v, int) for v in size):
-        raise ValueError(f"the official stream samples one image size per run, got {size!r}")
-    p = net.patch_size
-    h, w = latent_size(int(size[0]), int(size[1]), downsample, p)
-    param = next(net.parameters())
-    labels, noise = stream.batch(net.in_channels, h, w, p, net.num_classes, param.device)
-    sde = settings.get("mode") == "sde"
-    # the state starts from the bf16 draw; the model gets it in its own dtype (eval.precision sets the compute)
-    out = sample(model, labels, None, {**settings, "model_dtype": param.dtype}, size=tuple(size),
-                 downsample=downsample, noise=noise, step_noise=stream.step_noise if sde else None)
-    return out[:rows], labels[:rows]

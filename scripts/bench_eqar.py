@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.seeding import row_generators  # noqa: E402
 from models.eqar import FLAVOURS, eqar_loss, param_groups  # noqa: E402
-from samplers.column_ar import ColumnARSettings, sample  # noqa: E402
+from models.eqar_condition import sample  # noqa: E402
+from samplers.column_ar import ColumnARSettings  # noqa: E402
 
 SIZES = {"tiny": dict(embed_dim=256, depth=8, num_heads=4, diffloss_d=3, diffloss_w=256)}
 

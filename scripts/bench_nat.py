@@ -42,7 +42,7 @@ from engine.precision import autocast  # noqa: E402
 from models.family import TrainContext  # noqa: E402
 from models.layers import attention_backend, count_params  # noqa: E402
 from models.nat import FLAVOURS, nat_training_loss  # noqa: E402
-from samplers.guidance import combine  # noqa: E402
+from samplers.guidance import combine, weight_from_s  # noqa: E402
 from samplers.mask_predict import sample  # noqa: E402
 from samplers.strategy import Strategy  # noqa: E402
 
@@ -65,7 +65,7 @@ class TwoPassGuidance:
         scale = self.scales[self.t]
         self.t += 1
         cond = self.model(ids, labels)
-        return combine(cond, self.model(ids, torch.full_like(labels, self.null)), scale)
+        return combine(cond, self.model(ids, torch.full_like(labels, self.null)), weight_from_s(scale))
 
 
 class StepClock:

@@ -43,6 +43,7 @@ from engine.precision import autocast  # noqa: E402
 from models.layers import count_params  # noqa: E402
 from models.nit import FLAVOUR_ARGS, FLAVOURS, pack_latents  # noqa: E402
 from models.nit_loss import GRAD_CLIP, nit_loss, nit_optimizer  # noqa: E402
+from models.nit_sampling import NiTVelocity  # noqa: E402
 from samplers.flow import sample_nit  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -137,10 +138,11 @@ def sample_time(model, grid: tuple[int, int], images: int, steps: int, precision
 
     def run():
         gens = [torch.Generator().manual_seed(i) for i in range(images)]
+        velocity = NiTVelocity(fn, labels, torch.tensor([grid] * images, dtype=torch.int32), 3.0, model.null_label)
         with autocast(CPU, precision, role="bench"):
-            return sample_nit(fn, labels, gens, size=grid, channels=model.in_channels, patch_size=model.patch_size,
-                              mode="ode", steps=steps, cfg_scale=3.0, guidance_low=0.0, guidance_high=0.7,
-                              null_label=model.null_label)
+            return sample_nit(velocity, gens, grids=[grid] * images, channels=model.in_channels,
+                              patch_size=model.patch_size, mode="ode", steps=steps, guidance_low=0.0,
+                              guidance_high=0.7)
 
     with autocast(CPU, precision, role="bench"):  # warm-up: one guided forward of the doubled pack
         hw = torch.tensor([grid] * 2 * images, dtype=torch.int32)

@@ -1,7 +1,8 @@
-"""The guided velocity as a function of (x, t, condition, scale), for NiT (samplers.flow.guided_velocity) and the
-equivariant column AR's flow head (samplers.column_ar.guided_velocity): equal to the restated formulas at several t
-(NiT: u + w·(c − u) inside [guidance_low, guidance_high], the conditional velocity alone outside; eqar, release
-`forward_with_cfg`: v_u + w·(v_c − v_u)), and the one function the samplers step. Also explicit SDE step noise."""
+"""The guided velocity as a function of (x, t, condition, scale), for NiT (models.nit_sampling.NiTVelocity, with
+the interval decision of samplers.flow.in_interval) and the equivariant column AR's flow head
+(samplers.column_ar.guided_velocity): equal to the restated formulas at several t (NiT: u + w·(c − u) inside
+[guidance_low, guidance_high], the conditional velocity alone outside; eqar, release `forward_with_cfg`:
+v_u + w·(v_c − v_u)), and the one function the samplers step. Also explicit SDE step noise."""
 import math
 
 import pytest
@@ -10,7 +11,10 @@ import torch
 import samplers.column_ar as column_ar
 import samplers.flow as flow
 from core.seeding import row_generators
+from models import eqar_condition
 from models.nit import FLAVOURS as NIT
+from models.nit_family import NiTSampling
+from models.nit_sampling import NiTVelocity, sample_latents
 from tests.nit_helpers import randomized
 
 HW = torch.tensor([[2, 3], [1, 2]], dtype=torch.int32)  # two images packed: 6 + 2 tokens
@@ -19,6 +23,11 @@ HW = torch.tensor([[2, 3], [1, 2]], dtype=torch.int32)  # two images packed: 6 +
 def _nit():
     torch.manual_seed(0)
     return randomized(NIT["debug"](), seed=2)
+
+
+def guided_velocity(model, x, t, y, hw, w, low=0.0, high=1.0, decide_at=None):
+    """NiT's guided velocity at t, guided by the interval decision at `decide_at` (default t)."""
+    return NiTVelocity(model, y, hw, w, 1000)(x, t, flow.in_interval(t if decide_at is None else decide_at, low, high))
 
 
 def _state(seed=0):
@@ -35,19 +44,19 @@ def test_nit_guided_velocity_is_the_official_combination_inside_the_interval():
 
     with torch.no_grad():
         for t in (1.0, 0.85, 0.7, 0.5, 0.2, 0.04):
-            got = flow.guided_velocity(model, x, t, y, HW, w, low, high)
+            got = guided_velocity(model, x, t, y, HW, w, low, high)
             c, u = alone(y, t), alone(torch.full_like(y, 1000), t)
             want = u + w * (c - u) if low <= t <= high else c
             assert got.dtype == torch.float64 and got.shape == x.shape
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         # w = 1: the conditional velocity everywhere; w = 0: the unconditional one inside the interval
-        torch.testing.assert_close(flow.guided_velocity(model, x, 0.5, y, HW, 1.0), alone(y, 0.5), rtol=1e-5,
+        torch.testing.assert_close(guided_velocity(model, x, 0.5, y, HW, 1.0), alone(y, 0.5), rtol=1e-5,
                                    atol=1e-5)
-        torch.testing.assert_close(flow.guided_velocity(model, x, 0.5, y, HW, 0.0),
+        torch.testing.assert_close(guided_velocity(model, x, 0.5, y, HW, 0.0),
                                    alone(torch.full_like(y, 1000), 0.5), rtol=1e-5, atol=1e-5)
         # Heun's corrector: evaluated at t_next = 0.75, guided by the decision of t_cur = 0.7
         c, u = alone(y, 0.75), alone(torch.full_like(y, 1000), 0.75)
-        torch.testing.assert_close(flow.guided_velocity(model, x, 0.75, y, HW, w, low, high, decide_at=0.7),
+        torch.testing.assert_close(guided_velocity(model, x, 0.75, y, HW, w, low, high, decide_at=0.7),
                                    u + w * (c - u), rtol=1e-5, atol=1e-5)
 
 
@@ -64,44 +73,43 @@ class Spy:
 
 
 @pytest.mark.parametrize("mode,heun", [("ode", False), ("ode", True), ("sde", False)])
-def test_nit_samplers_step_exactly_the_exposed_function(monkeypatch, mode, heun):
+def test_nit_samplers_step_exactly_the_exposed_function(mode, heun):
     model, y = _nit(), torch.tensor([3, 7])
     noise = _state(1).float()
-    steps, w = 4, 2.0
-    kw = dict(cfg_scale=w, guidance_low=0.0, guidance_high=0.7)
+    steps, w, high = 4, 2.0, 0.7
+    velocity = NiTVelocity(model, y, HW, w, 1000)
 
-    def go():
+    def go(v):
         with torch.no_grad():
             if mode == "ode":
-                return flow.sample_ode(model, noise, y, HW, steps, heun=heun, **kw)
-            return flow.sample_sde(model, noise, y, HW, row_generators(0, range(2)), steps, **kw)
+                return flow.sample_ode(v, noise, steps, heun=heun, guidance_low=0.0, guidance_high=high)
+            gens = row_generators(0, range(2))
+            return flow.sample_sde(v, noise, steps, lambda i, x: flow.packed_noise(gens, HW, 32), 0.0, high)
 
-    ref = go()
-    spy = Spy(flow.guided_velocity)
-    monkeypatch.setattr(flow, "guided_velocity", spy)
-    torch.testing.assert_close(go(), ref, rtol=0, atol=0)
-    ts = [float(a[2]) for a, _ in spy.calls]
+    ref = go(velocity)
+    spy = Spy(velocity)
+    torch.testing.assert_close(go(spy), ref, rtol=0, atol=0)
+    got = [(float(a[1]), a[2]) for a, _ in spy.calls]
     if mode == "ode":
         grid = torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
-        want = grid[:-1] + (grid[1:-1] if heun else [])
-        decided = [k.get("decide_at") for _, k in spy.calls]
-        assert decided.count(None) == steps and sorted(d for d in decided if d is not None) == \
-            sorted(grid[:steps - 1] if heun else [])
+        want = []
+        for i in range(steps):  # Heun's corrector at t_next with the decision of t_cur
+            want.append((grid[i], grid[i] <= high))
+            if heun and i < steps - 1:
+                want.append((grid[i + 1], grid[i] <= high))
     else:
-        want = torch.linspace(1, 0.04, steps, dtype=torch.float64).tolist()
-    assert sorted(ts) == sorted(want)
-    assert all(k["cfg_scale"] == w and k["guidance_high"] == 0.7 for _, k in spy.calls)
+        want = [(t, t <= high) for t in torch.linspace(1, 0.04, steps, dtype=torch.float64).tolist()]
+    assert got == want
     # every velocity the sampler uses comes from that function: with it returning 0 the ODE stays at its noise
-    monkeypatch.setattr(flow, "guided_velocity", Spy(spy.fn, zero=True))
     if mode == "ode":
-        torch.testing.assert_close(go(), noise.double(), rtol=0, atol=0)
+        torch.testing.assert_close(go(Spy(velocity, zero=True)), noise.double(), rtol=0, atol=0)
     else:
-        assert (go() - ref).abs().max() > 1e-3
+        assert (go(Spy(velocity, zero=True)) - ref).abs().max() > 1e-3
 
 
 def test_sde_with_explicit_step_noise_is_the_restated_loop():
-    """samplers.flow.sample (the public entry) with the initial and every step noise given: a hand-written
-    Euler–Maruyama loop with the same noises, guidance interval [0, 0.6]."""
+    """models.nit_sampling.sample_latents (the family's entry) with the initial and every step noise given: a
+    hand-written Euler–Maruyama loop with the same noises, guidance interval [0, 0.6]."""
     model, y = _nit(), torch.tensor([3, 7])
     steps, w, high = 4, 3.0, 0.6
     g = torch.Generator().manual_seed(11)
@@ -127,18 +135,18 @@ def test_sde_with_explicit_step_noise_is_the_restated_loop():
             d = vel - t * (-(x + (1 - t) * vel) / t)  # v − ½·(2t)·score
             x = x + (t_next - t) * d + (math.sqrt(2 * t) * math.sqrt(t - t_next) * eps[i] if i < steps - 1 else 0)
         want = x.float().reshape(2, 2, 3, 32).permute(0, 3, 1, 2)
-        settings = {"mode": "sde", "steps": steps, "cfg_scale": w, "guidance_high": high}
-        got = flow.sample(model, y, None, settings, size=(64, 96), noise=noise, step_noise=eps)
+        settings = NiTSampling("sde", steps, w, 0.0, high, False, 64, 96, 32)
+        got = sample_latents(model, y, None, settings, (64, 96), noise=noise, step_noise=eps)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         # the same noises as a function of the step; generators are not needed when both noises are given
-        again = flow.sample(model, y, None, settings, size=(64, 96), noise=noise, step_noise=lambda i, x: eps[i])
+        again = sample_latents(model, y, None, settings, (64, 96), noise=noise, step_noise=lambda i, x: eps[i])
         torch.testing.assert_close(again, got, rtol=0, atol=0)
-        other = flow.sample(model, y, None, settings, size=(64, 96), noise=noise, step_noise=[e * 0 for e in eps])
+        other = sample_latents(model, y, None, settings, (64, 96), noise=noise, step_noise=[e * 0 for e in eps])
         assert (other - got).abs().max() > 1e-2
         with pytest.raises(ValueError, match="step_noise holds 2 tensors; 4 SDE steps take 3"):
-            flow.sample(model, y, None, settings, size=(64, 96), noise=noise, step_noise=eps[:2])
+            sample_latents(model, y, None, settings, (64, 96), noise=noise, step_noise=eps[:2])
         with pytest.raises(ValueError, match="pass generators .* or step_noise"):
-            flow.sample(model, y, None, settings, size=(64, 96), noise=noise)
+            sample_latents(model, y, None, settings, (64, 96), noise=noise)
 
 
 # ------------------------------------------------------------------------------------------ equivariant AR head
@@ -173,10 +181,10 @@ def test_column_ar_sampler_steps_exactly_the_exposed_function(monkeypatch, cfg):
     model = _eqar(1)
     labels = torch.tensor([2, 5])
     kw = dict(num_tokens=3, num_steps=4, cfg=cfg, cfg_schedule="linear")
-    ref = column_ar.sample(model, labels, row_generators(0, range(2)), **kw)
+    ref = eqar_condition.sample(model, labels, row_generators(0, range(2)), **kw)
     spy = Spy(column_ar.guided_velocity)
     monkeypatch.setattr(column_ar, "guided_velocity", spy)
-    torch.testing.assert_close(column_ar.sample(model, labels, row_generators(0, range(2)), **kw), ref, rtol=0,
+    torch.testing.assert_close(eqar_condition.sample(model, labels, row_generators(0, range(2)), **kw), ref, rtol=0,
                                atol=0)
     assert [a[2] for a, _ in spy.calls] == [k / 4 for k in (4, 3, 2, 1)] * 3
     scales = [a[4] for a, _ in spy.calls]
@@ -184,7 +192,7 @@ def test_column_ar_sampler_steps_exactly_the_exposed_function(monkeypatch, cfg):
                                                         for _ in range(4)])
     # every flow-head velocity of the sampler comes from that function: zero velocity leaves each token its noise
     monkeypatch.setattr(column_ar, "guided_velocity", Spy(spy.fn, zero=True))
-    out = column_ar.sample(model, labels, row_generators(0, range(2)), **kw)
+    out = eqar_condition.sample(model, labels, row_generators(0, range(2)), **kw)
     gens = row_generators(0, range(2))
     noise = torch.stack([torch.stack([torch.randn(16, generator=g) for _ in range(3)]) for g in gens])
     torch.testing.assert_close(out, noise, rtol=0, atol=0)

@@ -255,4 +255,3 @@ def test_sample_settings_checks():
     st = sample_settings(load_config(DEBUG, ["tokenizer.kind=pixels", "model.in_channels=3", "sample.height=8",
                                              "sample.width=12"]))
     assert st.downsample == 1 and (st.height, st.width) == (8, 12)
-    assert json.dumps(st.sampler_settings())

@@ -6,7 +6,8 @@ from datasets.nit_meta import read_data_meta, token_lengths
 from datasets.nit_packs import NiTPackDataset
 from models.nit import FLAVOURS
 from models.nit_loss import nit_loss, nit_optimizer
-from samplers.flow import sample
+from models.nit_family import NiTSampling
+from models.nit_sampling import sample_latents
 from tests.nit_helpers import write_latent_dataset
 
 
@@ -37,6 +38,6 @@ def test_packs_train_and_sample(tmp_path):
     last, _ = nit_loss(model, fixed, **kw)
     assert last.item() < first.item()
     model.eval()
-    out = sample(model, torch.tensor([1, 2]), [torch.Generator().manual_seed(s) for s in (0, 1)],
-                 {"mode": "sde", "steps": 4, "cfg_scale": 2.0, "guidance_high": 0.7}, size=(64, 96))
+    out = sample_latents(model, torch.tensor([1, 2]), [torch.Generator().manual_seed(s) for s in (0, 1)],
+                         NiTSampling("sde", 4, 2.0, 0.0, 0.7, False, 64, 96, 32), (64, 96))
     assert out.shape == (2, 4, 2, 3) and torch.isfinite(out).all()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from models.eqar import FLAVOURS
-from samplers.column_ar import ColumnARSettings, cfg_scale_at, euler_flow, sample
+from models.eqar_condition import sample
+from samplers.column_ar import ColumnARSettings, cfg_scale_at, euler_flow
 from core.seeding import row_generators
 
 
@@ -92,3 +93,28 @@ def test_no_guidance_rows_and_bad_settings():
     a = sample(model, labels, row_generators(0, [0]), num_tokens=3, num_steps=2, temperature=1.0)
     b = sample(model, labels, row_generators(0, [0]), num_tokens=3, num_steps=2, temperature=0.5)
     assert torch.equal(a, b)
+
+
+def test_sampler_steps_plain_model_functions():
+    """No module: the sampler asks a condition function for z_i once per token, in order, handing it the token just
+    sampled, and integrates the flow head's guided velocity u + w(c − u) with it."""
+    from samplers.column_ar import sample as sample_fns
+    b, c, n = 2, 5, 4
+    seen = []
+
+    def condition(i, token):  # guided: 2B rows, conditional rows carry i + 1, unconditional rows 0
+        seen.append((i, token))
+        return torch.cat([torch.full((b, 1), float(i + 1)), torch.zeros(b, 1)])
+
+    def head(x, t, z):
+        return z.expand_as(x)
+
+    st = ColumnARSettings(num_steps=2, cfg=3.0, cfg_schedule="constant")
+    out = sample_fns(condition, head, row_generators(0, range(b)), st, rows=b, channels=c, num_tokens=n)
+    gens = row_generators(0, range(b))
+    noise = torch.stack([torch.stack([torch.randn(c, generator=g) for _ in range(n)]) for g in gens])
+    want = noise - 3.0 * torch.arange(1, n + 1, dtype=torch.float32)[None, :, None]
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+    assert [i for i, _ in seen] == list(range(n)) and seen[0][1] is None
+    for i, token in seen[1:]:
+        assert torch.equal(token, out[:, i - 1])

@@ -2,8 +2,19 @@ import pytest
 import torch
 
 from models.nit import FLAVOURS, unpack
+from models.nit_family import NiTSampling
+from models.nit_sampling import NiTVelocity, sample_latents
 from samplers.flow import (latent_size, ode_grid, packed_noise, sample_nit, sample_ode, sample_sde, sde_grid)
 from tests.nit_helpers import randomized
+
+
+def _v(fn, labels, hw, w=1.0, dtype=torch.float32):
+    """The family's guided velocity around a model function (null label 1000)."""
+    return NiTVelocity(fn, labels, hw, w, 1000, dtype)
+
+
+def _gen_noise(generators, hw, c):
+    return lambda i, x: packed_noise(generators, hw, c)
 
 
 class Counter:
@@ -40,13 +51,14 @@ def test_model_calls_and_nfe(mode, steps, heun, low, high, scale):
     m = Counter(lambda x, t, y, hw: torch.zeros_like(x))
     m.batch = 2
     if mode == "ode":
-        sample_ode(m, noise, labels, hw, steps, scale, low, high, heun=heun)
+        sample_ode(_v(m, labels, hw, scale), noise, steps, heun=heun, guidance_low=low, guidance_high=high)
         grid = [float(t) for t in torch.linspace(1, 0, steps + 1, dtype=torch.float64)]
         starts = grid[:-1]
         # Heun: one more call on every step but the last, with the decision of that step's t_cur
         evaluated = starts + (starts[:-1] if heun else [])
     else:
-        sample_sde(m, noise, labels, hw, [torch.Generator().manual_seed(i) for i in range(2)], steps, scale, low, high)
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        sample_sde(_v(m, labels, hw, scale), noise, steps, _gen_noise(gens, hw, 4), low, high)
         grid = [float(t) for t in torch.linspace(1, 0.04, steps, dtype=torch.float64)]
         evaluated = grid  # steps - 1 stochastic steps and the last deterministic one, at t_cur = 0.04
     guided = sum(1 for t in evaluated if scale != 1.0 and low <= t <= high)
@@ -62,10 +74,10 @@ def test_ode_reaches_the_exact_endpoint_of_a_linear_field():
     # the exact velocity of x_t = (1 - t) x0 + t eps towards one data point: v = eps - x0 = (x - x0) / t
     field = lambda x, t, y, hw: (x - x0) / t[0]  # noqa: E731
     for heun in (False, True):
-        out = sample_ode(field, noise.double(), torch.tensor([0, 1]), hw, steps=7, heun=heun)
+        out = sample_ode(_v(field, torch.tensor([0, 1]), hw, dtype=torch.float64), noise.double(), steps=7, heun=heun)
         torch.testing.assert_close(out, x0, rtol=0, atol=1e-12)
     const = torch.randn_like(noise)
-    out = sample_ode(lambda x, t, y, hw: const.expand_as(x), noise, torch.tensor([0, 1]), hw, steps=10)
+    out = sample_ode(_v(lambda x, t, y, hw: const.expand_as(x), torch.tensor([0, 1]), hw), noise, steps=10)
     torch.testing.assert_close(out, (noise - const).double(), rtol=0, atol=1e-6)
 
 
@@ -75,9 +87,9 @@ def test_cfg_combination_and_interval():
     # velocity 2 for a real label, 1 for the null class
     field = lambda x, t, y, hw: torch.repeat_interleave(  # noqa: E731
         torch.where(y == 1000, 1.0, 2.0), 6)[:, None, None, None].expand_as(x).to(x.dtype)
-    out = sample_ode(field, noise, labels, hw, steps=10, cfg_scale=3.0)
+    out = sample_ode(_v(field, labels, hw, 3.0), noise, steps=10)
     torch.testing.assert_close(out, noise.double() - (1 + 3.0 * (2 - 1)), rtol=0, atol=1e-6)
-    out = sample_ode(field, noise, labels, hw, steps=10, cfg_scale=3.0, guidance_low=0.0, guidance_high=0.5)
+    out = sample_ode(_v(field, labels, hw, 3.0), noise, steps=10, guidance_low=0.0, guidance_high=0.5)
     # t_cur 1.0 .. 0.6 unguided (v = 2), 0.5 .. 0.1 guided (v = 4)
     torch.testing.assert_close(out, noise.double() - 0.1 * (5 * 2 + 5 * 4), rtol=0, atol=1e-6)
 
@@ -87,7 +99,7 @@ def test_sde_step_restated():
     g = torch.Generator().manual_seed(3)
     a = 0.3
     field = lambda x, t, y, hw: a * x  # noqa: E731
-    out = sample_sde(field, noise, torch.tensor([1]), hw, [g], steps=3, model_dtype=torch.float64)
+    out = sample_sde(_v(field, torch.tensor([1]), hw, dtype=torch.float64), noise, 3, _gen_noise([g], hw, 4))
     g = torch.Generator().manual_seed(3)
     x = noise.double()
     for t, t_next in [(1.0, 0.52), (0.52, 0.04)]:
@@ -106,7 +118,8 @@ def test_sde_with_the_exact_field_of_a_point_mass_lands_at_the_right_spread():
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(2000, 4, 1, 1, generator=g)
     x0 = torch.full_like(noise, 0.5, dtype=torch.float64)
-    out = sample_sde(lambda x, t, y, hw: (x - x0) / t[0], noise, torch.tensor([0]), hw, [g], steps=250)
+    out = sample_sde(_v(lambda x, t, y, hw: (x - x0) / t[0], torch.tensor([0]), hw), noise, 250,
+                     _gen_noise([g], hw, 4))
     err = out - x0  # (Euler-Maruyama's bias: std 0.0549 at 50 steps, 0.0424 at 250, 0.0400 at 1000)
     assert abs(err.mean().item()) < 0.004 and abs(err.std().item() - 0.04) < 0.004
 
@@ -116,11 +129,11 @@ def test_images_depend_only_on_their_generator_and_pack_equals_alone(mode):
     torch.manual_seed(0)
     model = randomized(FLAVOURS["debug"]())
     labels = torch.tensor([3, 1, 7])
-    kw = dict(size=(2, 3), mode=mode, steps=4, cfg_scale=2.0, guidance_high=0.7)
-    with torch.no_grad():
-        three = sample_nit(model, labels, [torch.Generator().manual_seed(s) for s in (10, 11, 12)], **kw)
-        alone = sample_nit(model, labels[1:2], [torch.Generator().manual_seed(11)], **kw)
-        other = sample_nit(model, torch.tensor([5, 1]), [torch.Generator().manual_seed(s) for s in (99, 11)], **kw)
+    st = NiTSampling(mode, 4, 2.0, 0.0, 0.7, False, 64, 96, 32)  # token grid 2 x 3
+    three = sample_latents(model, labels, [torch.Generator().manual_seed(s) for s in (10, 11, 12)], st, (64, 96))
+    alone = sample_latents(model, labels[1:2], [torch.Generator().manual_seed(11)], st, (64, 96))
+    other = sample_latents(model, torch.tensor([5, 1]), [torch.Generator().manual_seed(s) for s in (99, 11)], st,
+                           (64, 96))
     assert three.shape == (3, 32, 2, 3)
     torch.testing.assert_close(three[1], alone[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(other[1], alone[0], rtol=0, atol=1e-5)
@@ -136,9 +149,9 @@ def test_packed_noise_layout_and_sample_shape():
     model = lambda x, t, y, hw: x * 0.5  # noqa: E731
     labels = torch.tensor([0, 1])
     gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
-    out = sample_nit(model, labels, gens(), size=(2, 3), channels=4, steps=3)
     hw = torch.tensor([[2, 3]] * 2, dtype=torch.int32)
-    ref = sample_ode(model, packed_noise(gens(), hw, 4), labels, hw, 3)
+    out = sample_nit(_v(model, labels, hw), gens(), grids=[(2, 3)] * 2, channels=4, steps=3)
+    ref = sample_ode(_v(model, labels, hw), packed_noise(gens(), hw, 4), 3)
     for a, b in zip(out, unpack(ref.float(), hw)):
         torch.testing.assert_close(a, b)
     assert latent_size(512, 768) == (16, 24)
@@ -148,15 +161,15 @@ def test_packed_noise_layout_and_sample_shape():
         packed_noise([torch.Generator()], hw, 4)
 
 
-def test_sample_entry_uses_defaults_settings_and_image_size():
-    from samplers.flow import README_SETTINGS, sample
+def test_sample_entry_is_the_sampler_at_the_image_size():
+    from samplers.flow import README_SETTINGS
     model = randomized(FLAVOURS["debug"]())
     gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
-    out = sample(model, torch.tensor([1, 2]), gens(), {"steps": 3, "cfg_scale": 2.0}, size=(64, 96))
+    st = NiTSampling("ode", 3, 2.0, 0.0, 1.0, False, 64, 96, 32)
+    out = sample_latents(model, torch.tensor([1, 2]), gens(), st, (64, 96))
     assert out.shape == (2, 32, 2, 3)
+    hw = torch.tensor([[2, 3]] * 2, dtype=torch.int32)
     with torch.no_grad():
-        ref = sample_nit(model, torch.tensor([1, 2]), gens(), size=(2, 3), steps=3, cfg_scale=2.0)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="unknown sampling settings"):
-        sample(model, torch.tensor([1]), gens()[:1], {"num_steps": 3}, size=(64, 64))
+        ref = sample_nit(_v(model, torch.tensor([1, 2]), hw, 2.0), gens(), grids=[(2, 3)] * 2, channels=32, steps=3)
+    torch.testing.assert_close(out, torch.stack(ref), rtol=0, atol=0)
     assert README_SETTINGS[(256, 256)] == {"mode": "sde", "steps": 250, "cfg_scale": 2.25, "guidance_high": 0.7}

@@ -128,12 +128,12 @@ def test_guidance_batched_equals_two_separate_forwards():
 
     cfg = ClassifierFreeGuidance(counting, null_label=model.null_label)
     with torch.no_grad():
-        guided = cfg(ids, labels, 1.5)
+        guided = cfg(ids, labels, 1 + 1.5)  # w = 1 + s
         cond = model(ids, labels)
         uncond = model(ids, torch.full_like(labels, model.null_label))
     assert calls == [6]
     torch.testing.assert_close(guided, cond + 1.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(combine(cond, uncond, 0.0), cond)
+    torch.testing.assert_close(combine(cond, uncond, 1.0), cond)
 
 
 def test_no_guidance_is_one_forward_of_B_rows():
