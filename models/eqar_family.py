@@ -26,8 +26,7 @@ from torch import nn
 
 from core import dist
 from core.released import read_released
-from core.seeding import step_seed
-from datasets.sampling import rank_micro_batches
+from datasets.sampling import drawing_row_batches
 from models import eqar
 from models.eqar_checks import check_config, check_model_kwargs, check_switch
 from models.family import Family
@@ -216,15 +215,6 @@ def apply_official_schedule(cfg, n: int) -> None:
         log.info("official schedule: " + "; ".join(notes))
 
 
-def eqar_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
-    """This rank's micro-batches of global step `step` (crops, flips and cached-latent views from (seed, step))."""
-    seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
-    out = []
-    for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank, world, accum)):
-        out.append(ds.get_batch(idx, torch.Generator().manual_seed(step_seed(seed, rank, step, mi) + 1)))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- tokenizer
 _TOKENIZERS: dict = {}
 
@@ -400,7 +390,7 @@ FAMILY = Family(
     name="eqar",
     flavours=FLAVOURS,
     dataset=eqar_dataset,
-    batches=eqar_batches,
+    batches=drawing_row_batches,
     loss=eqar_family_loss,
     config="configs/family/eqar.yaml",
     official_flags=OFFICIAL_FLAGS,

@@ -229,9 +229,6 @@ def sample_nit(model_fn: ModelFn, labels: torch.Tensor, generators: Sequence[tor
     return rows
 
 
-# the official sampling script's defaults (projects/sample/sample_c2i_ddp.py)
-SAMPLE_DEFAULTS = {"mode": "ode", "steps": 50, "cfg_scale": 1.5, "guidance_low": 0.0, "guidance_high": 1.0,
-                   "heun": False}
 # the README's settings for NiT-XL-1000K, by image (height, width); the paper's "432" rows were generated at 416
 README_SETTINGS = {
     (256, 256): {"mode": "sde", "steps": 250, "cfg_scale": 2.25, "guidance_high": 0.7},
@@ -255,14 +252,18 @@ def sample(model: torch.nn.Module, labels: torch.Tensor, generators: Sequence[to
            settings: dict | None = None, size=(256, 256), downsample: int = 32, noise: torch.Tensor | None = None,
            step_noise: StepNoise | None = None):
     """Image size (H, W) in pixels -> scaled latents Float32 (B, C, H/downsample, W/downsample) of the model
-    (a NiT, possibly DDP-wrapped), with SAMPLE_DEFAULTS overridden by `settings` (keys SETTING_KEYS; cfg_scale in
-    the official w convention). `size` may be a list of one (H, W) per row: one packed batch, a list of per-row
+    (a NiT, possibly DDP-wrapped), with `settings` (keys SETTING_KEYS, all but model_dtype required: the defaults
+    live in configs/family/nit.yaml; cfg_scale in the official w convention). `size` may be a list of one (H, W) per row: one packed batch, a list of per-row
     latents back (sample_nit). `noise` / `step_noise`: explicit randomness (sample_nit)."""
     net = model.module if hasattr(model, "module") else model
-    opts = {**SAMPLE_DEFAULTS, **(settings or {})}
+    opts = dict(settings or {})
     unknown = sorted(set(opts) - set(SETTING_KEYS))
     if unknown:
         raise ValueError(f"unknown sampling settings {unknown}; known: {list(SETTING_KEYS)}")
+    missing = [k for k in SETTING_KEYS if k not in opts and k != "model_dtype"]
+    if missing:
+        raise ValueError(f"missing sampling settings {missing}; sample() takes every one of {list(SETTING_KEYS)} "
+                         f"but model_dtype")
     p = net.patch_size
     if _is_pair(size):
         grid = latent_size(int(size[0]), int(size[1]), downsample, p)

@@ -38,5 +38,6 @@ def test_packs_train_and_sample(tmp_path):
     assert last.item() < first.item()
     model.eval()
     out = sample(model, torch.tensor([1, 2]), [torch.Generator().manual_seed(s) for s in (0, 1)],
-                 {"mode": "sde", "steps": 4, "cfg_scale": 2.0, "guidance_high": 0.7}, size=(64, 96))
+                 {"mode": "sde", "steps": 4, "cfg_scale": 2.0, "guidance_low": 0.0, "guidance_high": 0.7,
+                  "heun": False}, size=(64, 96))
     assert out.shape == (2, 4, 2, 3) and torch.isfinite(out).all()

@@ -148,15 +148,18 @@ def test_packed_noise_layout_and_sample_shape():
         packed_noise([torch.Generator()], hw, 4)
 
 
-def test_sample_entry_uses_defaults_settings_and_image_size():
+def test_sample_entry_takes_settings_and_image_size():
     from samplers.flow import README_SETTINGS, sample
     model = randomized(FLAVOURS["debug"]())
     gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
-    out = sample(model, torch.tensor([1, 2]), gens(), {"steps": 3, "cfg_scale": 2.0}, size=(64, 96))
+    settings = {"mode": "ode", "steps": 3, "cfg_scale": 2.0, "guidance_low": 0.0, "guidance_high": 1.0, "heun": False}
+    out = sample(model, torch.tensor([1, 2]), gens(), settings, size=(64, 96))
     assert out.shape == (2, 32, 2, 3)
     with torch.no_grad():
-        ref = sample_nit(model, torch.tensor([1, 2]), gens(), size=(2, 3), steps=3, cfg_scale=2.0)
+        ref = sample_nit(model, torch.tensor([1, 2]), gens(), size=(2, 3), **settings)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown sampling settings"):
-        sample(model, torch.tensor([1]), gens()[:1], {"num_steps": 3}, size=(64, 64))
+        sample(model, torch.tensor([1]), gens()[:1], {**settings, "num_steps": 3}, size=(64, 64))
+    with pytest.raises(ValueError, match=r"missing sampling settings \['heun'\]"):  # no second table of defaults
+        sample(model, torch.tensor([1]), gens()[:1], {k: v for k, v in settings.items() if k != "heun"}, size=(64, 64))
     assert README_SETTINGS[(256, 256)] == {"mode": "sde", "steps": 250, "cfg_scale": 2.25, "guidance_high": 0.7}
