@@ -31,6 +31,7 @@ from models import eqar
 from models.eqar_checks import check_config, check_model_kwargs, check_switch
 from models.family import Family
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
+from samplers.rng import one_process, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +260,6 @@ def eqar_family_loss(model: nn.Module, batch: dict, ctx) -> tuple[torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
-RNGS = ("per_row", "official")
-
-
 @dataclass(frozen=True)
 class EqarSampling:
     """`stream` (sample.rng: official) replays the release's single-process eval: its noise stream and its labels
@@ -292,14 +290,9 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
     if args is not None and "vae_norm" in args and not _same(args["vae_norm"], cfg.tokenizer.vae_norm):
         raise ValueError(f"{cfg.eval.pretrained_path} was trained with --vae_norm {args['vae_norm']} but the recipe "
                          f"sets tokenizer.vae_norm={cfg.tokenizer.vae_norm} (--vae_norm)")
-    rng = str(s.get("rng", "per_row"))
-    if rng not in RNGS:
-        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
     stream = None
-    if rng == "official":
-        if dist.world_size() > 1:
-            raise ValueError(f"sample.rng=official replays the release's single-process random stream: run with 1 "
-                             f"process, not {dist.world_size()} (the release seeds rank r with seed + r)")
+    if sample_rng(cfg) == "official":
+        one_process(dist.world_size(), "the release seeds rank r with seed + r")
         stream = OfficialColumnStream(int(cfg.seed), int(cfg.eval.batch_size), int(cfg.eval.n),
                                       int(getattr(model, "module", model).class_num))
     return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm), stream)
