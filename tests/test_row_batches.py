@@ -13,7 +13,8 @@ from models import get_family
 
 # sha256 (first 16 hex digits) of each rank's micro-batches (uint8 pixels, labels) of steps 0-2, world 2, grad_accum 2
 # (the two families read an image folder the same way and always used the same seeds: the same batches)
-DIGEST = ['98d5ab95c2922e5c', '941a4df9c694c4b0', '9fba48c93de90ec6', '466c0d785a3fc922', 'aec4f5bbf7a2b0e2', '1d911fa83a1c54b2']
+DIGEST = ['98d5ab95c2922e5c', '941a4df9c694c4b0', '9fba48c93de90ec6', '466c0d785a3fc922', 'aec4f5bbf7a2b0e2',
+          '1d911fa83a1c54b2']
 
 
 def _folder(root):
