@@ -254,7 +254,8 @@ def sample(model: torch.nn.Module, labels: torch.Tensor, generators: Sequence[to
     """Image size (H, W) in pixels -> scaled latents Float32 (B, C, H/downsample, W/downsample) of the model
     (a NiT, possibly DDP-wrapped), with `settings` (keys SETTING_KEYS, all but model_dtype required: the defaults
     live in configs/family/nit.yaml; cfg_scale in the official w convention). `size` may be a list of one (H, W)
-    per row: one packed batch, a list of per-row latents back (sample_nit). `noise` / `step_noise`: explicit randomness (sample_nit)."""
+    per row: one packed batch, a list of per-row latents back (sample_nit). `noise` / `step_noise`: explicit
+    randomness (sample_nit)."""
     net = model.module if hasattr(model, "module") else model
     opts = dict(settings or {})
     unknown = sorted(set(opts) - set(SETTING_KEYS))
