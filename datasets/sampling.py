@@ -36,18 +36,27 @@ def rank_micro_batches(step, global_bs, n, seed, rank, world, accum) -> list[tor
 
 
 def row_batches(ds, cfg, step: int, rank: int, world: int,
-                augment: Callable[[dict, torch.Generator], dict] | None = None) -> list[dict]:
+                augment: Callable[[dict, torch.Generator], dict] | None = None, draws: bool = False) -> list[dict]:
     """`Family.batches` for datasets of rows (`len(ds)`, `ds.get_batch(idx)`): train.batch_size rows per global
     step, split over ranks and train.grad_accum micro-batches; `augment(batch, generator)` draws from a generator
-    seeded by (seed, rank, step, micro-batch)."""
+    seeded by (seed, rank, step, micro-batch). draws=True: the dataset makes its own random draws (crops, flips,
+    noise) in `ds.get_batch(idx, generator)`, from a generator seeded by that seed + 1."""
     seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
     out = []
     for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank, world, accum)):
-        batch = ds.get_batch(idx)
+        if draws:  # + 1: the seeds these datasets were always served with (another seed, other batches)
+            batch = ds.get_batch(idx, torch.Generator().manual_seed(step_seed(seed, rank, step, mi) + 1))
+        else:
+            batch = ds.get_batch(idx)
         if augment is not None:
             batch = augment(batch, torch.Generator().manual_seed(step_seed(seed, rank, step, mi)))
         out.append(batch)
     return out
+
+
+def drawing_row_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
+    """`Family.batches` for datasets of rows that draw their own randomness (row_batches with draws=True)."""
+    return row_batches(ds, cfg, step, rank, world, draws=True)
 
 
 def hflip_batch(batch: dict, gen: torch.Generator) -> dict:

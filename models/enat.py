@@ -24,6 +24,7 @@ from torch import nn
 from models.enat_blocks import ENATBlock, PrevProj, TokenSet, key_padding_mask
 from models import token_family as tf
 from models.family import Family, TrainContext
+from models.family_defaults import section_over_defaults
 from models.layers import BertEmbeddings, Mlp, MlmLayer
 
 
@@ -226,23 +227,9 @@ FLAVOURS = {
 
 # ---- training loss ---------------------------------------------------------------------------------------------
 
-LOSS_DEFAULTS = {
-    "beta_alpha_beta": (12.0, 3.0),  # mask ratio r ~ Beta(12, 3)
-    "label_drop": 0.15,              # labels replaced by the null class (the official dataset does this)
-    "label_smoothing": 0.1,
-    "reuse_prob": 0.5,               # probability of a reuse-training batch
-    "per_sample_ratio": True,        # one mask ratio per row (False: one per batch, as the official code)
-}
-
-
 def loss_hparams(cfg) -> dict:
-    section = None
-    if cfg is not None:
-        section = cfg.get("loss", None) if hasattr(cfg, "get") else getattr(cfg, "loss", None)
-    hp = dict(LOSS_DEFAULTS)
-    for key in hp:
-        if section is not None and section.get(key, None) is not None:
-            hp[key] = section.get(key)
+    """`cfg.loss` (OmegaConf, dict or absent) over the loss defaults of configs/family/enat.yaml, validated."""
+    hp = section_over_defaults(cfg, "enat", "loss")
     ab = [float(v) for v in hp["beta_alpha_beta"]]
     if len(ab) != 2 or min(ab) <= 0:
         raise ValueError(f"config loss.beta_alpha_beta must be two positive numbers, got {hp['beta_alpha_beta']}")

@@ -27,13 +27,13 @@ from torch import nn
 
 from core import dist
 from core.released import read_released
-from core.seeding import step_seed
-from datasets.sampling import rank_micro_batches
+from datasets.sampling import drawing_row_batches
 from models import eqar
 from models.eqar_checks import check_config, check_model_kwargs, check_switch
 from models.family import Family
 from models.eqar_condition import sample as column_ar_sample
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream
+from samplers.rng import one_process, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +218,6 @@ def apply_official_schedule(cfg, n: int) -> None:
         log.info("official schedule: " + "; ".join(notes))
 
 
-def eqar_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
-    """This rank's micro-batches of global step `step` (crops, flips and cached-latent views from (seed, step))."""
-    seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
-    out = []
-    for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank, world, accum)):
-        out.append(ds.get_batch(idx, torch.Generator().manual_seed(step_seed(seed, rank, step, mi) + 1)))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- tokenizer
 _TOKENIZERS: dict = {}
 
@@ -271,9 +262,6 @@ def eqar_family_loss(model: nn.Module, batch: dict, ctx) -> tuple[torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
-RNGS = ("per_row", "official")
-
-
 @dataclass(frozen=True)
 class EqarSampling:
     """`stream` (sample.rng: official) replays the release's single-process eval: its noise stream and its labels
@@ -304,14 +292,9 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
     if args is not None and "vae_norm" in args and not _same(args["vae_norm"], cfg.tokenizer.vae_norm):
         raise ValueError(f"{cfg.eval.pretrained_path} was trained with --vae_norm {args['vae_norm']} but the recipe "
                          f"sets tokenizer.vae_norm={cfg.tokenizer.vae_norm} (--vae_norm)")
-    rng = str(s.get("rng", "per_row"))
-    if rng not in RNGS:
-        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
     stream = None
-    if rng == "official":
-        if dist.world_size() > 1:
-            raise ValueError(f"sample.rng=official replays the release's single-process random stream: run with 1 "
-                             f"process, not {dist.world_size()} (the release seeds rank r with seed + r)")
+    if sample_rng(cfg) == "official":
+        one_process(dist.world_size(), "the release seeds rank r with seed + r")
         stream = OfficialColumnStream(int(cfg.seed), int(cfg.eval.batch_size), int(cfg.eval.n),
                                       int(getattr(model, "module", model).class_num))
     return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm), stream)
@@ -402,7 +385,7 @@ FAMILY = Family(
     name="eqar",
     flavours=FLAVOURS,
     dataset=eqar_dataset,
-    batches=eqar_batches,
+    batches=drawing_row_batches,
     loss=eqar_family_loss,
     config="configs/family/eqar.yaml",
     official_flags=OFFICIAL_FLAGS,

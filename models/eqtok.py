@@ -35,8 +35,7 @@ from torch import nn
 from core.images import save_grid, to_uint8
 from core.loading import load_strict, mismatch
 from core.released import read_released
-from core.seeding import step_seed
-from datasets.sampling import rank_micro_batches
+from datasets.sampling import drawing_row_batches
 from models.family import Family
 from tokenizer import column_losses as cl
 from tokenizer.column import COLUMN_CONFIGS, ColumnAutoencoder, gaussian_sample, module_state_from_lightning
@@ -205,13 +204,6 @@ def eqtok_dataset(cfg, split: str = "train"):
     raise ValueError(f"family 'eqtok': data.kind must be one of {', '.join(DATA_KINDS)}, got '{d.kind}'")
 
 
-def eqtok_batches(ds, cfg, step: int, rank: int, world: int) -> list[dict]:
-    seed, accum = int(cfg.seed), int(cfg.train.grad_accum)
-    return [ds.get_batch(idx, torch.Generator().manual_seed(step_seed(seed, rank, step, mi) + 1))
-            for mi, idx in enumerate(rank_micro_batches(step, int(cfg.train.batch_size), len(ds), seed, rank,
-                                                        world, accum))]
-
-
 # ----------------------------------------------------------------------------------------------------- loss
 _PLUGS: dict = {}
 
@@ -307,7 +299,7 @@ FAMILY = Family(
     name="eqtok",
     flavours=FLAVOURS,
     dataset=eqtok_dataset,
-    batches=eqtok_batches,
+    batches=drawing_row_batches,
     loss=eqtok_loss,
     config="configs/family/eqtok.yaml",
     preview=reconstruction_preview,

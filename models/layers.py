@@ -9,44 +9,27 @@ Attention backends (`attention()`):
   'xformers' xformers.ops.memory_efficient_attention, used only on CUDA tensors when xformers imports and runs;
              anything else falls back to 'sdpa'
   'auto'     'xformers' when possible, else 'sdpa' (the module default)
-The process-wide choice is set with `set_attention_backend()` / the `attention_backend()` context manager; a
-module may pin its own choice through a constructor argument (None = follow the process-wide setting).
+The process-wide choice (models.backend_switch) is set with `set_attention_backend()` / the `attention_backend()`
+context manager; a module may pin its own choice through a constructor argument (None = follow the process-wide
+setting).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backend_switch import BackendSwitch
+
 BACKENDS = ("auto", "sdpa", "math", "xformers")
-_backend = "auto"
+SWITCH = BackendSwitch("attention backend", BACKENDS, "auto")
+set_attention_backend = SWITCH.set
+get_attention_backend = SWITCH.get
+attention_backend = SWITCH.use  # `with attention_backend('math'): ...`
 # None = not probed yet; False = unusable in this process (import or kernel failure); else the xformers.ops module
 _xformers_ops = None
-
-
-def set_attention_backend(name: str) -> None:
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
-
-
-def get_attention_backend() -> str:
-    return _backend
-
-
-@contextlib.contextmanager
-def attention_backend(name: str):
-    """Temporarily force an attention backend, e.g. `with attention_backend('math'): ...`."""
-    previous = _backend
-    set_attention_backend(name)
-    try:
-        yield
-    finally:
-        set_attention_backend(previous)
 
 
 def _load_xformers():
@@ -78,9 +61,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     `attn_mask` (bool: True = attend, or additive float) must broadcast to [B, H, Nq, Nk].
     """
     global _xformers_ops
-    name = backend or _backend
-    if name not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
+    name = SWITCH.pick(backend)
     if name == "math":
         return _math_attention(q, k, v, attn_mask)
     if name in ("auto", "xformers") and q.is_cuda and attn_mask is None and _load_xformers():
@@ -152,8 +133,7 @@ class Mlp(nn.Module):
 def check_attention_args(dim: int, num_heads: int, backend: str | None) -> None:
     if dim % num_heads:
         raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS} or None, got {backend!r}")
+    SWITCH.check_pin(backend)
 
 
 class Attention(nn.Module):

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models import token_family as tf
 from models.family import Family, TrainContext
+from models.family_defaults import section_over_defaults
 from models.layers import Attention, BertEmbeddings, Mlp, MlmLayer, init_weights_trunc_normal
 
 
@@ -128,18 +129,9 @@ FLAVOURS = {
 
 
 # -------------------------------------------------------------------------------------------------------------- loss
-LOSS_DEFAULTS = {"beta_alpha_beta": (12.0, 3.0), "label_drop": 0.15, "label_smoothing": 0.1}
-
-
 def loss_hparams(cfg) -> dict:
-    """`cfg.loss` (OmegaConf, dict or absent) merged over LOSS_DEFAULTS, validated."""
-    section = None
-    if cfg is not None:
-        section = cfg.get("loss", None) if hasattr(cfg, "get") else getattr(cfg, "loss", None)
-    out = dict(LOSS_DEFAULTS)
-    for key in out:
-        if section is not None and section.get(key, None) is not None:
-            out[key] = section.get(key)
+    """`cfg.loss` (OmegaConf, dict or absent) over the loss defaults of configs/family/nat.yaml, validated."""
+    out = section_over_defaults(cfg, "nat", "loss")
     ab = [float(v) for v in out["beta_alpha_beta"]]
     if len(ab) != 2 or min(ab) <= 0:
         raise ValueError(f"config loss.beta_alpha_beta must be two positive numbers, got {out['beta_alpha_beta']}")

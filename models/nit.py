@@ -29,8 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.layers import Mlp, timestep_embedding
-from models.varlen_attention import BACKENDS as VARLEN_BACKENDS
-from models.varlen_attention import Segments, varlen_attention
+from models.varlen_attention import SWITCH as VARLEN_SWITCH, Segments, varlen_attention
 
 ROPE_POSITIONS = ("official", "rowcol")
 
@@ -150,8 +149,7 @@ class PackedAttention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
-        if backend is not None and backend not in VARLEN_BACKENDS:
-            raise ValueError(f"attention backend must be one of {VARLEN_BACKENDS} or None, got {backend!r}")
+        VARLEN_SWITCH.check_pin(backend)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         if self.head_dim % 4:

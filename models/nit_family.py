@@ -33,8 +33,18 @@ from models.nit import FLAVOURS, PACK_LEN
 from models.nit_loss import nit_loss
 
 SWITCH_HELP = "true/false (a bare official switch such as --heun also turns it on)"
-DOWNSAMPLE = {"dcae": 32, "pixels": 1}
-LATENT_CHANNELS = {"dcae": 32, "pixels": 3}
+
+
+def decoder_class(kind):
+    """The tokenizer class that decodes NiT's latents for tokenizer.kind (dcae | pixels), None for another kind: its
+    class attributes (downsample, latent_channels) give the latent geometry without loading any weights."""
+    if kind == "dcae":
+        from tokenizer.dcae import DCAETokenizer
+        return DCAETokenizer
+    if kind == "pixels":
+        from tokenizer.pixels import PixelTokenizer
+        return PixelTokenizer
+    return None
 
 
 def switch(value, key: str) -> bool:
@@ -256,13 +266,15 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
     if not low <= high:
         raise ValueError(f"--guidance-low {low} must not exceed --guidance-high {high}")
     kind = cfg.tokenizer.kind
-    ds = s.downsample if s.downsample is not None else DOWNSAMPLE.get(kind)
+    dec = decoder_class(kind)
+    ds = s.downsample if s.downsample is not None else getattr(dec, "downsample", None)
     if ds is None:
+        known = {k: decoder_class(k).downsample for k in ("dcae", "pixels")}
         raise ValueError(f"sample.downsample is not set and tokenizer.kind {kind!r} has no known downsampling "
-                         f"(known: {DOWNSAMPLE})")
-    if kind in DOWNSAMPLE and int(ds) != DOWNSAMPLE[kind]:  # images of another size than asked, FID on them
+                         f"(known: {known})")
+    if dec is not None and int(ds) != dec.downsample:  # images of another size than asked, FID on them
         raise ValueError(f"sample.downsample {ds} disagrees with tokenizer.kind {kind}, which decodes one latent "
-                         f"pixel to {DOWNSAMPLE[kind]} x {DOWNSAMPLE[kind]} pixels; remove sample.downsample")
+                         f"pixel to {dec.downsample} x {dec.downsample} pixels; remove sample.downsample")
     if int(ds) < 1:
         raise ValueError(f"sample.downsample must be an integer >= 1, got {ds}")
     heun = switch(s.heun, "sample.heun")
@@ -274,27 +286,20 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
         net = _net(model)
         for h, w in {(out.height, out.width), *sample_sizes(cfg)}:
             latent_size(h, w, out.downsample, net.patch_size)
-        want = cfg.tokenizer.get("channels") or LATENT_CHANNELS.get(kind)  # channels: pixels only (engine.config)
+        want = cfg.tokenizer.get("channels") or getattr(dec, "latent_channels", None)  # channels: pixels only
         if want is not None and net.in_channels != want:
             raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
                              f"({want} latent channels)")
     return out
 
 
-RNGS = ("per_row", "official")
-
-
 def official_stream(cfg):
     """sample.rng: per_row (None: sample i from (seed, i)) | official (the official script's stream, one process)."""
-    rng = str(cfg.sample.get("rng", "per_row"))
-    if rng not in RNGS:
-        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
-    if rng == "per_row":
+    from samplers.rng import one_process, sample_rng
+    if sample_rng(cfg) == "per_row":
         return None
     from core import dist
-    if dist.world_size() > 1:
-        raise ValueError(f"sample.rng=official replays the official sampler's stream of one process: run with 1 "
-                         f"process, not {dist.world_size()} (the official rank r seeds global_seed x world + r)")
+    one_process(dist.world_size(), "the official rank r seeds global_seed x world + r")
     from samplers.official_stream_nit import NiTOfficialStream
     return NiTOfficialStream(int(cfg.seed), int(cfg.eval.batch_size))
 

@@ -25,10 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSS_DEFAULTS = {"label_drop": 0.1, "repa_coeff": 1.0, "P_mean": 0.0, "P_std": 1.0}
-ADAMW = {"betas": (0.9, 0.95), "weight_decay": 0.01, "eps": 1e-6}
-GRAD_CLIP = 1.0
-EMA_DECAY = 0.9999
+from models.family_defaults import family_defaults
+
 # constant LR = base × (packs per optimiser step) / base batch; 8 GPUs × 1 pack: 1e-4 (L/XL/XXL), 4e-4 (S/B)
 BASE_LR = 5e-5
 BASE_BATCH = {"NiT_S": 1, "NiT_B": 1, "NiT_L": 4, "NiT_XL": 4, "NiT_XXL": 4, "debug": 1}
@@ -39,8 +37,11 @@ def nit_lr(flavour: str, packs_per_step: int, base_lr: float = BASE_LR) -> float
 
 
 def nit_optimizer(model: nn.Module, lr: float) -> torch.optim.AdamW:
-    """AdamW(0.9, 0.95), weight decay 0.01 on every parameter, eps 1e-6 (the official settings)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, **ADAMW)
+    """AdamW with the official betas, weight decay (on every parameter) and eps: train.betas / weight_decay / eps
+    of configs/family/nit.yaml."""
+    t = family_defaults("nit", "train")
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=tuple(t["betas"]),
+                             weight_decay=t["weight_decay"], eps=t["eps"])
 
 
 def _lengths(hw_list: torch.Tensor, device) -> torch.Tensor:
@@ -48,7 +49,7 @@ def _lengths(hw_list: torch.Tensor, device) -> torch.Tensor:
     return (hw[:, 0] * hw[:, 1]).to(device)
 
 
-def sample_t(n: int, generator: torch.Generator | None = None, P_mean: float = 0.0, P_std: float = 1.0):
+def sample_t(n: int, generator: torch.Generator | None, P_mean: float, P_std: float):
     """Logit-normal t: sigmoid(P_mean + P_std·N(0, 1)) = σ/(1+σ) with σ = exp(·)."""
     return torch.sigmoid(P_mean + P_std * torch.randn(n, generator=generator))
 
@@ -96,13 +97,19 @@ def repa_image_encoder(encoder: Callable[[torch.Tensor], torch.Tensor], patch: i
     return run
 
 
-def nit_loss(model: nn.Module, batch: dict, *, label_drop: float = 0.1, repa_coeff: float = 1.0,
+def nit_loss(model: nn.Module, batch: dict, *, label_drop: float | None = None, repa_coeff: float | None = None,
              repa_encoder: Callable | None = None, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None, drop: torch.Tensor | None = None,
-             P_mean: float = 0.0, P_std: float = 1.0) -> tuple[torch.Tensor, dict]:
+             P_mean: float | None = None, P_std: float | None = None) -> tuple[torch.Tensor, dict]:
     """batch: {'x': Float[N, C, p, p] clean packed latents, 'hw_list': Int[B, 2], 'label': Long[B],
     optional 'repa_target': Float[N, z_dim]}. t Float[B], noise like x, drop Bool[B] override the random draws.
+    label_drop, repa_coeff, P_mean, P_std left None: the loss defaults of configs/family/nit.yaml.
     `model` may be DDP-wrapped: it is called, never looked into (except for its null label)."""
+    given = {"label_drop": label_drop, "repa_coeff": repa_coeff, "P_mean": P_mean, "P_std": P_std}
+    if any(v is None for v in given.values()):
+        defaults = family_defaults("nit", "loss")
+        given = {k: float(defaults[k]) if v is None else v for k, v in given.items()}
+    label_drop, repa_coeff, P_mean, P_std = given.values()
     x0, hw_list, labels = batch["x"], batch["hw_list"], batch["label"]
     device = x0.device
     b = labels.shape[0]

@@ -93,15 +93,10 @@ class TokenSampling:
         return self.stream is not None
 
 
-RNGS = ("per_row", "official")
-
-
 def sampling_from_config(cfg, family: str, reuse: bool = False, stream_labels: bool = False) -> TokenSampling:
-    rng = str(cfg.sample.rng)
-    if rng not in RNGS:
-        raise ValueError(f"sample.rng must be one of {', '.join(RNGS)}, got '{rng}'")
+    from samplers.rng import sample_rng
     stream = None
-    if rng == "official":
+    if sample_rng(cfg) == "official":
         from samplers.official_stream import OfficialStream
         stream = OfficialStream.for_family(family, int(cfg.seed))
     return TokenSampling(strategy_from_config(cfg), reuse=reuse, stream=stream, stream_labels=stream_labels)

@@ -17,44 +17,24 @@ machine): 'runs', 'loop' and 'grouped' within 1.0-1.6x of each other (run-to-run
 slower, so those two are not offered. 'runs' is the default torch path: never worse than 'loop' beyond noise and
 one call per run when images of one size are adjacent. The torch paths never build an N×N mask except 'dense'.
 `NIT_VARLEN_BACKEND=<name>` sets the process-wide default, `set_varlen_backend()` /
-`varlen_backend()` change it at run time (tests force the torch fallback with them).
+`varlen_backend()` change it at run time (tests force the torch fallback with them): models.backend_switch.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from models.backend_switch import BackendSwitch
+
 BACKENDS = ("auto", "flash", "runs", "grouped", "loop", "dense")
-_backend = os.environ.get("NIT_VARLEN_BACKEND", "auto")
-if _backend not in BACKENDS:
-    raise ValueError(f"NIT_VARLEN_BACKEND must be one of {BACKENDS}, got {_backend!r}")
+SWITCH = BackendSwitch("varlen attention backend", BACKENDS, "auto", env="NIT_VARLEN_BACKEND")
+set_varlen_backend = SWITCH.set
+get_varlen_backend = SWITCH.get
+varlen_backend = SWITCH.use
 # None = not probed; False = unusable here; else flash_attn_varlen_func
 _flash_fn = None
-
-
-def set_varlen_backend(name: str) -> None:
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"varlen attention backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
-
-
-def get_varlen_backend() -> str:
-    return _backend
-
-
-@contextlib.contextmanager
-def varlen_backend(name: str):
-    previous = _backend
-    set_varlen_backend(name)
-    try:
-        yield
-    finally:
-        set_varlen_backend(previous)
 
 
 def _load_flash():
@@ -188,9 +168,7 @@ def flash_usable(q: torch.Tensor) -> bool:
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments,
                      backend: str | None = None) -> torch.Tensor:
     """(N, H, D) q/k/v of a pack -> (N, H, D); token i attends to the tokens of its own segment only."""
-    name = backend or _backend
-    if name not in BACKENDS:
-        raise ValueError(f"varlen attention backend must be one of {BACKENDS}, got {name!r}")
+    name = SWITCH.pick(backend)
     if q.shape[0] != seg.total:
         raise ValueError(f"pack has {q.shape[0]} tokens but its segments sum to {seg.total}")
     if name in ("auto", "flash"):

@@ -161,9 +161,6 @@ def sample_nit(velocity: VelocityFn, generators: Sequence[torch.Generator] | Non
     return rows
 
 
-# the official sampling script's defaults (projects/sample/sample_c2i_ddp.py)
-SAMPLE_DEFAULTS = {"mode": "ode", "steps": 50, "cfg_scale": 1.5, "guidance_low": 0.0, "guidance_high": 1.0,
-                   "heun": False}
 # the README's settings for NiT-XL-1000K, by image (height, width); the paper's "432" rows were generated at 416
 README_SETTINGS = {
     (256, 256): {"mode": "sde", "steps": 250, "cfg_scale": 2.25, "guidance_high": 0.7},

@@ -40,9 +40,10 @@ from bench_flops import count_flops, register_cpu_sdpa_flops  # noqa: E402
 from bench_peak import best_time, matmul_peaks, quiet_logs  # noqa: E402
 from core.precision import resolve_precision  # noqa: E402
 from engine.precision import autocast  # noqa: E402
+from models.family_defaults import family_defaults  # noqa: E402
 from models.layers import count_params  # noqa: E402
 from models.nit import FLAVOUR_ARGS, FLAVOURS, pack_latents  # noqa: E402
-from models.nit_loss import GRAD_CLIP, nit_loss, nit_optimizer  # noqa: E402
+from models.nit_loss import nit_loss, nit_optimizer  # noqa: E402
 from models.nit_sampling import NiTVelocity  # noqa: E402
 from samplers.flow import sample_nit  # noqa: E402
 
@@ -112,13 +113,14 @@ def make_pack(model, grids, seed: int = 0) -> dict:
 def train_step_time(model, batch: dict, iters: int, precision: str) -> float:
     opt = nit_optimizer(model, lr=1e-4)
     g = torch.Generator().manual_seed(1)
+    clip = family_defaults("nit", "train")["grad_clip"]
     model.train()
 
     def step():
         with autocast(CPU, precision, role="bench"):
             loss, _ = nit_loss(model, batch, generator=g)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -113,7 +113,7 @@ def test_repa_encoder_grids_and_errors():
 
 def test_timestep_and_label_drop_distributions():
     g = torch.Generator().manual_seed(0)
-    t = sample_t(40000, g)
+    t = sample_t(40000, g, 0.0, 1.0)
     logit = torch.log(t / (1 - t))
     assert abs(logit.mean()) < 0.03 and abs(logit.std() - 1) < 0.03
     spy = Spy(FLAVOURS["debug"](z_dim=0))

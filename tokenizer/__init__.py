@@ -36,7 +36,7 @@ def _demo_vq(ckpt=None, state_dict=None, flavour="demo", device="cpu", key=None,
     return DemoVQTokenizer.from_state_dict(state_dict, flavour=flavour, **model_kwargs).to(device)
 
 
-def _pixels(ckpt=None, channels=3, device="cpu"):
+def _pixels(ckpt=None, channels=None, device="cpu"):
     from tokenizer.pixels import PixelTokenizer
     if ckpt is not None:
         raise ValueError(f"the pixel tokenizer has no weights; tokenizer.ckpt must be null, got {ckpt!r}")

@@ -82,6 +82,10 @@ def load_autoencoder_dc(local_dir: str = DEFAULT_DCAE_DIR, dtype: torch.dtype = 
 
 class DCAETokenizer(Tokenizer):
     kind = "continuous"
+    # the released f32c32's geometry, readable without building one (config checks); an instance takes its own from
+    # the autoencoder's config
+    downsample = 32
+    latent_channels = 32
 
     def __init__(self, ae, scaling_factor: float | None = None, decode_one_by_one: bool = False):
         super().__init__()

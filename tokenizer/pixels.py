@@ -9,10 +9,11 @@ from tokenizer.base import Tokenizer
 class PixelTokenizer(Tokenizer):
     kind = "continuous"
     downsample = 1
+    latent_channels = 3  # RGB; an instance for grey images has 1
 
-    def __init__(self, channels: int = 3):
+    def __init__(self, channels: int | None = None):
         super().__init__()
-        self.in_channels = self.latent_channels = int(channels)
+        self.in_channels = self.latent_channels = int(self.latent_channels if channels is None else channels)
         self.freeze()
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
