@@ -210,7 +210,8 @@ def undeclared_key_error(e: BaseException) -> ConfigError | None:
             reader = f.relative_to(ROOT).as_posix()
     engine = reader is None or reader.startswith("engine/") or reader == "train.py"
     family = root.get("family")
-    declare = str(BASE.relative_to(ROOT)) if engine else family_file(family)
+    base = BASE.relative_to(ROOT) if BASE.is_relative_to(ROOT) else BASE
+    declare = str(base) if engine else family_file(family)
     key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
     return ConfigError(f"config key '{key}' is read by {reader or 'the engine'} but declared in no config file "
                        f"(family '{family}'): declare it with its default in {declare}")
@@ -237,6 +238,8 @@ def _check_known(cfg: DictConfig, schema: DictConfig, where: str, family: str, p
         if k not in schema:
             near = difflib.get_close_matches(full, _all_keys(root), n=1, cutoff=0.5)
             hint = f"; did you mean '{near[0]}'?" if near else ""
+            if full == "search":  # configs/base.yaml's section, dropped for a family without a search space
+                hint = f": family '{family}' has no --mode search"
             raise ConfigError(f"unknown config key '{full}' in {where} (family '{family}'){hint}")
         if isinstance(v, DictConfig) and isinstance(schema[k], DictConfig):
             _check_known(v, schema[k], where, family, full + ".", root)

@@ -35,6 +35,10 @@ def preflight(cfg, mode: str, fam) -> None:
         if on_cpu and OmegaConf.select(cfg, key) == "fp16":
             raise ConfigError(f"{key}=fp16 needs CUDA (autocast + GradScaler), but this run is on the CPU; use "
                               f"{key}=bf16, fp32 or auto")
+    world, accum = _world(), int(cfg.train.grad_accum)
+    if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):  # the one check of the batch split
+        raise ConfigError(f"{key_name('train.batch_size', cfg)} {cfg.train.batch_size} (global) is not divisible "
+                          f"by {world} process(es) x train.grad_accum {accum}")
     if fam.check_config is not None:
         fam.check_config(cfg, mode)
     from models import build_model
@@ -45,10 +49,6 @@ def preflight(cfg, mode: str, fam) -> None:
         elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.sample is not None and \
                 fam.preview is None:
             fam.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
-    world, accum = _world(), int(cfg.train.grad_accum)
-    if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):
-        raise ConfigError(f"{key_name('train.batch_size', cfg)} {cfg.train.batch_size} (global) is not divisible "
-                          f"by {world} process(es) x train.grad_accum {accum}")
     if mode == "eval":
         n, name = int(cfg.eval.n), key_name("eval.n", cfg)
         if n < world:
