@@ -202,12 +202,16 @@ def undeclared_key_error(e: BaseException) -> ConfigError | None:
     root = node._get_root()
     if not (isinstance(root, DictConfig) and OmegaConf.is_struct(root)):
         return None  # not a loaded config (a checkpoint's stored one, a family's own YAML)
+    import sys
     import traceback
-    reader = None
+    reader = None  # the innermost frame of project code (or of a family module outside the repository)
+    libs = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     for frame in traceback.extract_tb(e.__traceback__):
         f = Path(frame.filename).resolve()
-        if f.is_relative_to(ROOT) and not any(part in (".venv", "site-packages") for part in f.relative_to(ROOT).parts):
-            reader = f.relative_to(ROOT).as_posix()
+        if frame.filename.startswith("<") or "site-packages" in f.parts or ".venv" in f.parts or \
+                any(f.is_relative_to(lib) for lib in libs):
+            continue
+        reader = f.relative_to(ROOT).as_posix() if f.is_relative_to(ROOT) else str(f)
     engine = reader is None or reader.startswith("engine/") or reader == "train.py"
     family = root.get("family")
     base = BASE.relative_to(ROOT) if BASE.is_relative_to(ROOT) else BASE
