@@ -107,8 +107,14 @@ def main(argv=None) -> int:
             if "--mode" not in _family_flags(command_family(args.config, rest)):
                 raise ConfigError(f"--mode {args.mode}: expected one of {', '.join(MODES)}")
             rest = ["--mode", args.mode, *rest]
-        cfg, flags = parse_command_line(args.config, rest)
-        mode = "eval" if family_mode else args.mode or _implied_mode(cfg.family, rest, flags)
+        picked = {}
+
+        def run_mode(family: str, flags: dict) -> str:  # known before the config is final: it derives keys per mode
+            picked["mode"] = "eval" if family_mode else args.mode or _implied_mode(family, rest, flags)
+            return picked["mode"]
+
+        cfg, flags = parse_command_line(args.config, rest, mode=run_mode)
+        mode = picked["mode"]
         if mode == "pretrain" and "eval.pretrained_path" in flags and cfg.train.init_from is None:
             cfg.train.init_from = flags["eval.pretrained_path"]  # the official flag, given to a training run
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -3,7 +3,9 @@ key=value overrides (later wins).
 
 The family is read first (a `family=` override, else the recipe's `family:`, else the base default), because it
 decides which sections and official flags exist. Unknown keys are errors that name the key and the nearest valid
-one. The resolved config is printed at start and saved into every checkpoint.
+one. Keys a family derives from others (Family.derive_config) are set while the config loads, so the config printed
+at start and saved into every checkpoint is the one that runs. The loaded config is in OmegaConf struct mode: code
+that reads a key declared nowhere stops with `undeclared_key_error`'s one line, not a traceback.
 """
 from __future__ import annotations
 
@@ -174,7 +176,49 @@ def family_schema(name: str) -> tuple[DictConfig, dict]:
     if fam.config is not None:
         p = Path(fam.config)
         schema = OmegaConf.merge(base, _load_yaml(p if p.is_absolute() else ROOT / p, f"config of family '{name}'"))
+    if fam.search_space is None:  # no --mode search: a search key would be accepted and never read
+        del schema["search"]
     return schema, {**OFFICIAL_FLAGS, **fam.official_flags}
+
+
+def family_file(name: str) -> str:
+    """The config file of family `name`, as its record names it (for messages)."""
+    from models import get_family
+    try:
+        cfg_file = get_family(str(name)).config
+    except ValueError:
+        cfg_file = None
+    return str(cfg_file) if cfg_file is not None else f"the config file of family '{name}' (Family.config)"
+
+
+def undeclared_key_error(e: BaseException) -> ConfigError | None:
+    """The one-line error for code that read a key of the run's (struct-mode) config that no config file declares,
+    naming the key, the file that read it and the file that should declare it: configs/base.yaml for the engine's
+    reads (engine/, train.py), the family's config file for the rest. None for any other exception."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    node = getattr(e, "parent_node", None)
+    if not isinstance(e, (ConfigAttributeError, ConfigKeyError)) or node is None:
+        return None
+    root = node._get_root()
+    if not (isinstance(root, DictConfig) and OmegaConf.is_struct(root)):
+        return None  # not a loaded config (a checkpoint's stored one, a family's own YAML)
+    import sys
+    import traceback
+    reader = None  # the innermost frame of project code (or of a family module outside the repository)
+    libs = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    for frame in traceback.extract_tb(e.__traceback__):
+        f = Path(frame.filename).resolve()
+        if frame.filename.startswith("<") or "site-packages" in f.parts or ".venv" in f.parts or \
+                any(f.is_relative_to(lib) for lib in libs):
+            continue
+        reader = f.relative_to(ROOT).as_posix() if f.is_relative_to(ROOT) else str(f)
+    engine = reader is None or reader.startswith("engine/") or reader == "train.py"
+    family = root.get("family")
+    base = BASE.relative_to(ROOT) if BASE.is_relative_to(ROOT) else BASE
+    declare = str(base) if engine else family_file(family)
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+    return ConfigError(f"config key '{key}' is read by {reader or 'the engine'} but declared in no config file "
+                       f"(family '{family}'): declare it with its default in {declare}")
 
 
 # --------------------------------------------------------------------------------------------------- checking
@@ -198,6 +242,8 @@ def _check_known(cfg: DictConfig, schema: DictConfig, where: str, family: str, p
         if k not in schema:
             near = difflib.get_close_matches(full, _all_keys(root), n=1, cutoff=0.5)
             hint = f"; did you mean '{near[0]}'?" if near else ""
+            if full == "search":  # configs/base.yaml's section, dropped for a family without a search space
+                hint = f": family '{family}' has no --mode search"
             raise ConfigError(f"unknown config key '{full}' in {where} (family '{family}'){hint}")
         if isinstance(v, DictConfig) and isinstance(schema[k], DictConfig):
             _check_known(v, schema[k], where, family, full + ".", root)
@@ -343,9 +389,11 @@ def _walk(cfg: DictConfig, node: dict, dflt: dict, prefix: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------- loading
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags: dict | None = None,
-                environ: dict | None = None) -> DictConfig:
+                environ: dict | None = None, mode: str | None = None) -> DictConfig:
     """The resolved config of a recipe (None: base + family defaults), official flags already turned into keys
-    ({key: value}), `key=value` overrides, and (when given) the environment of the official commands."""
+    ({key: value}), `key=value` overrides, and (when given) the environment of the official commands. With the run
+    `mode`, the family derives its keys (Family.derive_config) and they are checked like the others. The result is
+    in struct mode: reading an undeclared key raises (see undeclared_key_error)."""
     base = _load_yaml(BASE, "base config")
     recipe = _load_yaml(Path(path), "config file") if path is not None else None
     dotted = {**(flags or {}), **_overrides(overrides)}
@@ -374,6 +422,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), flags
             return str(path)
         return f"configs/base.yaml or the config of family '{family}'"
     validate(cfg, schema, where)
+    if mode is not None:
+        from models import get_family
+        derive = get_family(family).derive_config
+        if derive is not None:
+            derive(cfg, mode)
+            validate(cfg, schema, where)
+    OmegaConf.set_struct(cfg, True)
     return cfg
 
 
@@ -384,8 +439,9 @@ def command_family(config: str | None, argv: list[str]) -> str:
     return _family_of(recipe, _overrides([a for a in argv if "=" in a and not a.startswith("--")]), base)
 
 
-def parse_command_line(config: str | None, argv: list[str], environ=None) -> tuple[DictConfig, dict]:
-    """train.py's arguments after --config/--mode -> (config, the official flags found as {key: value})."""
+def parse_command_line(config: str | None, argv: list[str], environ=None, mode=None) -> tuple[DictConfig, dict]:
+    """train.py's arguments after --config/--mode -> (config, the official flags found as {key: value}). mode: the
+    run mode, or a function (family, flags) -> run mode (for commands whose flags select it); None: no keys derived."""
     family = command_family(config, argv)
     _, table = family_schema(family)
     flags, rest = split_official_flags(argv, table)
@@ -395,7 +451,9 @@ def parse_command_line(config: str | None, argv: list[str], environ=None) -> tup
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ConfigError(f"unknown flag {stray[0]} for family '{family}'{hint} (official flags: "
                           f"{' '.join(sorted(table))}; other settings as key=value)")
-    return load_config(config, rest, flags, environ=os.environ if environ is None else environ), flags
+    if callable(mode):
+        mode = mode(family, flags)
+    return load_config(config, rest, flags, environ=os.environ if environ is None else environ, mode=mode), flags
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core import dist
 from core.loading import CheckpointError
-from engine.config import ConfigError, Interrupted, key_name
+from engine.config import ConfigError, Interrupted, key_name, undeclared_key_error
 
 ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
@@ -35,6 +35,10 @@ def preflight(cfg, mode: str, fam) -> None:
         if on_cpu and OmegaConf.select(cfg, key) == "fp16":
             raise ConfigError(f"{key}=fp16 needs CUDA (autocast + GradScaler), but this run is on the CPU; use "
                               f"{key}=bf16, fp32 or auto")
+    world, accum = _world(), int(cfg.train.grad_accum)
+    if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):  # the one check of the batch split
+        raise ConfigError(f"{key_name('train.batch_size', cfg)} {cfg.train.batch_size} (global) is not divisible "
+                          f"by {world} process(es) x train.grad_accum {accum}")
     if fam.check_config is not None:
         fam.check_config(cfg, mode)
     from models import build_model
@@ -45,10 +49,6 @@ def preflight(cfg, mode: str, fam) -> None:
         elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.sample is not None and \
                 fam.preview is None:
             fam.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
-    world, accum = _world(), int(cfg.train.grad_accum)
-    if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} (global) is not divisible by {world} "
-                          f"process(es) x train.grad_accum {accum}")
     if mode == "eval":
         n, name = int(cfg.eval.n), key_name("eval.n", cfg)
         if n < world:
@@ -70,6 +70,18 @@ def preflight(cfg, mode: str, fam) -> None:
             from engine.generate import weights_path
             weights_path(cfg, cfg.train.init_from, prefer_ema=bool(cfg.eval.use_ema))
     _check_writable(Path(cfg.output_dir))
+
+
+def _declared(fn, *args):
+    """fn(*args), a read of a config key that no config file declares turned into a ConfigError (one line)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    try:
+        return fn(*args)
+    except (ConfigAttributeError, ConfigKeyError) as e:
+        err = undeclared_key_error(e)
+        if err is None:
+            raise
+        raise err from None
 
 
 def _check_creatable(path: Path, key: str) -> None:
@@ -102,7 +114,7 @@ def run(cfg, mode: str, on_error=None) -> int:
         if mode not in fam.modes:
             raise ConfigError(f"--mode {mode} is not supported for family '{fam.name}' (it supports: "
                               f"{', '.join(fam.modes)})")
-        preflight(cfg, mode, fam)
+        _declared(preflight, cfg, mode, fam)
     except ERRORS as e:
         _say(f"error: {e}", on_error if _rank0() else None)  # every rank: each one's own log ends in the line
         return 2
@@ -110,13 +122,13 @@ def run(cfg, mode: str, on_error=None) -> int:
     try:
         if mode == "pretrain":
             from engine.trainer import pretrain
-            pretrain(cfg)
+            _declared(pretrain, cfg)
         elif mode == "eval":
             from engine.evaluate import evaluate
-            evaluate(cfg)
+            _declared(evaluate, cfg)
         else:
             from engine.search import search
-            search(cfg)
+            _declared(search, cfg)
     except ERRORS as e:  # possibly on this rank only: the others learn it through the process group's store
         line = f"error: {e}"
         _log_line(line)

@@ -68,10 +68,7 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if dist.is_main():
             logger.info("config:\n" + to_yaml(cfg))
-        self.accum = int(self.tc.grad_accum)
-        if int(self.tc.batch_size) % (self.world * self.accum):
-            raise ValueError(f"train.batch_size {self.tc.batch_size} is not divisible by world_size {self.world} x "
-                             f"grad_accum {self.accum}")
+        self.accum = int(self.tc.grad_accum)  # train.batch_size % (world x accum) was checked by runner.preflight
         torch.manual_seed(int(cfg.seed))  # identical initial weights on every rank and in every run
         self.model, self.fam = build_model(cfg)
         self.model.to(self.device)

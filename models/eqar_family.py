@@ -8,7 +8,7 @@ fmnist | synthetic), or noise added to cached posterior means (data.kind latents
 
 Official commands: `train_generator.py` / `eval_generator.py` flags of the README are aliases of config keys
 (OFFICIAL_FLAGS). Per-GPU `--batch_size`, `--blr`, `--epochs` and `--warmup_epochs` are turned into the engine's
-global batch, LR (blr x batch / 256) and step counts once the data set size is known (`apply_official_schedule`).
+global batch, LR (blr x batch / 256) and step counts while the config loads (`official_schedule`).
 `--resume DIR --ckpt FILE` name the weights for eval (eval.pretrained_path = DIR/FILE). An official
 `{'model', 'model_ema', ..., 'args'}` file has its `args` compared with the recipe before anything is loaded:
 the model builder reads them (model.args_from, = eval.pretrained_path), sample_settings checks vae_norm.
@@ -29,7 +29,7 @@ from core import dist
 from core.released import read_released
 from datasets.sampling import drawing_row_batches
 from models import eqar
-from models.eqar_checks import check_config, check_model_kwargs, check_switch
+from models.eqar_checks import check_config, check_model_kwargs, check_switch, check_value
 from models.family import Family
 from models.eqar_condition import sample as column_ar_sample
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream
@@ -189,33 +189,48 @@ def eqar_dataset(cfg, split: str = "train"):
     else:
         from datasets.column_images import SyntheticColumns
         ds = SyntheticColumns(int(d.synthetic_n), int(cfg.model.get("class_num", 10) or 10), h, w)
-    apply_official_schedule(cfg, len(ds))
     return ds
 
 
-def apply_official_schedule(cfg, n: int) -> None:
-    """The release's per-GPU batch, base LR and epoch counts -> the engine's global batch, LR and steps (logged).
+def official_schedule(cfg, mode: str) -> None:
+    """Family.derive_config: the release's per-GPU batch, base LR and epoch counts -> the engine's global batch, LR
+    and steps, while the config loads (training only): the printed and checkpointed config is the one that runs, and
+    the engine's range checks see the values made here. The processes are torchrun's WORLD_SIZE; the epochs need
+    the training set's size (a folder listing, the IDX header set, or the shapes of a memory-mapped latent cache)."""
+    if mode != "pretrain":
+        return
+    for key in ("train.batch_size_per_rank", "train.blr", "train.epochs", "train.warmup_epochs"):
+        v = check_value(key, OmegaConf.select(cfg, key))  # in range before any arithmetic: the error names the flag
+        if v is not None:
+            OmegaConf.update(cfg, key, v)
+    t = cfg.train
+    n = training_set_size(cfg) if t.epochs is not None or t.warmup_epochs is not None else 0
+    apply_official_schedule(cfg, n, int(os.environ.get("WORLD_SIZE", "1")))
 
-    Runs inside `dataset` because the step counts need the data set size; the engine reads train.batch_size,
-    train.steps, train.warmup_steps and train.lr only after building the data set. The flags' ranges are checked
-    before anything loads (models/eqar_checks.py), so the values made here are in range too."""
-    t, world = cfg.train, dist.world_size()
-    notes = []
+
+def training_set_size(cfg) -> int:
+    d = cfg.data
+    if d.kind == "latents" and d.path and os.path.isfile(str(d.path)):
+        try:  # the labels' length from a memory-mapped file: the cache itself is not read here
+            obj = torch.load(str(d.path), map_location="cpu", weights_only=True, mmap=True)
+            return len(obj["label"])
+        except Exception:  # not a readable cache: the data set names the file and what it should hold
+            pass
+    return len(eqar_dataset(cfg, "train"))
+
+
+def apply_official_schedule(cfg, n: int, world: int) -> None:
+    """The arithmetic of `official_schedule` for a training set of n images on `world` processes."""
+    t = cfg.train
     if t.batch_size_per_rank is not None:
         t.batch_size = int(t.batch_size_per_rank) * world * int(t.grad_accum)
-        notes.append(f"batch {t.batch_size} = {t.batch_size_per_rank} per process x {world} x {t.grad_accum}")
     if t.blr is not None:
         t.lr = float(t.blr) * int(t.batch_size) / 256
-        notes.append(f"lr {t.lr:.4g} = blr {t.blr} x {t.batch_size} / 256")
     per_epoch = max(1, n // int(t.batch_size))
     if t.epochs is not None:
         t.steps = int(t.epochs) * per_epoch
-        notes.append(f"steps {t.steps} = {t.epochs} epochs x {per_epoch}")
     if t.warmup_epochs is not None:
         t.warmup_steps = int(round(float(t.warmup_epochs) * per_epoch))
-        notes.append(f"warmup {t.warmup_steps} steps = {t.warmup_epochs} epochs")
-    if notes and dist.is_main():
-        log.info("official schedule: " + "; ".join(notes))
 
 
 # ---------------------------------------------------------------------------------------------------- tokenizer
@@ -397,4 +412,5 @@ FAMILY = Family(
     sample_folder=sample_folder,
     ref_stats_hint=REF_STATS_HINT,
     check_config=check_config,
+    derive_config=official_schedule,
 )

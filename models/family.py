@@ -125,6 +125,11 @@ class Family:
     # (cfg, mode) -> None: the family's own value checks (ranges of its keys and official flags, the files it will
     # read), run before any weights, data or process group are touched; raises ValueError naming the key or flag
     check_config: Callable[[Any, str], None] | None = None
+    # (cfg, mode) -> None: keys the family derives from others (an official per-GPU batch x WORLD_SIZE, epochs ->
+    # steps), set while the config loads: after the merge and the type checks, before the range checks run again
+    # and the config is printed, so that the printed and checkpointed config is the one that runs. It may list a
+    # data set, never read weights; raises ValueError naming the key or flag
+    derive_config: Callable[[Any, str], None] | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -736,6 +736,13 @@ CASES = [
          damaged_shard("pickled"), "shard_000000.npz: unreadable shard (it holds pickled objects"),
     case("extract-dcae-shard-truncated", EXTRACT, DCAE + ["--shard_size", "2", "--row_block", "2"],
          damaged_meta_shard, "shard_000000.json: unreadable shard (truncated or corrupted"),
+    # ---- config contract: search keys only where --mode search exists; keys derived at load checked like the rest
+    case("search-key-family-without-search", TRAIN, EQAR + ["search.max_upd=3"], prior_eqar,
+         "unknown config key 'search' in command line (family 'eqar'): family 'eqar' has no --mode search"),
+    case("batch-split-2proc", TRAIN, SYN + ["train.batch_size=3"], prior_train,
+         "train.batch_size (--batch_size) 3 (global) is not divisible by 2 process(es) x train.grad_accum 1", nproc=2),
+    case("eqar-epochs-data-missing", TRAIN, EQAR + ["data.kind=imagefolder", "--data_path", "{t}/nowhere", "--epochs",
+                                                    "1"], prior_eqar, "image folder {t}/nowhere not found"),
 ]
 
 

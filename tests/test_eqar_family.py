@@ -70,7 +70,7 @@ def test_settings_refuse_temperature_and_bad_schedule():
 
 def test_official_schedule_from_per_gpu_batch_blr_and_epochs():
     cfg = _cfg("train.batch_size_per_rank=64", "train.blr=1e-4", "train.epochs=1200", "train.warmup_epochs=100")
-    apply_official_schedule(cfg, 1_281_167)
+    apply_official_schedule(cfg, 1_281_167, 1)
     assert cfg.train.batch_size == 64 and cfg.train.lr == pytest.approx(1e-4 * 64 / 256)
     assert cfg.train.steps == 1200 * (1_281_167 // 64) and cfg.train.warmup_steps == 100 * (1_281_167 // 64)
 
