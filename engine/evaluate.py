@@ -1,9 +1,23 @@
-"""--mode eval: generate (or reconstruct) images, extract Inception features, compute metrics.
+"""--mode eval: generate (or reconstruct) images, extract Inception features, compute metrics, at one image size or
+several in one run.
 
 Work is cut into units of `eval.batch_size` consecutive sample indices; ranks take contiguous blocks of units,
 so the rank-major gather of features is global index order (IS splits are then world-size invariant too).
 Every finished unit is saved under `<output_dir>/eval/<tag>/`, where tag hashes everything that determines the
 images; an interrupted eval re-run with the same settings resumes from the saved units.
+
+One size is a list of one. A family with `Family.sample_sizes` (e.g. NiT's sample.sizes) may ask for several: one
+process launch and one Inception load serve them all, every unit is generated at ALL sizes in one call of the
+family's sampler (one packed batch of rows of different sizes), and each size's images go to that size's evaluator,
+whose reference statistics come from real images brought to that size (ensure_ref_stats, cached per size). Sample i
+at size s depends only on (seed, i) and s, so 1 and N processes give the same images, and each size's images are
+those a run of that size alone would make.
+
+Outputs under <output_dir>/eval/<tag>/: the unit files, result.json, the first eval.save_png PNGs (png/, or the
+folder engine.png_output names inside eval.png_dir), with eval.save_npz the ADM-style samples.npz, and the grid
+<output_dir>/samples.png. With several sizes (class Layout) the unit files hold one record per size, result.json
+holds {source, n, sizes: {"HxW": {fid, ...}}, provenance}, and the PNG folders, npz files and grids carry the size:
+png/<H>x<W>/, samples_<H>x<W>.npz, <output_dir>/samples_<H>x<W>.png.
 """
 from __future__ import annotations
 
@@ -22,7 +36,8 @@ from core.images import save_grid, to_uint8
 from core.io import atomic_write_text
 from core.seeding import row_generators
 from engine.config import key_name, to_container, to_yaml
-from engine.generate import build_generator, build_tokenizer, decode, generate
+from engine import png_output
+from engine.generate import build_generator, build_tokenizer, decode, file_id, generate
 from engine.generate import weights_path as _weights_file
 from engine.logging import logger, progress, setup_logging
 from engine.precision import autocast
@@ -41,26 +56,18 @@ def eval_labels(cfg, indices, num_classes: int, seed: int | None = None) -> torc
     raise ValueError(f"eval.labels must be 'balanced' or 'random', got '{cfg.eval.labels}'")
 
 
-def _file_id(path) -> list | None:
-    """What identifies a weights file's content cheaply: its path, size and modification time."""
-    if not path or not os.path.exists(path):
-        return None
-    st = os.stat(path)
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
-
-
 def _tag(cfg, weights: str | None, collector) -> str:
     """Hash of everything that determines a unit's images and features: a cached unit is reused only when all agree
     (generator and its weights, sampling, tokenizer, the Inception weights, its dtype and the feature set)."""
     key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
            "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
-           "tokenizer_weights": _file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
+           "tokenizer_weights": file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
            "fid_mode": cfg.eval.fid_mode, "precision": cfg.eval.precision,
-           "decode_batch": int(cfg.eval.decode_batch), "weights": _file_id(weights) or weights,
+           "decode_batch": int(cfg.eval.decode_batch), "weights": file_id(weights) or weights,
            "use_ema": bool(cfg.eval.use_ema),
            "size": to_container(cfg.eval.size)}
     if collector is not None:  # None: a sampling run without metrics (its units hold no features)
-        key.update({"dtype": collector.dtype, "inception": _file_id(collector.weights_path),
+        key.update({"dtype": collector.dtype, "inception": file_id(collector.weights_path),
                     "features": sorted(collector.features)})
     else:
         key["features"] = []
@@ -139,10 +146,13 @@ class ImageSource:
         return to_uint8(img).cpu(), labels.cpu()
 
     @torch.inference_mode()
-    def sized(self, indices: list[int], sizes: list[tuple[int, int]]) -> dict:
-        """{(H, W): (uint8 images, labels)} of these sample indices at every size, all rows in ONE call of the
-        family's sampler (one packed batch). Sample i at size s gets generator (seed, i) and the label of i, so it is
-        the image a run of that size alone makes, whatever the other sizes and the number of processes."""
+    def at_sizes(self, indices: list[int], sizes: list) -> dict:
+        """{size: (uint8 images, labels)} of these sample indices at every size of `sizes`. One size (None: the
+        family's own) is a plain call. Several go in ONE call of the family's sampler (one packed batch): sample i
+        at size s gets generator (seed, i) and the label of i, so it is the image a run of that size alone makes,
+        whatever the other sizes and the number of processes."""
+        if len(sizes) == 1:
+            return {sizes[0]: self(indices)}
         cfg, seed = self.cfg, int(self.cfg.seed)
         labels = eval_labels(cfg, indices, self.num_classes, seed)
         rows = [(s, j) for s in sizes for j in range(len(indices))]
@@ -250,7 +260,7 @@ def _ref_key(cfg, device, ds, n: int, size) -> dict:
     key = {"ref_images": str(cfg.eval.ref_images), "source": source, "n": int(n),
            "size": None if size is None else [int(size[0]), int(size[1])],
            "rule": RULE if size is not None else "family-default", "fid_mode": cfg.eval.fid_mode,
-           "inception": _file_id(find_fid_weights(cfg.eval.inception_weights)),
+           "inception": file_id(find_fid_weights(cfg.eval.inception_weights)),
            "inception_dtype": resolve_precision(str(cfg.eval.inception_dtype), device, "inception")[0]}
     return json.loads(json.dumps(key, default=str))  # as it reads back from the key file
 
@@ -336,100 +346,146 @@ def ensure_ref_stats(cfg, device, size=None, multi: bool = False, inception=None
     return str(target)
 
 
+class Layout:
+    """How one eval of `sizes` names its pieces. One size (None: the family's own) keeps the flat names: a unit file
+    is one record {labels, feats, images}, samples.npz, samples.png, png/. Several sizes nest a unit's records by
+    size ({"sizes": {"HxW": record}}) and put the size in every other name."""
+
+    def __init__(self, sizes: list[tuple[int, int]] | None):
+        self.sizes = list(sizes) if sizes else [None]
+        self.several = len(self.sizes) > 1
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"the sample sizes {[size_name(s) for s in self.sizes]} repeat a size")
+
+    def suffix(self, size) -> str:
+        return f"_{size_name(size)}" if self.several else ""
+
+    def parts(self, rec: dict) -> dict:
+        """{size: record} of a unit file's content."""
+        return {s: rec["sizes"][size_name(s)] for s in self.sizes} if self.several else {self.sizes[0]: rec}
+
+    def record(self, parts: dict) -> dict:
+        return {"sizes": {size_name(s): parts[s] for s in self.sizes}} if self.several else parts[self.sizes[0]]
+
+    def png_folder(self, cfg, udir: Path, size, weights) -> Path:
+        return png_output.png_folder(cfg, udir, size, several=self.several, weights=weights)
+
+
 def evaluate(cfg) -> dict:
-    from engine import png_output
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     setup_logging(str(out))
     if dist.is_main():
         logger.info("config:\n" + to_yaml(cfg))
-    sizes = eval_sizes(cfg)
-    if sizes is not None and len(sizes) > 1:
-        from engine.eval_sizes import evaluate_sizes
-        return evaluate_sizes(cfg, device, sizes)
+    lay = Layout(eval_sizes(cfg))
+    sizes = lay.sizes
     n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
     png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
-    size = sizes[0] if sizes else None
     if png_n and cfg.eval.png_dir is not None:  # refused before anything is loaded or generated
         weights = weights_path(cfg) if cfg.eval.source == "samples" else None
-        png_output.claim(png_output.png_folder(cfg, out, size, weights=weights),
-                         png_output.image_settings(cfg, weights, size), cfg)
-    ev = None
+        for s in sizes:
+            png_output.claim(lay.png_folder(cfg, out, s, weights), png_output.image_settings(cfg, weights, s), cfg)
+    refs, evs = {s: None for s in sizes}, {s: None for s in sizes}
     if wants_metrics(cfg):
-        ref = ensure_ref_stats(cfg, device, size=size)
-        ev = build_evaluator(cfg, device, ref)
+        # several sizes share one Inception; one size loads it once its reference statistics are found
+        inc = _inception(cfg, device) if lay.several else None
+        refs = {s: ensure_ref_stats(cfg, device, size=s, multi=lay.several, inception=inc) for s in sizes}
+        evs = {s: build_evaluator(cfg, device, refs[s], inception=inc, quiet=k > 0) for k, s in enumerate(sizes)}
     elif dist.is_main():
         logger.info("eval.metrics=[]: images only, no FID-Inception loaded")
     src = ImageSource(cfg, device)
     sequential = src.kind == "samples" and bool(getattr(src.settings, "sequential", False))
-    if sequential and dist.world_size() > 1:  # (building the settings also checks them before any image is made)
+    if sequential and lay.several:  # (building the settings also checks them before any image is made)
+        raise ValueError("settings that replay one process's random stream cannot sample several sizes in one run")
+    if sequential and dist.world_size() > 1:
         raise ValueError(f"these sampling settings (sample.rng=official) replay one process's random stream in "
                          f"order: run with 1 process, not {dist.world_size()}")
-    tag = _tag(cfg, src.weights, ev.collector if ev is not None else None)
+    first = evs[sizes[0]]
+    tag = _tag(cfg, src.weights, first.collector if first is not None else None)
     udir = out / "eval" / tag
-    png_dir = png_output.png_folder(cfg, udir, size, weights=src.weights)
+    png_dirs = {s: lay.png_folder(cfg, udir, s, src.weights) for s in sizes}
     if png_n and cfg.eval.png_dir is None:
-        png_output.claim(png_dir, png_output.image_settings(cfg, src.weights, size), cfg)
+        for s in sizes:
+            png_output.claim(png_dirs[s], png_output.image_settings(cfg, src.weights, s), cfg)
     units = my_units(n, bs)
-    reused, feats, index, pngs = 0, [], [], 0
     grid_n = int(cfg.sample.grid_classes) * int(cfg.sample.grid_per_class) if src.kind == "samples" else 0
-    keep_images = grid_n
+    feats, index, reused, pngs = {s: [] for s in sizes}, [], 0, 0
     mine = sum(min(n, (u + 1) * bs) - u * bs for u in units)
-    bar = progress(total=mine * dist.world_size(), desc=f"eval {src.kind}", unit="img")
+    bar = progress(total=mine * dist.world_size() * len(sizes), unit="img",
+                   desc=f"eval {len(sizes)} sizes" if lay.several else f"eval {src.kind}")
     try:
         for u in units:
             f = udir / f"unit_{u:06d}.pt"
             idx = list(range(u * bs, min(n, (u + 1) * bs)))
             if cfg.eval.resume and f.exists() and not sequential:  # a replayed stream cannot skip a unit
-                rec = ck.load_file(f)
+                parts = lay.parts(ck.load_file(f))
                 reused += 1
-                if png_output.missing(idx, png_n, png_dir):  # e.g. a finished eval re-run with a new png_dir
-                    images = rec["images"] if "images" in rec else src(idx)[0]
-                    pngs += png_output.write_pngs(images, idx, png_n, png_dir)
+                if any(png_output.missing(idx, png_n, png_dirs[s]) for s in sizes):  # e.g. a new png_dir
+                    fresh = None  # the unit's images again, when the unit file no longer holds them
+                    for s in sizes:
+                        if "images" not in parts[s] and fresh is None:
+                            fresh = src.at_sizes(idx, sizes)
+                        images = parts[s]["images"] if "images" in parts[s] else fresh[s][0]
+                        pngs += png_output.write_pngs(images, idx, png_n, png_dirs[s])
             else:
-                images, labels = src(idx)
-                rec = {"labels": labels}
-                if ev is not None:
-                    rec["feats"] = ev.collector.extract(images)
-                if cfg.eval.save_npz or idx[0] < keep_images:
-                    rec["images"] = images
-                pngs += png_output.write_pngs(images, idx, png_n, png_dir)
-                ck.atomic_save(rec, f)
-            if ev is not None:
-                feats.append(rec["feats"])
+                parts = {}
+                for s, (images, labels) in src.at_sizes(idx, sizes).items():
+                    r = {"labels": labels}
+                    if evs[s] is not None:
+                        r["feats"] = evs[s].collector.extract(images)
+                    if cfg.eval.save_npz or idx[0] < grid_n:
+                        r["images"] = images
+                    pngs += png_output.write_pngs(images, idx, png_n, png_dirs[s])
+                    parts[s] = r
+                ck.atomic_save(lay.record(parts), f)
+            if first is not None:
+                for s in sizes:
+                    feats[s].append(parts[s]["feats"])
             index.append(torch.tensor(idx))
-            bar.update(len(idx) * dist.world_size())
+            bar.update(len(idx) * dist.world_size() * len(sizes))
     finally:
         bar.close()  # before any error line
     if reused:
         logger.info(f"resumed: {reused} finished unit(s) of rank {dist.rank()} read from {udir}")
-    result = {"source": src.kind, "n": n}
-    if ev is not None:
-        _load_features(ev, feats, index)
-        result.update(ev.compute())
-    if png_n:
-        result["png_dir"] = str(png_dir)
+    scores = {}
+    for s in sizes:
+        scores[s] = {"n": n}
+        if evs[s] is not None:
+            _load_features(evs[s], feats[s], index)
+            scores[s].update(evs[s].compute())
+        if png_n:
+            scores[s]["png_dir"] = str(png_dirs[s])
+    if lay.several:
+        result = {"source": src.kind, "n": n, "sizes": {size_name(s): scores[s] for s in sizes}}
+        shown = {f"eval {size_name(s)} ": scores[s] for s in sizes}
+    else:
+        result = {"source": src.kind, **scores[sizes[0]]}
+        shown = {"eval ": result}
     dist.barrier()
     if dist.is_main():
-        written = _write_outputs(cfg, udir, n, bs, grid_n, result, _provenance(cfg, src, ev), png_dir if png_n
-                                 else None)
-        logger.info("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                       for k, v in result.items() if not isinstance(v, list)))
+        written = _write_outputs(cfg, udir, n, bs, grid_n, lay, result, _provenance(cfg, src, first, lay, refs),
+                                 png_dirs if png_n else None)
+        for head, values in shown.items():
+            logger.info(head + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in values.items() if not isinstance(v, list)))
         logger.info("wrote " + ", ".join(str(p) for p in written))
     if png_n:
-        logger.info(f"rank {dist.rank()}: {pngs} PNG(s) written to {png_dir} in this run")
+        where = "" if lay.several else f" to {png_dirs[sizes[0]]}"
+        logger.info(f"rank {dist.rank()}: {pngs} PNG(s) written{where} in this run")
     dist.barrier()
     return result
 
 
-def _provenance(cfg, src, ev) -> dict:
+def _provenance(cfg, src, ev, lay: Layout, refs: dict) -> dict:
     """What made the numbers (or the images, without metrics), for result.json."""
+    ref_stats = {size_name(s): refs[s] for s in lay.sizes} if lay.several else \
+        cfg.eval.ref_stats if ev is not None else None
     return {"generator_weights": src.weights, "tokenizer": to_container(cfg.tokenizer),
             "sample": to_container(cfg.sample) if "sample" in cfg else None, "seed": int(cfg.seed),
             "labels": cfg.eval.labels, "precision": cfg.eval.precision,
             "inception_weights": ev.collector.weights_path if ev is not None else None,
             "inception_dtype": ev.collector.dtype if ev is not None else None,
-            "fid_mode": cfg.eval.fid_mode, "ref_stats": cfg.eval.ref_stats if ev is not None else None,
+            "fid_mode": cfg.eval.fid_mode, "ref_stats": ref_stats,
             "size": list(src.size) if getattr(src, "size", None) is not None else None}  # eval.size, as sampled
 
 
@@ -442,50 +498,56 @@ def _load_features(ev, feats: list[dict], index: list[torch.Tensor]) -> None:
                         "index": torch.cat(index) if index else torch.zeros(0, dtype=torch.long)})
 
 
-def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, result: dict, provenance: dict,
-                   png_dir: Path | None) -> list[Path]:
-    """result.json, the samples.png grid, the first eval.save_png PNGs and the ADM-style samples.npz (streamed unit
-    by unit); with the npz written, the unit files keep only their features (no image is stored twice)."""
+def _write_outputs(cfg, udir: Path, n: int, bs: int, grid_n: int, lay: Layout, result: dict, provenance: dict,
+                   png_dirs: dict | None) -> list[Path]:
+    """result.json and per size the ADM-style npz (streamed unit by unit), the grid and the PNG folder; with the npz
+    written, the unit files keep only their features (and the grid's images): no image is stored twice."""
     written = [udir / "result.json"]
     atomic_write_text(written[0], json.dumps({**result, "provenance": provenance}, indent=1))
+    k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
     need = min(grid_n, n)
-    npz = udir / "samples.npz"
-    if cfg.eval.save_npz and not npz.exists():
-        from metrics import SampleBatchWriter
-        with SampleBatchWriter(npz) as w:
-            for u in range(math.ceil(n / bs)):
-                rec = _unit_with_images(udir, u)
-                w.add(rec["images"], rec["labels"])
-    if need:
-        imgs = torch.cat([_unit_with_images(udir, u)["images"] for u in range(math.ceil(need / bs))])[:need]
-        if grid_n and len(imgs) >= grid_n:
-            k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
+    for s in lay.sizes:
+        if cfg.eval.save_npz:
+            npz = udir / f"samples{lay.suffix(s)}.npz"
+            if not npz.exists():
+                from metrics import SampleBatchWriter
+                with SampleBatchWriter(npz) as w:
+                    for u in range(math.ceil(n / bs)):
+                        rec = _unit_with_images(udir, u, lay, s)
+                        w.add(rec["images"], rec["labels"])
+            written.append(npz)
+        if grid_n and n >= grid_n:
+            imgs = torch.cat([_unit_with_images(udir, u, lay, s)["images"]
+                              for u in range(math.ceil(need / bs))])[:need]
             order = [c + k * j for c in range(k) for j in range(per)] if cfg.eval.labels == "balanced" else \
                 list(range(grid_n))
-            written.append(Path(cfg.output_dir) / "samples.png")
+            written.append(Path(cfg.output_dir) / f"samples{lay.suffix(s)}.png")
             save_grid(imgs[order], k, written[-1])
     if cfg.eval.save_npz:
-        written.append(npz)
-        _drop_unit_images(udir, n, bs, need)
-    if png_dir is not None:
-        written.append(png_dir)
+        _drop_unit_images(udir, n, bs, need, lay)
+    if png_dirs is not None:
+        written.extend(png_dirs[s] for s in lay.sizes)
     return written
 
 
-def _unit_with_images(udir: Path, u: int) -> dict:
+def _unit_with_images(udir: Path, u: int, lay: Layout, size) -> dict:
     f = udir / f"unit_{u:06d}.pt"
-    rec = ck.load_file(f)
+    rec = lay.parts(ck.load_file(f))[size]
     if "images" not in rec:
-        raise ValueError(f"{f} holds no images (they are in samples.npz; eval.save_png or the grid asked for more "
-                         f"than were kept); delete {udir} to generate them again")
+        what = f"{size_name(size)} images" if lay.several else "images"
+        raise ValueError(f"{f} holds no {what} (they are in samples{lay.suffix(size)}.npz; eval.save_png or the "
+                         f"grid asked for more than were kept); delete {udir} to generate them again")
     return rec
 
 
-def _drop_unit_images(udir: Path, n: int, bs: int, keep: int) -> None:
+def _drop_unit_images(udir: Path, n: int, bs: int, keep: int, lay: Layout) -> None:
     for u in range(math.ceil(n / bs)):
         if u * bs < keep:
             continue
         f = udir / f"unit_{u:06d}.pt"
         rec = ck.load_file(f)
-        if rec.pop("images", None) is not None:
+        parts = lay.parts(rec).values()
+        if any("images" in r for r in parts):
+            for r in parts:
+                r.pop("images", None)
             ck.atomic_save(rec, f)

@@ -7,6 +7,7 @@ returns is handed to the tokenizer's `decode` as is.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -40,6 +41,14 @@ def weights_path(cfg, source=None, prefer_ema: bool = True) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"not found: {path} (expected a weights-only torch checkpoint)")
     return str(path)
+
+
+def file_id(path) -> list | None:
+    """What identifies a weights file's content cheaply: its path, size and modification time."""
+    if not path or not os.path.exists(path):
+        return None
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
 def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True, mapped: bool = True) -> str:

@@ -37,8 +37,8 @@ NUMBER_KEYS = {
 
 def flag_of(key: str) -> str:
     """' (--flag)' of an official flag that sets `key`, else ''."""
-    from models.eqar_family import OFFICIAL_FLAGS
-    flags = [f for f, (k, *_) in OFFICIAL_FLAGS.items() if k == key]
+    from models import get_family  # the family's record (its module imports this one)
+    flags = [f for f, (k, *_) in get_family("eqar").official_flags.items() if k == key]
     return f" ({flags[0]})" if flags else ""
 
 
@@ -153,7 +153,7 @@ def check_eval_size(cfg) -> None:
 
 def check_tokenizer_file(cfg) -> None:
     """The tokenizer file exists, reads, and makes the images and tokens this config expects."""
-    from models.eqar_family import FLAVOURS
+    from models import get_family
     from tokenizer.column_ckpt import column_geometry
     path = cfg.tokenizer.ckpt
     g = column_geometry(path)
@@ -162,7 +162,7 @@ def check_tokenizer_file(cfg) -> None:
     if g["height"] != h or g["downsample"] != cw:
         raise ValueError(f"{where} makes one token per {g['downsample']} px of {g['height']}-px-high images, but "
                          f"data.image_size={h}, data.column_width={cw}")
-    flavour = FLAVOURS.get(str(cfg.model.flavour))
+    flavour = get_family(cfg.family).flavours.get(str(cfg.model.flavour))
     dim = cfg.model.get("vae_embed_dim") or (flavour.defaults.get("vae_embed_dim") if flavour else None)
     if dim is not None and int(dim) != g["embed_dim"]:
         raise ValueError(f"{where} makes {g['embed_dim']}-d tokens, but model.vae_embed_dim (--vae_embed_dim) is "

@@ -15,7 +15,7 @@ trained parameter used).
 Sampling: samplers.flow stepping NiT's guided velocity (models.nit_sampling) with cfg.sample (`--mode ode|sde
 --num-steps --cfg-scale --guidance-low --guidance-high --heun`, `--height --width`); `sample.sizes=[32x32,...]`
 makes `--mode eval` sample every size in one packed batch per unit, with images, grids and metrics per size
-(engine.eval_sizes). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance), carried as
+(engine.evaluate). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance), carried as
 NiTSampling.cfg_scale into the velocity function. The output is latents in the tokenizer's scaled space (DC-AE: times 0.41407),
 which tokenizer.decode turns into images.
 """
