@@ -2,6 +2,9 @@
 fp32, given what the README states the promise needs: the same eval.batch_size (the batch a sample is made in) and
 the same threads per process (here one, as torchrun sets). Holds where bf16 is native and where it is emulated: each
 unit is computed with the same shapes and threads whichever process makes it."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +23,8 @@ def assets(tmp_path_factory):
 
 def _pngs(out) -> dict:
     (tag,) = (out / "eval").iterdir()
-    return {f.name: np.asarray(Image.open(f)) for f in sorted((tag / "png").iterdir())}
+    folder = Path(json.loads((tag / "result.json").read_text())["png_dir"])  # the recipe sets eval.png_dir
+    return {f.name: np.asarray(Image.open(f)) for f in sorted(folder.glob("*.png"))}
 
 
 @pytest.mark.slow
