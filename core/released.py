@@ -9,8 +9,8 @@ here. The foreign module is never imported, its class never called, its `__reduc
 a placeholder only records the arguments and state the file gives it. Globals of blocked modules (os, sys, posix,
 nt) stay refused by torch. The classes met are logged once per file.
 
-Tensors are memory-mapped (`torch.load(weights_only=True, mmap=True)`): nothing is read until used, so the unused copies of a container
-(`model` next to `model_ema`, optimizer state) cost no memory.
+Tensors are memory-mapped (`torch.load(weights_only=True, mmap=True)`): nothing is read until used, so the unused
+copies of a container (`model` next to `model_ema`, optimizer state) cost no memory.
 """
 from __future__ import annotations
 
