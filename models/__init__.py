@@ -13,12 +13,12 @@ import inspect
 from models.family import Family, SearchSpace, TrainContext
 
 FAMILIES = {
-    "nat": "models.nat",
-    "enat": "models.enat",
-    "demo_vq": "models.demo_vq",
-    "nit": "models.nit_family",
-    "eqar": "models.eqar_family",
-    "eqtok": "models.eqtok",
+    "nat": "models.nat.family",
+    "enat": "models.enat.family",
+    "demo_vq": "models.demo_vq.family",
+    "nit": "models.nit.family",
+    "eqar": "models.eqar.family",
+    "eqtok": "models.eqtok.family",
 }
 FAMILY_NAMES = tuple(FAMILIES)
 

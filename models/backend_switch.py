@@ -1,6 +1,6 @@
 """The one mechanism that selects an attention kernel: a process-wide choice among named backends (set, read, or
 forced for a block with a context manager), which a module may pin for itself (a constructor argument, None =
-follow the process-wide choice). models.layers (dense attention) and models.varlen_attention (packed sequences)
+follow the process-wide choice). models.layers (dense attention) and models.nit.varlen_attention (packed sequences)
 each hold one switch over their own kernels."""
 from __future__ import annotations
 

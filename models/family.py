@@ -1,6 +1,6 @@
 """The record through which the engine drives a model family without knowing its internals.
 
-A family module (`models/<name>.py`) defines `FAMILY = Family(...)`; `models.get_family(name)` finds it through a
+A family module (`models/<name>/family.py`) defines `FAMILY = Family(...)`; `models.get_family(name)` finds it through a
 fixed table of lazy imports (or a dotted module path, for families that live outside this repository). The engine
 reads nothing else of a family: which modes it supports follows from the fields it fills in.
 

@@ -1,5 +1,5 @@
 """Left-to-right sampling of a column AR generator, one column token per iteration, as a function of two model
-functions (the equivariant column AR of models/eqar.py provides them: models/eqar_condition.py).
+functions (the equivariant column AR of models/eqar/model.py provides them: models/eqar/condition.py).
 
 Model functions:
   condition(i, token) -> z_i   the transformer's condition of token i, called for i = 0..N−1 in order, once each:

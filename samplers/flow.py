@@ -4,7 +4,7 @@ Velocity-function protocol: `velocity(x Float64[N, C, p, p], t: float, guided: b
 velocity dx/dt of x_t = (1 − t)·x0 + t·ε at time t (1 = pure noise, 0 = data) of a packed state of N tokens.
 `guided` says whether t lies inside the guidance interval: the sampler decides it (guidance_low <= t <= guidance_high;
 Heun's corrector reuses the decision of its step's t_cur), the velocity function decides what it means (a NiT model
-with guidance: models/nit_sampling.py, u + w·(c − u) in one doubled call). Nothing here knows a model, its labels,
+with guidance: models/nit/sampling.py, u + w·(c − u) in one doubled call). Nothing here knows a model, its labels,
 its classes or its dtype.
 
 Grids (exactly the official ones):

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.seeding import row_generators  # noqa: E402
-from models.eqar import FLAVOURS, eqar_loss, param_groups  # noqa: E402
-from models.eqar_condition import sample  # noqa: E402
+from models.eqar.model import FLAVOURS, eqar_loss, param_groups  # noqa: E402
+from models.eqar.condition import sample  # noqa: E402
 from samplers.column_ar import ColumnARSettings  # noqa: E402
 
 SIZES = {"tiny": dict(embed_dim=256, depth=8, num_heads=4, diffloss_d=3, diffloss_w=256)}
@@ -98,7 +98,7 @@ def bench_training(model, a, dtype):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--flavour", default="tiny", help="tiny (bench size) or a models/eqar.py flavour")
+    ap.add_argument("--flavour", default="tiny", help="tiny (bench size) or a models/eqar/model.py flavour")
     ap.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--max-full", type=int, default=128, help="skip full recomputation above this many tokens")
     ap.add_argument("--steps", type=int, default=10, help="Euler steps per token")

@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.enat import FLAVOURS as ENAT_FLAVOURS  # noqa: E402
-from models.enat_reuse import ReuseModelFn  # noqa: E402
+from models.enat.model import FLAVOURS as ENAT_FLAVOURS  # noqa: E402
+from models.enat.reuse import ReuseModelFn  # noqa: E402
 from samplers.strategy import Strategy  # noqa: E402
 
 # GFLOPs per 256-px image. The ENAT-S figures of the paper (Tab. 6a: 22.6 with reuse, 39.8 without) count one
@@ -116,7 +116,7 @@ def report(steps: int = 8, only: set[str] | None = None) -> dict[str, float]:
         print("ENAT-L-256 per forward (2 rows) GFLOPs:", [round(f / 2e9, 1) for f in per])
         out["enat_L"] = sum(per) / 1e9
     if want("autonat_L"):
-        from models.nat import FLAVOURS as NAT_FLAVOURS
+        from models.nat.model import FLAVOURS as NAT_FLAVOURS
         out["autonat_L"] = sum(autonat_generation_flops(build_meta(NAT_FLAVOURS, "AutoNAT_L"), steps)) / 1e9
     if want("vq"):
         out["vq"] = vq_decoder_flops(256) / 1e9

@@ -41,7 +41,8 @@ from core.precision import resolve_precision  # noqa: E402
 from engine.precision import autocast  # noqa: E402
 from models.family import TrainContext  # noqa: E402
 from models.layers import attention_backend, count_params  # noqa: E402
-from models.nat import FLAVOURS, nat_training_loss  # noqa: E402
+from models.nat.model import FLAVOURS  # noqa: E402
+from models.nat.family import nat_training_loss  # noqa: E402
 from samplers.guidance import combine, weight_from_s  # noqa: E402
 from samplers.mask_predict import sample  # noqa: E402
 from samplers.strategy import Strategy  # noqa: E402

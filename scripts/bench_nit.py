@@ -42,9 +42,9 @@ from core.precision import resolve_precision  # noqa: E402
 from engine.precision import autocast  # noqa: E402
 from models.family_defaults import family_defaults  # noqa: E402
 from models.layers import count_params  # noqa: E402
-from models.nit import FLAVOUR_ARGS, FLAVOURS, pack_latents  # noqa: E402
-from models.nit_loss import nit_loss, nit_optimizer  # noqa: E402
-from models.nit_sampling import NiTVelocity  # noqa: E402
+from models.nit.model import FLAVOUR_ARGS, FLAVOURS, pack_latents  # noqa: E402
+from models.nit.loss import nit_loss, nit_optimizer  # noqa: E402
+from models.nit.sampling import NiTVelocity  # noqa: E402
 from samplers.flow import sample_nit  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -3,7 +3,7 @@
   OMP_NUM_THREADS=2 python scripts/bench_varlen.py [--heads 16 --head-dim 72 --lengths 1024,1024,256x6,64x8]
       [--backward] [--memory] [--skip dense,flex]
 
-Paths: the backends of models.varlen_attention ('runs' = the default torch path, 'grouped', 'loop' = one SDPA call per
+Paths: the backends of models.nit.varlen_attention ('runs' = the default torch path, 'grouped', 'loop' = one SDPA call per
 segment, 'dense' = one SDPA call with an N×N block-diagonal mask, the baseline; 'flash' only where flash-attn imports
 and the tensors are CUDA fp16/bf16) plus two candidates kept here for comparison only: SDPA on jagged nested tensors
 ('nested') and flex attention with a document mask ('flex', when this torch has it). Max |error| is against 'loop'.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from models.varlen_attention import Segments, flash_usable, varlen_attention  # noqa: E402
+from models.nit.varlen_attention import Segments, flash_usable, varlen_attention  # noqa: E402
 
 BACKEND_PATHS = ("runs", "grouped", "loop", "dense")
 MEMORY_METHOD = {"cpu": "rise of the resident-set high-water mark (VmHWM after a clear_refs reset) in a fresh "

@@ -7,7 +7,7 @@ import torch
 from datasets.latent_writer import meta_line, save_latent
 from datasets.nit_meta import write_data_meta
 
-from models.nit import NiT
+from models.nit.model import NiT
 
 
 def randomized(model: NiT, seed: int = 0) -> NiT:
@@ -43,7 +43,7 @@ def write_eval_assets(d, fid_weights=None):
     import numpy as np
     from safetensors.torch import save_file
 
-    from models.nit import FLAVOURS
+    from models.nit.model import FLAVOURS
     from tokenizer.dcae import build_tiny_autoencoder_dc
     torch.manual_seed(0)
     build_tiny_autoencoder_dc().save_pretrained(str(d / "dcae"))

@@ -16,7 +16,7 @@ from tests.helpers import parse_train_args, run, torchrun_cmd
 from engine.config import load_config
 from engine.generate import load_weights
 from engine.search import search_eval_n
-from models.nat import initial_strategy
+from models.nat.family import initial_strategy
 from models import build_model
 from samplers.strategy import Strategy
 

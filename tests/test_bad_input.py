@@ -145,7 +145,7 @@ def _nit_assets(a: Path) -> None:
 
     from datasets.lpfhp import pack_lengths
     from datasets.nit_meta import write_sampler_meta
-    from models.nit import FLAVOURS
+    from models.nit.model import FLAVOURS
     from tests.nit_helpers import randomized, write_latent_dataset
     write_latent_dataset(a / "nit", NIT_SHAPES, [k % 2 for k in range(len(NIT_SHAPES))], channels=32)
     write_sampler_meta(str(a / "nit" / "meta" / "x_merge_LPFHP_16.json"),
@@ -203,7 +203,7 @@ def _column_assets(a: Path) -> None:
     from engine.trainer import save_checkpoint
     from models import build_model
     from tokenizer.column import build_column_autoencoder
-    from tokenizer.column_ema import ColumnEMA
+    from models.eqtok.ema import ColumnEMA
     ae = build_column_autoencoder("debug")
     sd = ae.state_dict()
     box = {"family": "eqtok", "config": {"model": {"flavour": "debug"}}, "step": 1}

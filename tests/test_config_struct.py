@@ -152,7 +152,7 @@ def test_engine_read_of_an_undeclared_key_names_base_yaml(tmp_path, monkeypatch,
 
 def test_family_read_of_an_undeclared_key_names_the_family_file(tmp_path, monkeypatch, capsys):
     """A family file without data.synthetic_vocab (read by the family's data set): the family file is named."""
-    import models.nat as nat
+    import models.nat.family as nat
     fam = yaml.safe_load((ROOT / nat.FAMILY.config).read_text())
     del fam["data"]["synthetic_vocab"]
     copy = tmp_path / "nat.yaml"

@@ -26,7 +26,7 @@ def test_enat_S_reuse_saving_matches_paper():
 
 
 def test_autonat_L_and_vq_decoder_flops():
-    from models.nat import FLAVOURS as NAT_FLAVOURS
+    from models.nat.model import FLAVOURS as NAT_FLAVOURS
     autonat = sum(bf.autonat_generation_flops(bf.build_meta(NAT_FLAVOURS, "AutoNAT_L"))) / 1e9
     assert abs(autonat / 1664.0 - 1) < 0.02
     assert abs(bf.vq_decoder_flops(256) / 1e9 / 186.5 - 1) < 0.02

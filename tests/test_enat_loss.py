@@ -5,7 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from models.enat import FAMILY, FLAVOURS, enat_training_loss, loss_hparams
+from models.enat.family import FAMILY, enat_training_loss, loss_hparams
+from models.enat.model import FLAVOURS
 from models.family import TrainContext
 
 

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from models.enat import ENAT, FAMILY, FLAVOURS
+from models.enat.model import ENAT, FLAVOURS
+from models.enat.family import FAMILY
 from models.layers import attention_backend, count_params
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "layouts")

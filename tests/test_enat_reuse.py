@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.enat import FLAVOURS
-from models.enat_reuse import ReuseModelFn
+from models.enat.model import FLAVOURS
+from models.enat.reuse import ReuseModelFn
 from samplers.mask_predict import sample
 from core.seeding import row_generators
 from samplers.strategy import Strategy

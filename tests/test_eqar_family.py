@@ -6,8 +6,8 @@ import torch
 from core.seeding import row_generators
 from engine.config import load_config
 from models import build_model
-from models.eqar_family import FAMILY, apply_official_schedule, eqar_sample, eqar_sample_settings, training_latents
-from models.eqar_condition import sample as ar_sample
+from models.eqar.family import FAMILY, apply_official_schedule, eqar_sample, eqar_sample_settings, training_latents
+from models.eqar.condition import sample as ar_sample
 from tokenizer.column import ColumnTokenizer, build_column_autoencoder, gaussian_sample
 
 

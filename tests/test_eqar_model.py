@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.eqar import FLAVOURS, apply_rope, band_mask, eqar_loss, param_groups, rope_tables, training_draws
+from models.eqar.model import FLAVOURS, apply_rope, band_mask, eqar_loss, param_groups, rope_tables, training_draws
 from models.layers import count_params
 
 LAYOUT = Path(__file__).resolve().parents[1] / "assets/layouts/keys_equ_generator_large.json"

@@ -8,7 +8,7 @@ from core import dist
 from core.seeding import row_generators
 from engine.config import load_config
 from models import build_model
-from models.eqar_family import eqar_sample, eqar_sample_settings
+from models.eqar.family import eqar_sample, eqar_sample_settings
 
 
 def _cfg(*over):

@@ -10,12 +10,12 @@ from core.loading import CheckpointError
 from engine.config import load_config
 from engine.optim import build_optimizer
 from models import build_model
-from models.eqtok import eqtok_param_groups, loss_weights
+from models.eqtok.family import eqtok_param_groups, loss_weights
 from tests import test_eqtok_restate as H
 from tokenizer.column import gaussian_sample
-from tokenizer.diffaug import diff_augment
-from tokenizer.dino_disc import DinoDiscriminator
-from tokenizer.vit import DINO_URL, build_dino, load_dino
+from models.eqtok.diffaug import diff_augment
+from models.eqtok.dino_disc import DinoDiscriminator
+from models.eqtok.vit import DINO_URL, build_dino, load_dino
 
 RECIPE = "configs/debug/eqtok_debug.yaml"
 DEBUG_DEPTHS = (1, 3)
@@ -204,7 +204,7 @@ def test_trains_through_train_py_and_heads_resume_a_gan(tmp_path):
     m2, _ = build_model(cfg)
     assert all(torch.equal(m2.state_dict()[k], v) for k, v in heads.items())
     # the same heads inside a Lightning state_dict (live + ema_* + loss.*, plus loss tensors we do not model)
-    from tokenizer.column_ema import ColumnEMA
+    from models.eqtok.ema import ColumnEMA
     m1, _ = build_model(_cfg(path))
     light = {k: v for k, v in m1.state_dict().items() if not k.startswith("loss.")}
     light.update(ColumnEMA(m1).state_dict())

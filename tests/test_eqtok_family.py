@@ -8,11 +8,11 @@ import torch
 
 from engine.config import load_config
 from models import build_model
-from models.eqtok import eqtok_ema_decay, loss_weights, perceptual_metric
+from models.eqtok.family import eqtok_ema_decay, loss_weights, perceptual_metric
 from tokenizer import build_tokenizer
-from tokenizer import column_losses as cl
+from models.eqtok import losses as cl
 from tokenizer.column import gaussian_sample
-from tokenizer.column_ema import ColumnEMA
+from models.eqtok.ema import ColumnEMA
 
 RECIPE = "configs/debug/eqtok_debug.yaml"
 
@@ -158,7 +158,7 @@ def test_two_process_gan_step_under_ddp(tmp_path):
 def test_lpips_from_one_local_file(tmp_path):
     """The merged VGG-16 + LPIPS file maps onto the network (lin{i}.model.1.weight -> lins.i), d(x, x) = 0, and the
     eqtok loss picks it up when loss.lpips_path exists."""
-    from tokenizer.lpips import LPIPS, load_lpips
+    from models.eqtok.lpips import LPIPS, load_lpips
     torch.manual_seed(0)
     ref = LPIPS()
     for lin in ref.lins:

@@ -10,8 +10,8 @@ import torch
 from engine.config import load_config
 from engine.optim import build_optimizer, lr_at
 from models import build_model, get_family
-from models.eqtok import eqtok_param_groups
-from models.eqtok_lr import warmup_decay_factor
+from models.eqtok.family import eqtok_param_groups
+from models.eqtok.lr import warmup_decay_factor
 
 RECIPE = "configs/debug/eqtok_debug.yaml"
 

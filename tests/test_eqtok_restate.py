@@ -147,7 +147,7 @@ def dino_prepare(x, size):
 
 
 def test_spectral_conv_equals_torch_hook_spectral_norm():
-    from tokenizer.dino_disc import SpectralConv1d
+    from models.eqtok.dino_disc import SpectralConv1d
     torch.manual_seed(0)
     ref = torch.nn.utils.spectral_norm(torch.nn.Conv1d(6, 5, 3, padding=1, padding_mode="circular"))
     ours = SpectralConv1d(6, 5, 3)

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from core.loading import CheckpointError
 from engine.config import load_config
 from models import build_model
-from models.eqtok import eqtok_loss, loss_weights, semantic_teacher
+from models.eqtok.family import eqtok_loss, loss_weights, semantic_teacher
 from models.family import TrainContext
 from tests import test_eqtok_restate as H
 from tokenizer.column import gaussian_sample
-from tokenizer.semantic import Dinov2Teacher, build_teacher
-from tokenizer.vit import DINOV2_URL, build_dinov2, load_dinov2
+from models.eqtok.semantic import Dinov2Teacher, build_teacher
+from models.eqtok.vit import DINOV2_URL, build_dinov2, load_dinov2
 
 RECIPE = "configs/debug/eqtok_debug.yaml"
 

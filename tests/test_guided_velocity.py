@@ -11,10 +11,10 @@ import torch
 import samplers.column_ar as column_ar
 import samplers.flow as flow
 from core.seeding import row_generators
-from models import eqar_condition
-from models.nit import FLAVOURS as NIT
-from models.nit_family import NiTSampling
-from models.nit_sampling import NiTVelocity, sample_latents
+from models.eqar import condition as eqar_condition
+from models.nit.model import FLAVOURS as NIT
+from models.nit.family import NiTSampling
+from models.nit.sampling import NiTVelocity, sample_latents
 from tests.nit_helpers import randomized
 
 HW = torch.tensor([[2, 3], [1, 2]], dtype=torch.int32)  # two images packed: 6 + 2 tokens
@@ -151,7 +151,7 @@ def test_sde_with_explicit_step_noise_is_the_restated_loop():
 
 # ------------------------------------------------------------------------------------------ equivariant AR head
 def _eqar(seed=0):
-    from models.eqar import FLAVOURS
+    from models.eqar.model import FLAVOURS
     torch.manual_seed(seed)
     model = FLAVOURS["debug"]().eval()
     with torch.no_grad():  # the released init zeroes the head output: randomise it

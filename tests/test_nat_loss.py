@@ -5,7 +5,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from models.family import TrainContext
-from models.nat import FLAVOURS, loss_hparams, nat_training_loss
+from models.nat.model import FLAVOURS
+from models.nat.family import loss_hparams, nat_training_loss
 
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.layers import attention, attention_backend, count_params
-from models.nat import FLAVOURS, UViT
+from models.nat.model import FLAVOURS, UViT
 
 SPEC = Path(__file__).resolve().parents[1] / "assets" / "layouts" / "keys_autonat_L.json"
 

@@ -101,9 +101,9 @@ def test_readme_command_maps_onto_the_recipe(monkeypatch, res):
     assert (cfg.tokenizer.kind, cfg.eval.n, cfg.eval.save_png, cfg.eval.save_npz) == ("dcae", 50000, -1, False)
     assert list(cfg.eval.metrics) == []  # images only, as sample_c2i_ddp.py
     assert cfg.eval.png_dir == cfg.output_dir  # one PNG per image in --sample-dir/<settings>, as the official sampler
-    from models.nit_family import sample_folder
+    from models.nit.family import sample_folder
     assert sample_folder(cfg, (res, res), cfg.eval.pretrained_path) == OFFICIAL_FOLDER[res]
-    from models.nit_family import sample_settings
+    from models.nit.family import sample_settings
     with torch.device("meta"):
         from models import build_model
         model, _ = build_model(cfg)
@@ -115,7 +115,7 @@ def test_other_official_flags(monkeypatch):
     argv = ["--config", "configs/nit_XL.yaml", "--mode", "ode", "--heun", "--num-fid-samples", "1000",
             "--global-seed", "7", "--cfg-scale", "1.0"]
     cfg, mode = parse_train_args(monkeypatch, argv)
-    from models.nit_family import sample_settings
+    from models.nit.family import sample_settings
     st = sample_settings(cfg)
     assert mode == "eval" and st.heun and (cfg.eval.n, cfg.seed, st.cfg_scale) == (1000, 7, 1.0)
     with pytest.raises(ValueError, match="--heun is a corrector of the ODE sampler"):
@@ -285,7 +285,7 @@ def test_accelerate_save_state_folder_as_ckpt(assets, tmp_path):
     the second must not reuse the first one's finished units."""
     from safetensors.torch import save_file
 
-    from models.nit import FLAVOURS
+    from models.nit.model import FLAVOURS
     from tests.nit_helpers import randomized
     a, _ = assets
     folder = tmp_path / "checkpoint-1000K"

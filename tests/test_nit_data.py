@@ -9,7 +9,7 @@ from datasets.lpfhp import assign_indices, lpfhp, pack_lengths
 from datasets.nit_meta import (read_data_meta, read_sampler_meta, sampler_meta_name, token_lengths,
                                write_data_meta, write_sampler_meta)
 from datasets.nit_packs import NiTPackDataset, PackOrder, pack_for
-from models.nit import pack_latents
+from models.nit.model import pack_latents
 from tests.nit_helpers import write_latent_dataset
 
 

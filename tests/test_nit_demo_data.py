@@ -13,7 +13,7 @@ from datasets.nit_meta import read_data_meta, token_lengths
 from datasets.nit_packs import NiTPackDataset
 from engine.config import load_config
 from models import build_model
-from models.nit_family import family_sample, sample_settings
+from models.nit.family import family_sample, sample_settings
 
 
 def _idx(path, arr: np.ndarray) -> None:

@@ -90,7 +90,7 @@ def test_reference_stats_per_size_are_cached_and_never_stale(tmp_path, fmnist, f
 def test_mixed_size_pack_equals_each_size_alone():
     from engine.config import load_config
     from models import build_model
-    from models.nit_family import family_sample, sample_settings
+    from models.nit.family import family_sample, sample_settings
     cfg = load_config("configs/demo/nit_fmnist.yaml", ["sample.steps=2", "sample.mode=sde", "model.depth=1"])
     torch.manual_seed(0)
     model, _ = build_model(cfg)

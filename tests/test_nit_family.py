@@ -15,10 +15,10 @@ from datasets.nit_meta import read_data_meta, sampler_meta_name, token_lengths
 from engine.config import load_config
 from engine.generate import load_weights
 from models import build_model, get_family
-from models.nit import FLAVOURS, PACK_LEN
-from models.nit_family import (NiTSampling, family_loss, family_sample, pack_batches, pack_dataset, param_groups,
+from models.nit.model import FLAVOURS, PACK_LEN
+from models.nit.family import (NiTSampling, family_loss, family_sample, pack_batches, pack_dataset, param_groups,
                                sample_settings, weights_file)
-from models.nit_loss import nit_loss, nit_lr
+from models.nit.loss import nit_loss, nit_lr
 from models.family import TrainContext
 from samplers.flow import packed_noise
 from tests.nit_helpers import randomized, write_eval_assets, write_latent_dataset

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.nit import FLAVOURS, pack_latents
-from models.nit_loss import nit_loss, nit_lr, nit_optimizer, sample_t
+from models.nit.model import FLAVOURS, pack_latents
+from models.nit.loss import nit_loss, nit_lr, nit_optimizer, sample_t
 from tests.nit_helpers import randomized
 
 
@@ -134,7 +134,7 @@ def test_optimizer_settings_and_lr():
 
 
 def test_repa_image_encoder_resizes_to_one_patch_per_token_and_follows_the_flip():
-    from models.nit_loss import pack_features, repa_image_encoder
+    from models.nit.loss import pack_features, repa_image_encoder
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 48, kernel_size=16, stride=16)
     seen = []

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.layers import count_params, timestep_embedding
-from models.nit import FLAVOURS, NiT, pack_latents, rope_angles, rope_positions, unpack
-from models.varlen_attention import varlen_backend
+from models.nit.model import FLAVOURS, NiT, pack_latents, rope_angles, rope_positions, unpack
+from models.nit.varlen_attention import varlen_backend
 from tests.nit_helpers import randomized
 
 LAYOUT = Path(__file__).resolve().parents[1] / "assets" / "layouts" / "keys_nit_xl.json"
@@ -96,7 +96,7 @@ def test_rope_angles_frequencies_and_relative_property():
     torch.testing.assert_close(cos[0, 0], expect.cos())
     torch.testing.assert_close(sin[0, 0], expect.sin())
     # q·k after RoPE depends only on the position difference
-    from models.nit import apply_rope
+    from models.nit.model import apply_rope
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 1, 8, generator=g), torch.randn(1, 1, 8, generator=g)
 

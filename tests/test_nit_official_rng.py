@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from engine.config import load_config
-from models.nit import FLAVOURS
+from models.nit.model import FLAVOURS
 from tests.helpers import ROOT, run
 
 DEBUG = "configs/debug/nit_debug.yaml"
@@ -91,7 +91,7 @@ def _cfg(tmp_path, mode, steps, w, heun=False, *extra):
 @pytest.mark.parametrize("mode,steps,w,heun", [("sde", 5, 2.5, False), ("ode", 3, 3.0, True), ("sde", 3, 1.0, False)])
 def test_family_sample_replays_the_official_stream(assets, tmp_path, mode, steps, w, heun):
     """Three batches in order (the last one short: sampled as a full batch and cut), latents and labels."""
-    from models.nit_family import family_sample, sample_settings
+    from models.nit.family import family_sample, sample_settings
     model = _model(assets[0]["state_dict"])
     cfg = _cfg(tmp_path, mode, steps, w, heun)
     st = sample_settings(cfg, model)
@@ -138,7 +138,7 @@ def test_train_py_eval_writes_the_official_images(assets, tmp_path):
 
 def test_official_rng_needs_one_process(monkeypatch):
     from core import dist
-    from models.nit_family import sample_settings
+    from models.nit.family import sample_settings
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="sample.rng=official .* run with 1 process, not 2"):
         sample_settings(load_config(DEBUG, ["sample.rng=official"]))

@@ -4,10 +4,10 @@ import torch
 from datasets.lpfhp import pack_lengths
 from datasets.nit_meta import read_data_meta, token_lengths
 from datasets.nit_packs import NiTPackDataset
-from models.nit import FLAVOURS
-from models.nit_loss import nit_loss, nit_optimizer
-from models.nit_family import NiTSampling
-from models.nit_sampling import sample_latents
+from models.nit.model import FLAVOURS
+from models.nit.loss import nit_loss, nit_optimizer
+from models.nit.family import NiTSampling
+from models.nit.sampling import sample_latents
 from tests.nit_helpers import write_latent_dataset
 
 

@@ -1,4 +1,4 @@
-"""REPA's pluggable encoder (models/repa_encoders.py through the nit family): the term equals a re-statement with a
+"""REPA's pluggable encoder (models/nit/repa_encoders.py through the nit family): the term equals a re-statement with a
 tiny stand-in encoder, repa_coeff=0 loads nothing, missing files are one-line errors naming the file and where to get
 it, and a RADIO checkpoint goes through a local torch.hub repo (source='local', nothing downloaded)."""
 import collections
@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from engine.config import load_config
 from models import build_model
-from models import nit_family
+from models.nit import family as nit_family
 from models.family import TrainContext
-from models.nit import pack_latents
-from models.nit_family import family_loss, param_groups
-from models.repa_encoders import build_feature_encoder, output_features, resolve_kind
+from models.nit.model import pack_latents
+from models.nit.family import family_loss, param_groups
+from models.nit.repa_encoders import build_feature_encoder, output_features, resolve_kind
 from tests.nit_helpers import randomized
 
 DEBUG = "configs/debug/nit_debug.yaml"

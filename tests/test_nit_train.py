@@ -64,7 +64,7 @@ def test_one_process_takes_two_packs_per_step(data, tmp_path):
     from engine.config import load_config
     from models import build_model
     from models.family import TrainContext
-    from models.nit_family import family_loss, pack_batches, pack_dataset, param_groups
+    from models.nit.family import family_loss, pack_batches, pack_dataset, param_groups
     args, packs, _ = data
     out = tmp_path / "one"
     assert train.main(["--config", DEBUG, "--mode", "pretrain", f"output_dir={out}", *args, *COMMON,

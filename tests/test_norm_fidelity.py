@@ -17,8 +17,8 @@ from torch import nn
 
 from engine.config import load_config
 from models import build_model
-from tokenizer.dino_disc import BatchNormLocal, DinoDiscriminator
-from tokenizer.vit import build_dino, build_dinov2
+from models.eqtok.dino_disc import BatchNormLocal, DinoDiscriminator
+from models.eqtok.vit import build_dino, build_dinov2
 from tokenizer.vqgan import build_vqmodel
 
 LN, GN, BNL = "LayerNorm", "GroupNorm", "BatchNormLocal"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.eqar import FLAVOURS
-from models.eqar_condition import sample
+from models.eqar.model import FLAVOURS
+from models.eqar.condition import sample
 from samplers.column_ar import ColumnARSettings, cfg_scale_at, euler_flow
 from core.seeding import row_generators
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from models.nit import FLAVOURS, unpack
-from models.nit_family import NiTSampling
-from models.nit_sampling import NiTVelocity, sample_latents
+from models.nit.model import FLAVOURS, unpack
+from models.nit.family import NiTSampling
+from models.nit.sampling import NiTVelocity, sample_latents
 from samplers.flow import (latent_size, ode_grid, packed_noise, sample_nit, sample_ode, sample_sde, sde_grid)
 from tests.nit_helpers import randomized
 

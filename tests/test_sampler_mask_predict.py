@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from models.family import TrainContext
-from models.nat import FLAVOURS, nat_training_loss
+from models.nat.model import FLAVOURS
+from models.nat.family import nat_training_loss
 from samplers import ClassifierFreeGuidance, Strategy, combine, mask_predict_sample, row_generators
 from samplers.mask_predict import inverse_cdf_sample
 

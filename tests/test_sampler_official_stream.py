@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.enat import FLAVOURS as ENAT_FLAVOURS
-from models.enat_reuse import ReuseModelFn
-from models.nat import FLAVOURS as NAT_FLAVOURS
+from models.enat.model import FLAVOURS as ENAT_FLAVOURS
+from models.enat.reuse import ReuseModelFn
+from models.nat.model import FLAVOURS as NAT_FLAVOURS
 from samplers import OfficialStream, Strategy, mask_predict_sample, row_generators
 
 RELEASED = Strategy.from_yaml("configs/AutoNAT_L-T8_strategy.yaml")

@@ -9,7 +9,7 @@ import pytest
 from engine.config import load_config
 from engine.search import (STATE_FILE, Hyper, evaluation_seed, momentum_step, probe_point, search,
                            spsa_directions, spsa_gradient)
-from models.nat import nat_search_space
+from models.nat.family import nat_search_space
 from samplers.strategy_search import vector_names
 from samplers.strategy import Strategy
 

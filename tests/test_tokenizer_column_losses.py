@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tokenizer.column import ColumnTokenizer, build_column_autoencoder, module_state_from_lightning
-from tokenizer.column_ema import ColumnEMA, warmup_decay
-from tokenizer.column_losses import (adaptive_weight, autoencoder_loss, discriminator_hinge, discriminator_loss,
+from models.eqtok.ema import ColumnEMA, warmup_decay
+from models.eqtok.losses import (adaptive_weight, autoencoder_loss, discriminator_hinge, discriminator_loss,
                                      reconstruction_nll)
 
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models.varlen_attention as va
-from models.nit import FLAVOURS, pack_latents
-from models.varlen_attention import Segments, get_varlen_backend, varlen_attention, varlen_backend
+import models.nit.varlen_attention as va
+from models.nit.model import FLAVOURS, pack_latents
+from models.nit.varlen_attention import Segments, get_varlen_backend, varlen_attention, varlen_backend
 from tests.nit_helpers import randomized
 
 TORCH_PATHS = ["runs", "loop", "grouped", "dense"]

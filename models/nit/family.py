@@ -1,4 +1,4 @@
-"""Family `nit` (models/nit.py: the packed native-resolution flow-matching transformer): the record the engine drives.
+"""Family `nit` (models/nit/model.py: the packed native-resolution flow-matching transformer): the record the engine drives.
 
 Training data: LPFHP packs of pre-extracted latents (datasets/nit_packs.py) named by cfg.data (data-meta JSONL,
 sampler-meta JSON, latent folders). `train.batch_size` counts PACKS per optimiser step (all processes): each rank
@@ -6,13 +6,13 @@ takes batch_size / world packs per step, one per micro-batch (the official gradi
 micro-batch m at step s being pack stream position s·k + m of that rank (k = packs per rank per step), a pure
 function of (seed, step, rank): a resumed run trains on exactly the packs of an uninterrupted one.
 
-Loss: models.nit_loss (token-mean MSE + direction term, logit-normal t, label drop 0.1) plus REPA when
-`loss.repa_encoder` names a frozen image encoder and loss.repa_coeff > 0 (models.repa_encoders: a .pt2/TorchScript
+Loss: models.nit.loss (token-mean MSE + direction term, logit-normal t, label drop 0.1) plus REPA when
+`loss.repa_encoder` names a frozen image encoder and loss.repa_coeff > 0 (models.nit.repa_encoders: a .pt2/TorchScript
 export, a local RADIO checkpoint, or any 'package.module:factory' mapping images to a feature grid); otherwise the
 REPA term is off, no encoder is loaded, and the projector is frozen (it would get no gradient; DDP needs every
 trained parameter used).
 
-Sampling: samplers.flow stepping NiT's guided velocity (models.nit_sampling) with cfg.sample (`--mode ode|sde
+Sampling: samplers.flow stepping NiT's guided velocity (models.nit.sampling) with cfg.sample (`--mode ode|sde
 --num-steps --cfg-scale --guidance-low --guidance-high --heun`, `--height --width`); `sample.sizes=[32x32,...]`
 makes `--mode eval` sample every size in one packed batch per unit, with images, grids and metrics per size
 (engine.evaluate). `--cfg-scale` is the official w of u + w·(c − u) (w = 1: no guidance), carried as
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from models.family import Family, TrainContext
-from models.nit import FLAVOURS, PACK_LEN
-from models.nit_loss import nit_loss
+from models.nit.model import FLAVOURS, PACK_LEN
+from models.nit.loss import nit_loss
 
 SWITCH_HELP = "true/false (a bare official switch such as --heun also turns it on)"
 
@@ -91,7 +91,7 @@ def pack_dataset(cfg, split: str = "train"):
                          f"set and would be ignored: set loss.repa_encoder=null to train without REPA, or "
                          f"loss.repa_coeff > 0 to use it")
     if repa_on(cfg):  # the encoder's files, before any latent is read (the encoder itself loads at the first step)
-        from models.repa_encoders import check_files
+        from models.nit.repa_encoders import check_files
         check_files(str(lc.repa_encoder), str(lc.get("repa_kind", "auto")),
                     None if lc.get("radio_repo") is None else str(lc.radio_repo))
         _image_dir(cfg)
@@ -193,11 +193,11 @@ _ENCODERS: dict = {}
 
 
 def repa_encoder(cfg, device) -> "callable":
-    """The frozen REPA encoder named by loss.repa_encoder / loss.repa_kind / loss.radio_repo (models.repa_encoders:
-    an export file, a local RADIO checkpoint, or 'package.module:factory'), wrapped for models.nit_loss; built once
+    """The frozen REPA encoder named by loss.repa_encoder / loss.repa_kind / loss.radio_repo (models.nit.repa_encoders:
+    an export file, a local RADIO checkpoint, or 'package.module:factory'), wrapped for models.nit.loss; built once
     per (encoder, device)."""
-    from models.nit_loss import repa_image_encoder
-    from models.repa_encoders import build_feature_encoder
+    from models.nit.loss import repa_image_encoder
+    from models.nit.repa_encoders import build_feature_encoder
     lc = cfg.loss
     spec, kind, repo = str(lc.repa_encoder), str(lc.get("repa_kind", "auto")), lc.get("radio_repo", None)
     key = (spec, kind, repo, str(device))
@@ -337,7 +337,7 @@ def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: 
     settings' height x width; row i from generators[i] alone. `size` a list of one (H, W) per row: the rows are
     sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back. With the
     official stream (sample.rng=official): (latents, labels), both from the stream, generators unused."""
-    from models.nit_sampling import sample_latents, sample_official
+    from models.nit.sampling import sample_latents, sample_official
     if size is None:
         size = (settings.height, settings.width)
     elif len(size) == 2 and all(isinstance(v, int) for v in size):

@@ -1,4 +1,4 @@
-"""The equivariant column AR (models/eqar.py) as the model functions of the module-free sampler samplers/column_ar.py:
+"""The equivariant column AR (models/eqar/model.py) as the model functions of the module-free sampler samplers/column_ar.py:
 the condition function (the transformer: condition of the next token given the tokens so far) and the flow head.
 
 Guidance as released: the batch is doubled with the label dropped (the `fake_latent` buffer) in rows B..2B−1, so

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.diffaug import diff_augment
-from tokenizer.vit import ViT
+from models.eqtok.diffaug import diff_augment
+from models.eqtok.vit import ViT
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

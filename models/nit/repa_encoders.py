@@ -1,5 +1,5 @@
 """Frozen image encoders for NiT's REPA term, behind one contract: an image Float (1, 3, H, W) in [0, 1] -> its patch
-features, (1, z, H/patch, W/patch) or (1, H·W/patch², z) row-major (cls/register tokens removed). models.nit_loss's
+features, (1, z, H/patch, W/patch) or (1, H·W/patch², z) row-major (cls/register tokens removed). models.nit.loss's
 `repa_image_encoder` does the per-image flip and the resize to patch × the latent grid, then packs one feature per
 token. Nothing here downloads: every kind reads local files and names the missing one.
 

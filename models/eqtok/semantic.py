@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.dino_disc import IMAGENET_MEAN, IMAGENET_STD
-from tokenizer.vit import ViT, load_dinov2
+from models.eqtok.dino_disc import IMAGENET_MEAN, IMAGENET_STD
+from models.eqtok.vit import ViT, load_dinov2
 
 
 class Dinov2Teacher(nn.Module):

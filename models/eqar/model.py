@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.flow_head import DiffLoss
+from models.eqar.flow_head import DiffLoss
 from models.layers import attention
 
 ROPE_BASE = 10000.0

@@ -1,5 +1,5 @@
-"""Family `eqar`: the equivariant column AR generator (network in models/eqar.py, sampler in samplers/column_ar.py
-stepping the model functions of models/eqar_condition.py).
+"""Family `eqar`: the equivariant column AR generator (network in models/eqar/model.py, sampler in samplers/column_ar.py
+stepping the model functions of models/eqar/condition.py).
 
 Training data, as the release makes it: images -> column tokenizer `sample()` (posterior mean plus per-image noise)
 -> x vae_norm, encoded on the fly inside `loss` with the tokenizer of `cfg.tokenizer` (data.kind imagefolder |
@@ -28,10 +28,10 @@ from torch import nn
 from core import dist
 from core.released import read_released
 from datasets.sampling import drawing_row_batches
-from models import eqar
-from models.eqar_checks import check_config, check_model_kwargs, check_switch, check_value
+from models.eqar import model as eqar
+from models.eqar.checks import check_config, check_model_kwargs, check_switch, check_value
 from models.family import Family
-from models.eqar_condition import sample as column_ar_sample
+from models.eqar.condition import sample as column_ar_sample
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream
 from samplers.rng import one_process, sample_rng
 

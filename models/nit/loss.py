@@ -15,7 +15,7 @@ REPA targets: `batch['repa_target']` Float[N, z_dim] (precomputed, in the pack's
 `repa_encoder(batch)` under no_grad, returning Float[N, z_dim] or a list of per-image grids (z_dim, h, w) matching
 hw_list (packed here row-major). Any frozen feature extractor fits (RADIO-v2.5 in the paper, at 16× the latent
 grid so one patch = one token); `repa_image_encoder(encoder)` turns an image encoder into such a callable, and
-models.repa_encoders builds the encoder from a local RADIO checkpoint, an exported file or a Python factory.
+models.nit.repa_encoders builds the encoder from a local RADIO checkpoint, an exported file or a Python factory.
 """
 from __future__ import annotations
 

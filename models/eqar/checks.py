@@ -1,4 +1,4 @@
-"""Value checks of family `eqar` (models/eqar_family.py) that read no weights, run before anything large loads.
+"""Value checks of family `eqar` (models/eqar/family.py) that read no weights, run before anything large loads.
 
 Its official flags arrive as config keys the engine cannot range-check (model.* are constructor arguments, the
 schedule keys default to null): a value out of range either failed late with a message naming no flag or, worse,

@@ -12,7 +12,7 @@ Interface (the sampler's and the loss's model_fn contract):
   (`pack_latents` / `unpack`). t in [0, 1], 1 = pure noise, fed unscaled to the sinusoidal embedding. y = 1000
   (`num_classes`) is the null class of classifier-free guidance; the network never drops labels itself.
 
-Attention is block-diagonal (models.varlen_attention): an image in a pack gets the same output as alone.
+Attention is block-diagonal (models.nit.varlen_attention): an image in a pack gets the same output as alone.
 
 RoPE positions (axial 2-D RoPE on q and k after their LayerNorm; first half of head_dim rotated by position a,
 second half by position b):
@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.layers import Mlp, timestep_embedding
-from models.varlen_attention import SWITCH as VARLEN_SWITCH, Segments, varlen_attention
+from models.nit.varlen_attention import SWITCH as VARLEN_SWITCH, Segments, varlen_attention
 
 ROPE_POSITIONS = ("official", "rowcol")
 
@@ -217,9 +217,9 @@ class NiT(nn.Module):
     num_classes: real classes (the embedding has num_classes + 1 rows; the last is the null class).
     encoder_depth: the REPA projector reads the hidden state after this many blocks (1-based); z_dim = 0 builds no
       projector (inference-only models; the released weights include it).
-    class_dropout_prob: kept for the official config; the trainer (models.nit_loss) applies it.
+    class_dropout_prob: kept for the official config; the trainer (models.nit.loss) applies it.
     rope_positions: 'official' | 'rowcol' (module docstring). attn_backend: None follows
-      models.varlen_attention's process-wide switch, or one of its backend names.
+      models.nit.varlen_attention's process-wide switch, or one of its backend names.
     """
 
     def __init__(self, input_size: int = 32, patch_size: int = 1, in_channels: int = 32, hidden_size: int = 1152,

@@ -1,4 +1,4 @@
-"""Value checks of family `eqtok` (models/eqtok.py) that read no weights, run before anything large loads: the crop
+"""Value checks of family `eqtok` (models/eqtok/) that read no weights, run before anything large loads: the crop
 the tokenizer can take, the loss weights' ranges, and the weight files the run will read (LPIPS, DINO, DINOv2)."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _number(key: str, v, integer: bool = False) -> None:
 
 
 def check_config(cfg, mode: str) -> None:
-    from models.eqtok_lr import schedule_of
+    from models.eqtok.lr import schedule_of
     from tokenizer.column_ckpt import autoencoder_config
     ae = autoencoder_config(OmegaConf.to_container(cfg.model, resolve=True))
     _check_images(cfg, ae)
@@ -35,10 +35,10 @@ def check_config(cfg, mode: str) -> None:
     if teacher not in ("none", "dinov2") and ":" not in teacher:
         raise ValueError(f"loss.semantic_teacher must be none, dinov2 or package.module:factory, got {teacher!r}")
     if float(L.semantic_weight) > 0 and teacher == "dinov2":
-        from tokenizer.vit import DINOV2_URL, require_file
+        from models.eqtok.vit import DINOV2_URL, require_file
         require_file(L.dinov2_path, "DINOv2 ViT-B/14 (loss.dinov2_path)", DINOV2_URL)
     if str(cfg.model.get("discriminator", "conv")) == "dino":
-        from tokenizer.vit import DINO_URL, require_file
+        from models.eqtok.vit import DINO_URL, require_file
         require_file(cfg.model.get("dino_path"), "DINO ViT-S/16 (model.dino_path)", DINO_URL)
     schedule_of(cfg)  # train.ae_lr_schedule and its numbers
 
@@ -87,5 +87,5 @@ def _check_perceptual(L) -> None:
     if kind == "lpips" and float(L.perceptual_weight) > 0 and L.lpips_path is not None:
         if not os.path.isfile(str(L.lpips_path)):
             raise FileNotFoundError(f"LPIPS-VGG weights not found: {L.lpips_path} (loss.lpips_path; one file with the "
-                                    f"VGG-16 features and the LPIPS lin layers, see tokenizer/lpips.py); set "
+                                    f"VGG-16 features and the LPIPS lin layers, see models/eqtok/lpips.py); set "
                                     f"loss.lpips_path=null or loss.perceptual=none to train without LPIPS")
