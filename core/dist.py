@@ -108,7 +108,7 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 _ATTEMPT = f"project_error/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 _ERR_LINE, _ERR_COUNT, _ERR_ACKS = f"{_ATTEMPT}/line", f"{_ATTEMPT}/count", f"{_ATTEMPT}/acks"
 _WATCH = {"store": None, "world": 1, "handler": None, "done": False, "peer": False, "lock": threading.Lock(),
-          "thread": None}
+          "thread": None, "stop": threading.Event()}
 
 
 def on_peer_error(handler) -> None:
@@ -127,8 +127,7 @@ def _claim() -> bool:
 
 def _watch(interval_s: float = 0.5) -> None:
     store = _WATCH["store"]
-    while not _WATCH["done"]:
-        time.sleep(interval_s)
+    while not _WATCH["stop"].wait(interval_s) and not _WATCH["done"]:
         try:
             if not store.check([_ERR_LINE]):
                 continue
@@ -178,6 +177,7 @@ def _start_watch() -> None:
     except Exception:  # a backend without a store: errors stay per process
         return
     if _WATCH["world"] > 1 and _WATCH["thread"] is None:
+        _WATCH["stop"].clear()
         _WATCH["thread"] = threading.Thread(target=_watch, name="peer-error-watch", daemon=True)
         _WATCH["thread"].start()
 
@@ -215,5 +215,12 @@ def await_peers(timeout_s: float = 10.0) -> None:
 
 
 def stop_watch() -> None:
-    """The run ends normally: the watch thread stops."""
+    """The run ends normally: the watch thread stops, and is joined before the process group and its store go away
+    (a thread left inside a store call at exit aborts the process: "terminate called without an active exception",
+    exit -6, after a run that finished)."""
     _WATCH["done"] = True
+    _WATCH["stop"].set()
+    thread = _WATCH["thread"]
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=10.0)
+    _WATCH["thread"] = None

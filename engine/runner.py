@@ -108,6 +108,13 @@ def _check_writable(out: Path) -> None:
 def run(cfg, mode: str, on_error=None) -> int:
     """0 on success, 2 after a one-line error, 130 after Ctrl-C. on_error(line): called with the printed line by
     the one process that repeats it after torchrun's summary (rank 0, or the first rank that met the error)."""
+    try:
+        return _run(cfg, mode, on_error)
+    finally:  # however the run ended: no watch thread may be left inside a store call when the process exits
+        dist.stop_watch()
+
+
+def _run(cfg, mode: str, on_error=None) -> int:
     from models import get_family
     try:
         fam = get_family(cfg.family)
