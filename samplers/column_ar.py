@@ -159,5 +159,43 @@ def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, t
     return out
 
 
-__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "euler_flow", "guided_velocity", "cfg_scale_at",
-           "SCHEDULES"]
+@torch.no_grad()
+def extend(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+           generators: Sequence[torch.Generator], settings: ColumnARSettings, *, prefix: torch.Tensor,
+           kept: torch.Tensor, num_tokens: int, device="cpu") -> torch.Tensor:
+    """Continue given columns to the right: `sample` where row r's first kept[r] tokens are prefix[r, :kept[r]]
+    (prefix (rows, >= max kept, channels) in the sampler's space), fed to `condition` as if sampled (teacher-forced
+    into its KV cache), the rest sampled as `sample` samples them. Latents Float32 (rows, num_tokens, channels), the
+    kept tokens being the prefix's values.
+
+    Randomness as `sample`: row r draws one N(0, I) vector per token from generators[r], kept tokens included, so a
+    sampled token gets the very noise it gets from `sample` (nothing kept = `sample`, bit for bit) and the cfg
+    schedule is the one of a num_tokens run. Tokens that every row keeps skip the flow head."""
+    rows, channels = int(prefix.shape[0]), int(prefix.shape[-1])
+    check_generators(generators, rows)
+    kept = torch.as_tensor(kept, device=device).long()
+    if kept.shape != (rows,) or int(kept.min()) < 0 or int(kept.max()) > min(num_tokens, prefix.shape[1]):
+        raise ValueError(f"kept must hold one count per row in [0, {min(num_tokens, prefix.shape[1])}], got "
+                         f"{kept.tolist()}")
+    prefix = prefix.to(device)
+    guided = settings.cfg != 1.0
+    out = torch.zeros(rows, num_tokens, channels, device=device)
+    z = condition(0, None)
+    for i in range(num_tokens):
+        scale = cfg_scale_at(i, num_tokens, settings.cfg, settings.cfg_schedule) if guided else None
+        noise = _normal_rows(generators, channels, device)
+        forced = kept > i
+        if bool(forced.all()):
+            token = prefix[:, i].to(out.dtype)
+        else:
+            token = euler_flow(head, z, noise, settings.num_steps, scale)
+            if bool(forced.any()):
+                token = torch.where(forced[:, None], prefix[:, min(i, prefix.shape[1] - 1)].to(token.dtype), token)
+        out[:, i] = token
+        if i + 1 < num_tokens:
+            z = condition(i + 1, token)
+    return out
+
+
+__all__ = ["ColumnARSettings", "OfficialColumnStream", "sample", "extend", "euler_flow", "guided_velocity",
+           "cfg_scale_at", "SCHEDULES"]

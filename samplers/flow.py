@@ -18,6 +18,14 @@ Randomness (`packed_noise`, `sample_nit`): image i draws its initial noise and e
 generators[i] only (float32 normals on the CPU, then moved), so image i depends on (its generator, its label, its
 size) and not on the batch it shares or the number of processes. Both may instead be given explicitly (`noise`,
 `step_noise`), e.g. to replay a trajectory or the official script's random stream (samplers.official_stream_nit).
+
+Editing (`known`, a `KnownRegion`: inpainting, outpainting): before every velocity call (Heun's corrector included)
+the kept part of the state is replaced by the kept latents x0 noised to that call's t with the training interpolant,
+(1 − t)·x0 + t·ξ, and the result holds x0 exactly there. ξ draws nothing new, so the free part sees the very random
+numbers of plain sampling (nothing kept = sampling, bit for bit) and a row stays a function of its generator: ξ is
+the initial noise at the kept positions (ODE: at every step, the straight path from that noise to x0), and for the
+SDE from step i >= 1 on, step i − 1's noise ε_{i−1} at those positions, which the free part never reads (the kept
+part of the state it moved is replaced before it is read).
 """
 from __future__ import annotations
 
@@ -48,22 +56,51 @@ def in_interval(t: float, guidance_low: float = 0.0, guidance_high: float = 1.0)
     return float(guidance_low) <= float(t) <= float(guidance_high)
 
 
+class KnownRegion:
+    """The kept part of a packed state for editing (module doc): x0 Float (N, C, p, p) the kept latents (any value
+    where not kept), mask Bool (N, 1, p, p) or (N, C, p, p) True where kept, noise the packed initial noise."""
+
+    def __init__(self, x0: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor):
+        if mask.dim() != 4 or mask.shape[0] != x0.shape[0] or tuple(mask.shape[2:]) != tuple(x0.shape[2:]):
+            raise ValueError(f"the kept mask has shape {list(mask.shape)}, the kept latents {list(x0.shape)}")
+        self.x0 = x0.to(device=noise.device, dtype=torch.float64)
+        self.mask = mask.to(device=noise.device, dtype=torch.bool)
+        self.xi = noise.to(torch.float64)
+
+    def at(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """x with the kept part replaced by (1 − t)·x0 + t·ξ."""
+        return torch.where(self.mask, (1 - t) * self.x0 + t * self.xi, x)
+
+    def renoise(self, eps: torch.Tensor) -> None:
+        """The SDE's step noise becomes ξ of the next step."""
+        self.xi = eps.to(device=self.x0.device, dtype=torch.float64)
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, self.x0, x)
+
+
+def _keep(known: KnownRegion | None, x: torch.Tensor, t: float) -> torch.Tensor:
+    return x if known is None else known.at(x, t)
+
+
 def sample_ode(velocity: VelocityFn, noise: torch.Tensor, steps: int = 50, heun: bool = False,
-               guidance_low: float = 0.0, guidance_high: float = 1.0) -> torch.Tensor:
-    """Packed noise (N, C, p, p) at t = 1 -> Float64 (N, C, p, p) at t = 0."""
+               guidance_low: float = 0.0, guidance_high: float = 1.0,
+               known: KnownRegion | None = None) -> torch.Tensor:
+    """Packed noise (N, C, p, p) at t = 1 -> Float64 (N, C, p, p) at t = 0; `known`: editing (module doc)."""
     if int(steps) < 1:
         raise ValueError(f"need steps >= 1, got {steps}")
     grid = ode_grid(steps).tolist()
     x = noise.to(torch.float64)
     for i, (t_cur, t_next) in enumerate(zip(grid[:-1], grid[1:])):
         guided = in_interval(t_cur, guidance_low, guidance_high)
+        x = _keep(known, x, t_cur)
         d_cur = velocity(x, t_cur, guided)
         x_next = x + (t_next - t_cur) * d_cur
         if heun and i < steps - 1:
-            d_prime = velocity(x_next, t_next, guided)
+            d_prime = velocity(_keep(known, x_next, t_next), t_next, guided)
             x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
         x = x_next
-    return x
+    return x if known is None else known.final(x)
 
 
 def packed_noise(generators: Sequence[torch.Generator], hw_list, channels: int, patch_size: int = 1,
@@ -81,11 +118,12 @@ StepNoise = Union[Sequence[torch.Tensor], Callable[[int, torch.Tensor], torch.Te
 
 
 def sample_sde(velocity: VelocityFn, noise: torch.Tensor, steps: int, step_noise: StepNoise,
-               guidance_low: float = 0.0, guidance_high: float = 1.0) -> torch.Tensor:
+               guidance_low: float = 0.0, guidance_high: float = 1.0,
+               known: KnownRegion | None = None) -> torch.Tensor:
     """Euler–Maruyama from packed noise at t = 1 to Float64 samples at t = 0. Needs steps >= 2 (the grid ends with
     the deterministic 0.04 -> 0 step), so there are steps − 1 step noises ε_0 .. ε_{steps−2}, each (N, C, p, p):
     `step_noise` a sequence of steps − 1 tensors, or a function (i, x) -> ε_i called at step i before its velocity
-    call, x the float64 state."""
+    call, x the float64 state. `known`: editing (module doc)."""
     if int(steps) < 2:
         raise ValueError(f"the SDE sampler needs steps >= 2, got {steps}")
     if step_noise is None:
@@ -109,9 +147,14 @@ def sample_sde(velocity: VelocityFn, noise: torch.Tensor, steps: int, step_noise
     for i, (t_cur, t_next) in enumerate(zip(grid[:-2], grid[1:-1])):
         dt = t_next - t_cur
         eps = step_noise(i, x).to(device=x.device, dtype=torch.float64)
+        x = _keep(known, x, t_cur)
         x = x + drift(x, t_cur) * dt + (2 * t_cur) ** 0.5 * abs(dt) ** 0.5 * eps
+        if known is not None:
+            known.renoise(eps)
     t_cur, t_next = grid[-2], grid[-1]
-    return x + (t_next - t_cur) * drift(x, t_cur)
+    x = _keep(known, x, t_cur)
+    x = x + (t_next - t_cur) * drift(x, t_cur)
+    return x if known is None else known.final(x)
 
 
 def latent_size(height: int, width: int, downsample: int = 32, patch_size: int = 1) -> tuple[int, int]:
@@ -126,12 +169,16 @@ def latent_size(height: int, width: int, downsample: int = 32, patch_size: int =
 def sample_nit(velocity: VelocityFn, generators: Sequence[torch.Generator] | None, *, grids, channels: int,
                patch_size: int = 1, mode: str = "ode", steps: int = 50, guidance_low: float = 0.0,
                guidance_high: float = 1.0, heun: bool = False, device=None, noise: torch.Tensor | None = None,
-               step_noise: StepNoise | None = None, noise_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+               step_noise: StepNoise | None = None, noise_dtype: torch.dtype | None = None,
+               known: Sequence[torch.Tensor] | None = None,
+               keep: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Images of latent token grids `grids` (one (h, w) per row, packed into ONE sequence per velocity call) ->
     a list of per-row latents Float32 (C, h·p, w·p). `velocity` is the packed model function of those rows.
     Explicit randomness: `noise` the packed initial noise (N, C, p, p), `step_noise` the SDE's (sample_sde); what
     is given is not drawn from `generators` (None when both are given). `noise_dtype` rounds a drawn initial noise
-    (the official script draws in the model dtype)."""
+    (the official script draws in the model dtype).
+    Editing: `known` one latent (C, h·p, w·p) per row and `keep` one Bool (h·p, w·p) per row (True = kept exactly,
+    the rest sampled; module doc); both or neither."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     grids = [(int(h), int(w)) for h, w in grids]
@@ -146,6 +193,11 @@ def sample_nit(velocity: VelocityFn, generators: Sequence[torch.Generator] | Non
         raise ValueError(f"noise has shape {list(noise.shape)}; the pack needs "
                          f"{[sum(_lengths(grids)), channels, p, p]}")
     interval = dict(guidance_low=guidance_low, guidance_high=guidance_high)
+    if (known is None) != (keep is None):
+        raise ValueError("editing needs both the known latents and the keep mask")
+    if known is not None:
+        interval["known"] = KnownRegion(pack_rows(known, grids, channels, p),
+                                        pack_rows([k[None] for k in keep], grids, 1, p), noise)
     if mode == "ode":
         out = sample_ode(velocity, noise, steps, heun=heun, **interval)
     else:
@@ -159,6 +211,19 @@ def sample_nit(velocity: VelocityFn, generators: Sequence[torch.Generator] | Non
         rows.append(seg.permute(2, 0, 3, 1, 4).reshape(channels, h * p, w * p))
         start += h * w
     return rows
+
+
+def pack_rows(rows: Sequence[torch.Tensor], grids, channels: int, patch_size: int = 1) -> torch.Tensor:
+    """Per-row latents (channels, h·p, w·p) -> the packed (N, channels, p, p) of `sample_nit` (the inverse of its
+    unpacking: tokens row-major, one p x p patch each)."""
+    if len(rows) != len(grids):
+        raise ValueError(f"need one latent per row: {len(rows)} for {len(grids)} rows")
+    p, out = int(patch_size), []
+    for r, (x, (h, w)) in enumerate(zip(rows, grids)):
+        if tuple(x.shape) != (channels, h * p, w * p):
+            raise ValueError(f"row {r}: latent of shape {list(x.shape)}, its grid needs {[channels, h * p, w * p]}")
+        out.append(x.reshape(channels, h, p, w, p).permute(1, 3, 0, 2, 4).reshape(h * w, channels, p, p))
+    return torch.cat(out)
 
 
 # the README's settings for NiT-XL-1000K, by image (height, width); the paper's "432" rows were generated at 416

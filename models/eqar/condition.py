@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from samplers.column_ar import ColumnARSettings, OfficialColumnStream, sample as column_ar_sample
+from samplers.column_ar import ColumnARSettings, OfficialColumnStream, extend as column_ar_extend
+from samplers.column_ar import sample as column_ar_sample
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -97,3 +98,17 @@ def sample(model: nn.Module, labels: torch.Tensor, generators, settings: ColumnA
     condition = EqarCondition(model, labels, settings.cfg != 1.0, settings.use_cache, num_tokens)
     return column_ar_sample(condition, net.diffloss.net, generators, settings, rows=labels.shape[0],
                             channels=net.token_embed_dim, num_tokens=num_tokens, device=labels.device, stream=stream)
+
+
+@torch.no_grad()
+def extend(model: nn.Module, labels: torch.Tensor, generators, settings: ColumnARSettings, prefix: torch.Tensor,
+           kept: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Latents (B, num_tokens, C) whose row r starts with prefix[r, :kept[r]] (the model's normalised space, as
+    `sample` returns), the rest sampled (samplers.column_ar.extend)."""
+    settings.check()
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be Long[B], got shape {list(labels.shape)}")
+    net = _unwrap(model)
+    condition = EqarCondition(model, labels, settings.cfg != 1.0, settings.use_cache, num_tokens)
+    return column_ar_extend(condition, net.diffloss.net, generators, settings, prefix=prefix, kept=kept,
+                            num_tokens=num_tokens, device=labels.device)

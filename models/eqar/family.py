@@ -286,6 +286,7 @@ class EqarSampling:
     column_width: int
     vae_norm: float
     stream: OfficialColumnStream | None = None
+    hflip: bool = False  # data.hflip: the generator saw mirrored images in training (edit: extending to the left)
 
     @property
     def sequential(self) -> bool:
@@ -312,7 +313,8 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
         one_process(dist.world_size(), "the release seeds rank r with seed + r")
         stream = OfficialColumnStream(int(cfg.seed), int(cfg.eval.batch_size), int(cfg.eval.n),
                                       int(getattr(model, "module", model).class_num))
-    return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm), stream)
+    return EqarSampling(settings, n, int(cfg.data.column_width), float(cfg.tokenizer.vae_norm), stream,
+                        check_switch("data.hflip", cfg.data.hflip))
 
 
 def eqar_sample(model: nn.Module, labels: torch.Tensor, generators, settings: EqarSampling, size=None):
@@ -329,6 +331,89 @@ def eqar_sample(model: nn.Module, labels: torch.Tensor, generators, settings: Eq
         labels = stream.labels(labels.shape[0], labels.device)
     out = column_ar_sample(model, labels, generators, settings.sampler, num_tokens=n, stream=stream)
     return (out / settings.vae_norm, labels) if stream is not None else out / settings.vae_norm
+
+
+def _kept_run(row: torch.Tensor) -> tuple[str, int]:
+    """A row of keep (L,) -> ('right', k) when it is True on the first k columns only, ('left', k) when on the last
+    k only, ('', 0) otherwise; all True counts as ('right', L)."""
+    n, k = row.shape[0], int(row.sum())
+    if bool(row[:k].all()):
+        return "right", k
+    if bool(row[n - k:].all()):
+        return "left", k
+    return "", 0
+
+
+@torch.no_grad()
+def _mirror(tokenizer, latents: torch.Tensor) -> torch.Tensor:
+    """Unscaled column latents (B, L, C) -> those of the horizontally flipped images (decode, flip, encode)."""
+    images = tokenizer.decode(latents.to(tokenizer.device)).flip(-1)
+    return tokenizer.encode(images).to(device=latents.device, dtype=latents.dtype)
+
+
+@torch.no_grad()
+def eqar_edit(model: nn.Module, known: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, generators,
+              settings: EqarSampling, size=None, tokenizer=None) -> torch.Tensor:
+    """Extend given images to the right (or, mirrored, to the left) by sampling further columns.
+
+    `known`: unscaled column latents (B, L, C), the layout `sample` returns (the column tokenizer's `encode` of
+    the images: one C-vector per column_width pixels of width, left to right), L = the output canvas's tokens
+    (any values where not kept). `keep`: Bool (B, L), per row either True on a PREFIX of columns (the first k:
+    the image sits on the left of the canvas and is extended to the right) or True on a SUFFIX (the last k: the
+    image sits on the right and is extended to the left); any other pattern is a ValueError. `size` (H, W): W /
+    column_width must be L (None: L). Returns unscaled latents (B, L, C) with known's values exactly where kept.
+
+    Right: the kept columns, x vae_norm, are fed to the model as if it had sampled them (teacher-forced into its KV
+    cache) and the rest is sampled as `sample` does (samplers.column_ar.extend): nothing kept = `sample` with the
+    same generators, bit for bit; row r is a function of generators[r]; L may be many times the training width
+    (positions continue, the cache keeps its window).
+    Left: the mirrored procedure, valid only for a model trained on mirrored images (settings.hflip = data.hflip,
+    as the release trains): the image is decoded, flipped, encoded, extended to the right, and the result decoded,
+    flipped back and encoded. The column tokenizer is not mirror-symmetric in latent space, so this needs
+    `tokenizer` (the column tokenizer that made `known`), and the kept image must have >= 2 columns."""
+    from models.eqar.condition import extend
+    if settings.stream is not None:
+        raise ValueError("editing draws each row's noise from its own generator: sample.rng must be per_row, not "
+                         "official")
+    if not torch.is_tensor(known) or known.dim() != 3:
+        raise ValueError(f"known must be column latents (B, L, C), got {getattr(known, 'shape', type(known))}")
+    b, n, c = known.shape
+    if not torch.is_tensor(keep) or keep.dtype != torch.bool or tuple(keep.shape) != (b, n):
+        raise ValueError(f"keep must be Bool (B, L) = {[b, n]} (known's shape without channels), got "
+                         f"{getattr(keep, 'dtype', type(keep))} {list(getattr(keep, 'shape', []))}")
+    if labels.shape != (b,):
+        raise ValueError(f"need one label per row: labels {list(labels.shape)} for {b} rows")
+    if size is not None and int(size[1]) != n * settings.column_width:
+        raise ValueError(f"size {tuple(size)} disagrees with known's {n} columns of {settings.column_width} pixels "
+                         f"({n * settings.column_width} wide)")
+    runs = [_kept_run(row) for row in keep.cpu()]
+    for r, (side, _) in enumerate(runs):
+        if not side:
+            raise ValueError(f"keep row {r} is not a run of columns at one end: the column AR extends an image to "
+                             f"the right (keep True on the first k columns) or to the left (True on the last k)")
+    if bool(keep.all()):
+        return known.clone()
+    left = [r for r, (side, k) in enumerate(runs) if side == "left" and k < n]
+    if left:
+        if not settings.hflip:
+            raise ValueError(f"keep row {left[0]} extends to the left, the mirror of extending to the right, but the "
+                             f"model was not trained with horizontal flips (data.hflip=false)")
+        if tokenizer is None:
+            raise ValueError("extending to the left mirrors the image, which needs the column tokenizer: pass "
+                             "tokenizer=")
+        if any(runs[r][1] < 2 for r in left):
+            raise ValueError("extending to the left re-encodes the kept image: it needs >= 2 columns")
+    device = labels.device
+    kept = torch.tensor([k for _, k in runs], device=device)
+    prefix = known.to(device=device, dtype=torch.float32).clone()
+    for r in left:
+        k = runs[r][1]
+        prefix[r, :k] = _mirror(tokenizer, prefix[r:r + 1, n - k:])[0]
+    out = extend(model, labels, generators, settings.sampler, prefix * settings.vae_norm, kept, n)
+    out = out / settings.vae_norm
+    for r in left:
+        out[r:r + 1] = _mirror(tokenizer, out[r:r + 1])
+    return torch.where(keep.to(device)[..., None], known.to(device=device, dtype=out.dtype), out)
 
 
 def eqar_param_groups(model, cfg):
@@ -405,6 +490,7 @@ FAMILY = Family(
     config="configs/family/eqar.yaml",
     official_flags=OFFICIAL_FLAGS,
     sample=eqar_sample,
+    edit=eqar_edit,
     sample_settings=eqar_sample_settings,
     num_classes=lambda model, cfg: int(getattr(model, "module", model).class_num),
     param_groups=eqar_param_groups,

@@ -349,6 +349,55 @@ def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: 
     return sample_latents(model, labels, generators, settings, size)
 
 
+@torch.no_grad()
+def family_edit(model: nn.Module, known, keep, labels: torch.Tensor, generators, settings: NiTSampling, size=None):
+    """Inpainting / outpainting: `sample` where part of the latents is given (samplers.flow, editing).
+
+    `known`: scaled latents Float (B, C, h, w) of one canvas, the layout `sample` returns for one size: the
+    tokenizer's scaled encoding (DC-AE: encode x 0.41407) of the input images placed on the output canvas, h = H /
+    downsample, w = W / downsample (any values where not kept). `keep`: Bool (B, h, w), True = keep known there
+    exactly, False = sample. Outpainting is a canvas larger than the image: e.g. a 256x256 image on a 256x512 canvas
+    is known (B, 32, 8, 16) (DC-AE f32), keep True on [:, :, :8] for the image on the left. `size` (H, W): the canvas
+    in pixels, None = known's (h·downsample, w·downsample); a given size must agree with known. Several canvas sizes
+    in one batch: `known` a list of (C, h, w) per row, `keep` a list of (h, w), `size` a list of one (H, W) per row
+    (or None), and a list of per-row latents comes back.
+
+    Returns the scaled latents of `sample`: row i from generators[i] alone; nothing kept = `sample` with the same
+    generators, bit for bit; everything kept = known itself."""
+    from models.nit.sampling import sample_latents
+    if settings.stream is not None:
+        raise ValueError("editing draws each row's noise from its own generator: sample.rng must be per_row, not "
+                         "official")
+    net = _net(model)
+    per_row = not torch.is_tensor(known)
+    rows_known = list(known) if per_row else list(known.unbind(0)) if known.dim() == 4 else None
+    if rows_known is None:
+        raise ValueError(f"known must be latents (B, C, h, w) or a list of (C, h, w), got shape {list(known.shape)}")
+    rows_keep = list(keep) if not torch.is_tensor(keep) else list(keep.unbind(0)) if keep.dim() == 3 else None
+    if rows_keep is None or len(rows_keep) != len(rows_known) or len(rows_known) != labels.shape[0]:
+        raise ValueError(f"need one known latent, one keep mask (h, w) and one label per row: {len(rows_known)} "
+                         f"latents, {'?' if rows_keep is None else len(rows_keep)} masks, {labels.shape[0]} labels")
+    sizes = []
+    for i, (x, k) in enumerate(zip(rows_known, rows_keep)):
+        if x.dim() != 3 or x.shape[0] != net.in_channels:
+            raise ValueError(f"known row {i} has shape {list(x.shape)}; expected ({net.in_channels}, h, w)")
+        if k.dtype != torch.bool or tuple(k.shape) != tuple(x.shape[1:]):
+            raise ValueError(f"keep row {i} must be Bool {list(x.shape[1:])} (known's grid), got {k.dtype} "
+                             f"{list(k.shape)}")
+        sizes.append((int(x.shape[1]) * settings.downsample, int(x.shape[2]) * settings.downsample))
+    if size is not None:
+        want = [parse_size(v, "size") for v in size] if per_row else [(int(size[0]), int(size[1]))] * len(sizes)
+        if want != sizes:
+            raise ValueError(f"size {size} disagrees with the known latents, which cover {sizes} pixels "
+                             f"(downsample {settings.downsample})")
+    if all(bool(k.all()) for k in rows_keep):
+        return [x.clone() for x in rows_known] if per_row else known.clone()
+    device = next(net.parameters()).device
+    out = sample_latents(model, labels, generators, settings, sizes if per_row else sizes[0],
+                         known=[x.to(device) for x in rows_known], keep=[k.to(device) for k in rows_keep])
+    return out
+
+
 def num_classes(model: nn.Module, cfg) -> int:
     return int(_net(model).num_classes)
 
@@ -429,6 +478,7 @@ FAMILY = Family(
     to_device=to_device,
     batch_rows=batch_rows,
     sample=family_sample,
+    edit=family_edit,
     sample_settings=sample_settings,
     sample_sizes=sample_sizes,
     num_classes=num_classes,

@@ -48,11 +48,12 @@ def _is_pair(size) -> bool:
 
 @torch.no_grad()
 def sample_latents(model, labels: torch.Tensor, generators, settings, size, noise: torch.Tensor | None = None,
-                   step_noise=None, model_dtype: torch.dtype | None = None):
+                   step_noise=None, model_dtype: torch.dtype | None = None, known=None, keep=None):
     """Image size (H, W) in pixels -> scaled latents Float32 (B, C, H/downsample, W/downsample) of the model (a NiT,
     possibly DDP-wrapped); `size` a list of one (H, W) per row: one packed batch, a list of per-row latents back.
     `noise` / `step_noise`: explicit randomness (samplers.flow.sample_nit). The model gets the state in
-    `model_dtype`, default the initial noise's dtype (float32 when drawn)."""
+    `model_dtype`, default the initial noise's dtype (float32 when drawn). `known` / `keep`: editing, one
+    (C, H/downsample, W/downsample) latent and one Bool (H/downsample, W/downsample) per row (samplers.flow)."""
     net = _net(model)
     b, p = labels.shape[0], net.patch_size
     sizes = [tuple(size)] * b if _is_pair(size) else [tuple(s) for s in size]
@@ -66,7 +67,8 @@ def sample_latents(model, labels: torch.Tensor, generators, settings, size, nois
     velocity = NiTVelocity(model, labels, hw_list, settings.cfg_scale, net.null_label, dtype)
     rows = sample_nit(velocity, generators, grids=grids, channels=net.in_channels, patch_size=p, mode=settings.mode,
                       steps=settings.steps, guidance_low=settings.guidance_low, guidance_high=settings.guidance_high,
-                      heun=settings.heun, device=device, noise=noise, step_noise=step_noise, noise_dtype=model_dtype)
+                      heun=settings.heun, device=device, noise=noise, step_noise=step_noise, noise_dtype=model_dtype,
+                      known=known, keep=keep)
     return torch.stack(rows) if _is_pair(size) else rows
 
 
