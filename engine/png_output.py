@@ -33,8 +33,9 @@ def png_folder(cfg, udir: Path, size=None, several: bool = False, weights=None) 
     from models import get_family
     fam = get_family(cfg.family)
     base = Path(str(cfg.eval.png_dir))
-    if fam.sample_folder is not None and cfg.eval.source == "samples":  # the name describes the sampler
-        return base / fam.sample_folder(cfg, size, weights)
+    folder = fam.sampling.sample_folder if fam.sampling is not None else None
+    if folder is not None and cfg.eval.source == "samples":  # the name describes the sampler
+        return base / folder(cfg, size, weights)
     return base / f"{int(size[0])}x{int(size[1])}" if several else base
 
 
