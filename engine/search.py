@@ -1,5 +1,5 @@
 """--mode search: sampler settings optimised against FID (forward finite differences + SGD with momentum), as
-AutoNAT's generation-strategy search does. The family says what is searched (Family.search_space: a vector with a
+AutoNAT's generation-strategy search does. The family says what is searched (Sampling.search_space: a vector with a
 probe step and learning rate per coordinate, its clamps, its file format); this loop knows only vectors.
 
 For AutoNAT (samplers/strategy_search.py) the vector is the 4T−2 strategy scalars. Update k:

@@ -39,7 +39,7 @@ class SearchSpace(Protocol):
     """Sampler settings as a real vector, for the engine's generic "optimise settings against FID" loop.
 
     Coordinates have their own probe step and learning rate; the space clamps points and probes back into its valid
-    set, turns a vector into the settings `Family.sample` takes, and writes a vector in its own file format.
+    set, turns a vector into the settings `Sampling.sample` takes, and writes a vector in its own file format.
     """
     names: list[str]        # one per coordinate (history columns)
     fd_step: np.ndarray     # float64[d]: finite-difference / SPSA probe size per coordinate
@@ -49,7 +49,7 @@ class SearchSpace(Protocol):
     def initial(self) -> tuple[np.ndarray, str]: ...            # starting point and where it came from
     def clamp_point(self, x: np.ndarray) -> np.ndarray: ...     # after an optimiser step
     def clamp_probe(self, x: np.ndarray) -> np.ndarray: ...     # a probed point: still valid settings
-    def settings(self, x: np.ndarray, source: str) -> Any: ...  # what Family.sample takes
+    def settings(self, x: np.ndarray, source: str) -> Any: ...  # what Sampling.sample takes
     def save(self, x: np.ndarray, path) -> None: ...            # atomic write in the space's own format
     def identity(self) -> dict: ...                             # what a resumed search must agree on
 
