@@ -99,7 +99,8 @@ class Plan:
 
 
 def eval_plan(cfg, fam, model) -> Plan:
-    return Plan(eval_sizes(cfg, fam), fam.sampling.settings(cfg, model))
+    settings = fam.sampling.settings(cfg, model)
+    return Plan(eval_sizes(cfg, fam), settings)
 
 
 class ImageSource:
