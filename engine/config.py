@@ -173,10 +173,9 @@ def family_schema(name: str) -> tuple[DictConfig, dict]:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     schema = base
-    if fam.config is not None:
-        p = Path(fam.config)
-        schema = OmegaConf.merge(base, _load_yaml(p if p.is_absolute() else ROOT / p, f"config of family '{name}'"))
-    if fam.search_space is None:  # no --mode search: a search key would be accepted and never read
+    p = Path(fam.config)
+    schema = OmegaConf.merge(base, _load_yaml(p if p.is_absolute() else ROOT / p, f"config of family '{name}'"))
+    if "search" not in fam.modes:  # no --mode search: a search key would be accepted and never read
         del schema["search"]
     return schema, {**OFFICIAL_FLAGS, **fam.official_flags}
 

@@ -6,7 +6,7 @@ so the rank-major gather of features is global index order (IS splits are then w
 Every finished unit is saved under `<output_dir>/eval/<tag>/`, where tag hashes everything that determines the
 images; an interrupted eval re-run with the same settings resumes from the saved units.
 
-One size is a list of one. A family with `Family.sample_sizes` (e.g. NiT's sample.sizes) may ask for several: one
+One size is a list of one. A family with `Sampling.sizes` (e.g. NiT's sample.sizes) may ask for several: one
 process launch and one Inception load serve them all, every unit is generated at ALL sizes in one call of the
 family's sampler (one packed batch of rows of different sizes), and each size's images go to that size's evaluator,
 whose reference statistics come from real images brought to that size (ensure_ref_stats, cached per size). Sample i
@@ -25,7 +25,9 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,10 +90,25 @@ def my_units(n: int, bs: int) -> list[int]:
     return np.array_split(np.arange(units), dist.world_size())[dist.rank()].tolist()
 
 
-class ImageSource:
-    """Produces uint8 images for sample indices: generated samples, reconstructions, or random tokens."""
+@dataclass(frozen=True)
+class Plan:
+    """What an eval of samples works out from the config before anything large loads (runner.preflight, on a model
+    built on the meta device), handed to the eval so that it is worked out once per run."""
+    sizes: list[tuple[int, int]] | None  # eval_sizes
+    settings: Any                        # the family's Sampling.settings
 
-    def __init__(self, cfg, device):
+
+def eval_plan(cfg, fam, model) -> Plan:
+    settings = fam.sampling.settings(cfg, model)
+    return Plan(eval_sizes(cfg, fam), settings)
+
+
+class ImageSource:
+    """Produces uint8 images for sample indices: generated samples, reconstructions, or random tokens. `sizes`: the
+    run's eval_sizes; `settings`: the family's sampling settings when already built (else built on first use: a
+    search passes its own with every call and never needs the config's)."""
+
+    def __init__(self, cfg, device, sizes: list | None, settings=None):
         self.cfg, self.device, self.kind = cfg, device, cfg.eval.source
         if self.kind not in SOURCES:
             raise ValueError(f"eval.source must be one of {SOURCES}, got '{self.kind}'")
@@ -100,15 +117,14 @@ class ImageSource:
         self.decode_batch = int(cfg.eval.decode_batch)
         if self.kind == "samples":
             self.model, self.fam = build_generator(cfg, device)
-            if "eval" not in self.fam.modes:
+            if self.fam.sampling is None:
                 raise ValueError(f"family '{self.fam.name}' has no sampler: eval.source=samples is not available")
             self.weights = weights_path(cfg)  # the file read, not its folder
-            self._settings = None  # from cfg on first use: a search passes its own and never needs the config's
-            sizes = eval_sizes(cfg)
+            self._settings = settings
             self.size = sizes[0] if sizes is not None and len(sizes) == 1 else \
                 tuple(int(v) for v in cfg.eval.size) if cfg.eval.size is not None else None
-            self.num_classes = (self.fam.num_classes(self.model, cfg) if self.fam.num_classes is not None
-                                else int(cfg.data.num_classes))
+            classes = self.fam.sampling.num_classes
+            self.num_classes = classes(self.model, cfg) if classes is not None else int(cfg.data.num_classes)
         else:
             self.test = reference_dataset(cfg) if self.kind == "reconstructions" else None
             self.grid = random_token_grid(cfg) if self.kind == "random_tokens" else None
@@ -117,7 +133,7 @@ class ImageSource:
     @property
     def settings(self):
         if self._settings is None:
-            self._settings = self.fam.settings(self.cfg, self.model)
+            self._settings = self.fam.sampling.settings(self.cfg, self.model)
         return self._settings
 
     @torch.inference_mode()
@@ -162,10 +178,8 @@ class ImageSource:
             out, _ = generate(self.model, self.fam, self.settings, all_labels, indices, seed,
                               size=[s for s, _ in rows], generators=gens)
         result = {}
-        for k, s in enumerate(sizes):
-            part = out[k * len(indices):(k + 1) * len(indices)]
-            img = decode(self.tok, torch.stack(list(part)) if isinstance(part, (list, tuple)) else part,
-                         self.decode_batch)
+        for k, s in enumerate(sizes):  # Sampling.sample returns a list of per-row samples for a list of sizes
+            img = decode(self.tok, torch.stack(out[k * len(indices):(k + 1) * len(indices)]), self.decode_batch)
             result[s] = (to_uint8(img).cpu(), labels.cpu())
         return result
 
@@ -180,15 +194,11 @@ def wants_metrics(cfg) -> bool:
     return bool(list(cfg.eval.metrics))
 
 
-def eval_sizes(cfg) -> list[tuple[int, int]] | None:
-    """The image sizes an eval of generated samples covers (Family.sample_sizes), None for a family of one size."""
-    if cfg.eval.source != "samples":
+def eval_sizes(cfg, fam) -> list[tuple[int, int]] | None:
+    """The image sizes an eval of generated samples covers (Sampling.sizes), None for a family of one size."""
+    if cfg.eval.source != "samples" or fam.sampling is None or fam.sampling.sizes is None:
         return None
-    from models import get_family
-    fam = get_family(cfg.family)
-    if fam.sample_sizes is None:
-        return None
-    return [(int(s[0]), int(s[1])) for s in fam.sample_sizes(cfg)]
+    return [(int(s[0]), int(s[1])) for s in fam.sampling.sizes(cfg)]
 
 
 def random_token_grid(cfg) -> tuple[int, int]:
@@ -196,10 +206,10 @@ def random_token_grid(cfg) -> tuple[int, int]:
     from models import build_model
     with torch.device("meta"):
         model, fam = build_model(cfg)
-    if fam.sample_shape is None:
+    if fam.sampling is None or fam.sampling.shape is None:
         raise ValueError(f"eval.source=random_tokens needs a family that samples discrete tokens; "
                          f"'{fam.name}' does not say its sample shape")
-    return tuple(fam.sample_shape(model))
+    return tuple(fam.sampling.shape(model))
 
 
 def reference_dataset(cfg, size=None):
@@ -275,7 +285,8 @@ def _cache_name(cfg, key: dict, size) -> str:
 def missing_ref_help(cfg) -> str:
     """Where reference statistics come from: the family's README file, or statistics made from real images."""
     from models import get_family
-    hint = get_family(cfg.family).ref_stats_hint
+    sampling = get_family(cfg.family).sampling
+    hint = sampling.ref_stats_hint if sampling is not None else ""
     return ((hint + "; " if hint else "") +
             "or make statistics of real images with `python scripts/make_fid_stats.py --folder <images> --out "
             "<stats>.npz` (or set eval.ref_images=<image folder> or fmnist-test to make and cache them); "
@@ -371,13 +382,16 @@ class Layout:
         return png_output.png_folder(cfg, udir, size, several=self.several, weights=weights)
 
 
-def evaluate(cfg) -> dict:
+def evaluate(cfg, plan: Plan | None = None) -> dict:
+    """`plan`: the preflight's (train.py); None: worked out here, from the generator once it is built."""
     device = dist.init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     setup_logging(str(out))
     if dist.is_main():
         logger.info("config:\n" + to_yaml(cfg))
-    lay = Layout(eval_sizes(cfg))
+    from models import get_family
+    asked = plan.sizes if plan is not None else eval_sizes(cfg, get_family(cfg.family))
+    lay = Layout(asked)
     sizes = lay.sizes
     n, bs = int(cfg.eval.n), int(cfg.eval.batch_size)
     png_n = n if int(cfg.eval.save_png) < 0 else min(n, int(cfg.eval.save_png))
@@ -393,8 +407,8 @@ def evaluate(cfg) -> dict:
         evs = {s: build_evaluator(cfg, device, refs[s], inception=inc, quiet=k > 0) for k, s in enumerate(sizes)}
     elif dist.is_main():
         logger.info("eval.metrics=[]: images only, no FID-Inception loaded")
-    src = ImageSource(cfg, device)
-    sequential = src.kind == "samples" and bool(getattr(src.settings, "sequential", False))
+    src = ImageSource(cfg, device, asked, plan.settings if plan is not None else None)
+    sequential = src.kind == "samples" and src.fam.sampling.replays(src.settings)
     if sequential and lay.several:  # (building the settings also checks them before any image is made)
         raise ValueError("settings that replay one process's random stream cannot sample several sizes in one run")
     if sequential and dist.world_size() > 1:

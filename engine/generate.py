@@ -33,8 +33,8 @@ def weights_path(cfg, source=None, prefer_ema: bool = True) -> str:
                                     f"{key_name('eval.pretrained_path', cfg)} is not set")
     from models import get_family
     fam = get_family(cfg.family)
-    if fam.weights_file is not None:
-        path = fam.weights_file(str(path), prefer_ema)
+    if fam.sampling is not None and fam.sampling.weights_file is not None:
+        path = fam.sampling.weights_file(str(path), prefer_ema)
     if Path(path).is_dir():
         raise FileNotFoundError(f"{path} is a folder; expected a weights file (family '{fam.name}' reads no "
                                 f"checkpoint folders)")
@@ -94,11 +94,14 @@ def build_tokenizer(cfg, device):
 @torch.inference_mode()
 def generate(model, fam, settings, labels: torch.Tensor, indices, seed: int, size=None, generators=None):
     """(samples, labels) of these sample indices, row i from generator (seed, i) (or `generators`, one per row, when
-    given: several sizes of the same indices in one batch); the labels are the given ones unless the family's
-    settings draw their own (a family's `sample` then returns (samples, labels))."""
+    given: several sizes of the same indices in one batch), for the given labels. Settings that replay an official
+    sampler's stream (Sampling.replays) go to Sampling.replay instead, which draws the batch (and maybe its labels)
+    from that stream."""
+    s = fam.sampling
+    if s.replays(settings):
+        return s.replay(model, labels, settings, size=size)
     gens = row_generators(seed, indices) if generators is None else generators
-    out = fam.sample(model, labels, gens, settings, size=size)
-    return out if isinstance(out, tuple) else (out, labels)
+    return s.sample(model, labels, gens, settings, size=size), labels
 
 
 @torch.inference_mode()
@@ -115,7 +118,7 @@ def sample_preview(ema, fam, cfg, device, path) -> None:
     tok = build_tokenizer(cfg, device)
     k, per = int(cfg.sample.grid_classes), int(cfg.sample.grid_per_class)
     labels = torch.arange(k).repeat_interleave(per).to(device)
-    out, _ = generate(ema, fam, fam.settings(cfg, ema), labels, range(len(labels)), int(cfg.seed) + 12345)
+    out, _ = generate(ema, fam, fam.sampling.settings(cfg, ema), labels, range(len(labels)), int(cfg.seed) + 12345)
     save_grid(to_uint8(decode(tok, out, int(cfg.eval.decode_batch))).cpu(), k, path)
 
 
@@ -126,8 +129,8 @@ def write_preview(ema, fam, cfg, device, path) -> None:
         return
     was = ema.training
     ema.eval()
-    if fam.preview is not None:
-        fam.preview(ema, cfg, device, path)
+    if fam.training.preview is not None:
+        fam.training.preview(ema, cfg, device, path)
     else:
         sample_preview(ema, fam, cfg, device, path)
     ema.train(was)

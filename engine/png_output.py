@@ -2,7 +2,7 @@
 
 eval.png_dir null: `<output_dir>/eval/<tag>/png` (the tag hashes the run's settings, so it is the run's own). Set
 (the NiT and equivariant recipes set it to output_dir = --sample-dir / --output_dir): the PNGs go into the family's
-folder inside it, named by the settings as the family's official sampler names it (Family.sample_folder), or into
+folder inside it, named by the settings as the family's official sampler names it (Sampling.sample_folder), or into
 eval.png_dir itself for a family without one. Beside every folder that receives PNGs lies `.<folder>.run.json`, the
 settings its images were made with (beside, not inside: evaluators that read every file of the folder see only
 images); a folder whose PNGs came from other settings (or from elsewhere) is refused before anything is generated:
@@ -33,8 +33,9 @@ def png_folder(cfg, udir: Path, size=None, several: bool = False, weights=None) 
     from models import get_family
     fam = get_family(cfg.family)
     base = Path(str(cfg.eval.png_dir))
-    if fam.sample_folder is not None and cfg.eval.source == "samples":  # the name describes the sampler
-        return base / fam.sample_folder(cfg, size, weights)
+    folder = fam.sampling.sample_folder if fam.sampling is not None else None
+    if folder is not None and cfg.eval.source == "samples":  # the name describes the sampler
+        return base / folder(cfg, size, weights)
     return base / f"{int(size[0])}x{int(size[1])}" if several else base
 
 

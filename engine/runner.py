@@ -20,8 +20,9 @@ def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def preflight(cfg, mode: str, fam) -> None:
-    """Settings that cannot work, found before any weights, data or process group are touched."""
+def preflight(cfg, mode: str, fam):
+    """Settings that cannot work, found before any weights, data or process group are touched. Returns what an eval
+    of samples works out here (engine.evaluate.Plan: its sizes and sampling settings), else None."""
     import torch
     dev = str(cfg.device)
     if dev.startswith("cuda") and not torch.cuda.is_available():
@@ -41,14 +42,18 @@ def preflight(cfg, mode: str, fam) -> None:
                           f"by {world} process(es) x train.grad_accum {accum}")
     if fam.check_config is not None:
         fam.check_config(cfg, mode)
+    plan = None
     from models import build_model
     with torch.device("meta"):  # flavour and its arguments (e.g. --input_res) checked without memory
         model, _ = build_model(cfg, fam)
         if mode == "eval" and cfg.eval.source == "samples":
-            fam.settings(cfg, model)  # sampling settings (strategy files, knobs a strategy would ignore)
-        elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.sample is not None and \
-                fam.preview is None:
-            fam.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
+            from engine.evaluate import eval_plan  # sizes and sampling settings, worked out once for the run
+            plan = eval_plan(cfg, fam, model)
+        elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.training.preview is None:
+            if fam.sampling is None:
+                raise ConfigError(f"{key_name('train.sample_every', cfg)} {cfg.train.sample_every}: family "
+                                  f"'{fam.name}' has neither a preview nor a sampler to make one; set it to 0")
+            fam.sampling.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
     if mode == "eval":
         n, name = int(cfg.eval.n), key_name("eval.n", cfg)
         if n < world:
@@ -70,6 +75,7 @@ def preflight(cfg, mode: str, fam) -> None:
             from engine.generate import weights_path
             weights_path(cfg, cfg.train.init_from, prefer_ema=bool(cfg.eval.use_ema))
     _check_writable(Path(cfg.output_dir))
+    return plan
 
 
 def _declared(fn, *args):
@@ -121,7 +127,7 @@ def _run(cfg, mode: str, on_error=None) -> int:
         if mode not in fam.modes:
             raise ConfigError(f"--mode {mode} is not supported for family '{fam.name}' (it supports: "
                               f"{', '.join(fam.modes)})")
-        _declared(preflight, cfg, mode, fam)
+        plan = _declared(preflight, cfg, mode, fam)
     except ERRORS as e:
         _say(f"error: {e}", on_error if _rank0() else None)  # every rank: each one's own log ends in the line
         return 2
@@ -132,7 +138,7 @@ def _run(cfg, mode: str, on_error=None) -> int:
             _declared(pretrain, cfg)
         elif mode == "eval":
             from engine.evaluate import evaluate
-            _declared(evaluate, cfg)
+            _declared(evaluate, cfg, plan)
         else:
             from engine.search import search
             _declared(search, cfg)

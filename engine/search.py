@@ -1,5 +1,5 @@
 """--mode search: sampler settings optimised against FID (forward finite differences + SGD with momentum), as
-AutoNAT's generation-strategy search does. The family says what is searched (Family.search_space: a vector with a
+AutoNAT's generation-strategy search does. The family says what is searched (Sampling.search_space: a vector with a
 probe step and learning rate per coordinate, its clamps, its file format); this loop knows only vectors.
 
 For AutoNAT (samplers/strategy_search.py) the vector is the 4T−2 strategy scalars. Update k:
@@ -154,7 +154,7 @@ class FIDObjective:
         # the settings come from the search; the config's own only have to build (the family's defaults do)
         self.cfg = OmegaConf.merge(cfg, {"eval": {"source": "samples", "precision": cfg.search.precision}})
         ref = ev_mod.ensure_ref_stats(self.cfg, device)
-        self.src = ev_mod.ImageSource(self.cfg, device)
+        self.src = ev_mod.ImageSource(self.cfg, device, ev_mod.eval_sizes(self.cfg, get_family(cfg.family)))
         self.ev = ev_mod.build_evaluator(self.cfg, device, ref)
         self.device, self.n, self.bs = device, n, int(cfg.eval.batch_size)
         self.units = ev_mod.my_units(n, self.bs)
@@ -350,10 +350,10 @@ def search(cfg, objective=None) -> dict:
     setup_logging(str(cfg.output_dir))
     logger.info("config:\n" + to_yaml(cfg))
     fam = get_family(cfg.family)
-    if fam.search_space is None:
+    if "search" not in fam.modes:
         raise ValueError(f"family '{fam.name}' has no search space: --mode search is not available")
     n = search_eval_n(cfg)
-    run = SearchRun(cfg, fam.search_space(cfg), objective, n)
+    run = SearchRun(cfg, fam.sampling.search_space(cfg), objective, n)
     run.start()  # a resume with other settings stops here, before the generator is loaded
     if objective is None:
         run.objective = FIDObjective(cfg, device, n)

@@ -73,7 +73,8 @@ class Trainer:
         self.model, self.fam = build_model(cfg)
         self.model.to(self.device)
         self.ema = make_ema(self.model)
-        groups = self.fam.param_groups(self.model, cfg) if self.fam.param_groups is not None else None
+        tr = self.fam.training
+        groups = tr.param_groups(self.model, cfg) if tr.param_groups is not None else None
         self.opt = build_optimizer(self.model, self.tc, groups)
         self.scaler = grad_scaler(self.device, self.tc.precision)
         self.ds = self.fam.dataset(cfg, "train")
@@ -97,8 +98,7 @@ class Trainer:
         if self.world > 1:
             self.train_model = DDP(self.train_model,
                                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                   find_unused_parameters=bool(self.fam.ddp_find_unused(cfg) if callable(
-                                       self.fam.ddp_find_unused) else self.fam.ddp_find_unused))
+                                   find_unused_parameters=bool(self.fam.training.ddp_find_unused(cfg)))
         self.ctx = TrainContext(cfg=cfg, step=self.start, ema=self.ema)
         self.steps = int(self.tc.steps)
         extra = int(self.tc.max_steps_this_run)
@@ -113,16 +113,17 @@ class Trainer:
         cfg, tc, device = self.cfg, self.tc, self.device
         lr = lr_at(step, tc)
         groups = self.opt.param_groups
-        lrs = self.fam.group_lrs(step, cfg, lr, groups) if self.fam.group_lrs is not None else [lr] * len(groups)
+        tr = self.fam.training
+        lrs = tr.group_lrs(step, cfg, lr, groups) if tr.group_lrs is not None else [lr] * len(groups)
         for g, group_lr in zip(groups, lrs, strict=True):
             g["lr"] = group_lr
         self.ctx.step = step
         micro = self.fam.batches(self.ds, cfg, step, self.rank, self.world)
-        rows = sum(self.fam.batch_rows(b) for b in micro)
+        rows = sum(tr.batch_rows(b) for b in micro)
         logs_sum: dict = {}
         for mi, batch in enumerate(micro):
             torch.manual_seed(step_seed(int(cfg.seed), self.rank, step, mi))
-            batch = self.fam.to_device(batch, device)
+            batch = tr.to_device(batch, device)
             sync = mi == len(micro) - 1 or self.world == 1
             ctxm = self.train_model.no_sync() if (not sync and isinstance(self.train_model, DDP)) else _null()
             with ctxm:
@@ -147,7 +148,7 @@ class Trainer:
         else:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        decay = self.fam.ema_decay(step, cfg) if self.fam.ema_decay is not None else tc.ema_decay
+        decay = tr.ema_decay(step, cfg) if tr.ema_decay is not None else tc.ema_decay
         ema_update(self.ema, self.model, float(decay))
         self.seen += rows * self.world  # images per second, counted on this rank
         return logs_sum, lr

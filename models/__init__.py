@@ -10,7 +10,7 @@ import difflib
 import importlib
 import inspect
 
-from models.family import Family, SearchSpace, TrainContext
+from models.family import Family, Sampling, SearchSpace, Training, TrainContext
 
 FAMILIES = {
     "nat": "models.nat.family",

@@ -80,9 +80,9 @@ def uses_guidance(strategy: Strategy) -> bool:
 @dataclass(frozen=True)
 class TokenSampling:
     """Settings of a mask-predict family's `sample`: the per-step strategy, (ENAT) temporal feature reuse, and the
-    random stream. `stream` (sample.rng: official) replays the official single-process sampler: it carries on from
-    call to call, so the samples depend on the order of the calls (`sequential`: one process, in order, no resume);
-    with `stream_labels` the labels are drawn from it too, as the official AutoNAT eval does."""
+    random stream. `stream` (sample.rng: official) replays the official single-process sampler (Sampling.replay): it
+    carries on from call to call, so the samples depend on the order of the calls (`sequential`: one process, in
+    order, no resume); with `stream_labels` the labels are drawn from it too, as the official AutoNAT eval does."""
     strategy: Strategy
     reuse: bool = False
     stream: object = None
@@ -102,28 +102,52 @@ def sampling_from_config(cfg, family: str, reuse: bool = False, stream_labels: b
     return TokenSampling(strategy_from_config(cfg), reuse=reuse, stream=stream, stream_labels=stream_labels)
 
 
+def replays(settings) -> bool:
+    """Sampling.replays: settings with an official stream (a bare Strategy, from the search, has none)."""
+    return isinstance(settings, TokenSampling) and settings.stream is not None
+
+
 @torch.no_grad()
-def mask_predict_grid(model_fn, model: nn.Module, labels: torch.Tensor, generators, settings, rule: str,
-                      size=None):
-    """Long[B, h, w] codes for the tokenizer, from samplers.mask_predict on the model's token grid; with an official
-    stream that draws the labels, (codes, labels)."""
+def _codes(model_fn, model: nn.Module, labels: torch.Tensor, generators, strategy: Strategy, stream, rule: str,
+           size) -> torch.Tensor:
     from samplers.mask_predict import sample
     if size is not None:
         raise ValueError(f"family of {type(model).__name__} samples its fixed token grid {token_grid(model)}; an "
                          f"image size ({size}) cannot be requested")
-    if isinstance(settings, Strategy):  # the search hands over bare strategies
+    tokens = sample(model_fn, labels, generators, seq_len=model.seq_len, codebook_size=model.codebook_size,
+                    strategy=strategy, null_label=model.null_label if uses_guidance(strategy) else None, rule=rule,
+                    rng=stream)
+    return tokens.reshape(tokens.shape[0], *token_grid(model))
+
+
+def mask_predict_grid(model_fn, model: nn.Module, labels: torch.Tensor, generators, settings, rule: str,
+                      size=None) -> torch.Tensor:
+    """Long[B, h, w] codes for the tokenizer, from samplers.mask_predict on the model's token grid, row i from
+    generators[i] (Sampling.sample). `settings`: TokenSampling, or a bare Strategy (the search's)."""
+    if isinstance(settings, Strategy):
         settings = TokenSampling(settings)
-    strategy, stream = settings.strategy, settings.stream
-    if stream is not None and settings.stream_labels:
+    if settings.stream is not None:
+        raise ValueError("these settings replay the official sampler's stream (sample.rng=official): they go to the "
+                         "family's replay, not to its per-row sample")
+    return _codes(model_fn, model, labels, generators, settings.strategy, None, rule, size)
+
+
+def mask_predict_replay(model_fn, model: nn.Module, labels: torch.Tensor, settings: TokenSampling, rule: str,
+                        size=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, labels) of the official stream's next batch (Sampling.replay); with `stream_labels` the labels are
+    drawn from the stream first, as the official AutoNAT eval does, else the given ones are kept."""
+    stream = settings.stream
+    if settings.stream_labels:
         labels = stream.labels(labels.shape[0], int(model.null_label), labels.device)
-    tokens = sample(model_fn, labels, None if stream is not None else generators, seq_len=model.seq_len,
-                    codebook_size=model.codebook_size, strategy=strategy,
-                    null_label=model.null_label if uses_guidance(strategy) else None, rule=rule, rng=stream)
-    grid = tokens.reshape(tokens.shape[0], *token_grid(model))
-    return (grid, labels) if stream is not None and settings.stream_labels else grid
+    return _codes(model_fn, model, labels, None, settings.strategy, stream, rule, size), labels
 
 
 def record_fields() -> dict:
-    """The Family fields the mask-predict families fill in alike."""
+    """The core Family fields the mask-predict families fill in alike."""
     from datasets.sampling import row_batches
-    return dict(dataset=token_dataset, batches=row_batches, sample_shape=token_grid, num_classes=null_label_classes)
+    return dict(dataset=token_dataset, batches=row_batches)
+
+
+def sampling_fields() -> dict:
+    """The Sampling fields the mask-predict families fill in alike."""
+    return dict(shape=token_grid, num_classes=null_label_classes, replays=replays)

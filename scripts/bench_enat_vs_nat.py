@@ -125,7 +125,7 @@ def sampling_speeds(variants: list[tuple], n: int, repeats: int) -> list[float]:
         if "reuse" in cfg.sample:
             cfg.sample.reuse = reuse
         model, fam = build_generator(cfg, torch.device("cpu"))
-        gens.append((cfg, model, fam, fam.settings(cfg, model), torch.arange(n) % model.null_label))
+        gens.append((cfg, model, fam, fam.sampling.settings(cfg, model), torch.arange(n) % model.null_label))
     best = [float("inf")] * len(gens)
     for r in range(repeats + 1):
         for i, (cfg, model, fam, settings, labels) in enumerate(gens):

@@ -37,7 +37,7 @@ def random_latent_fid(cfg, tok, stats, vae_norm: float, device) -> float:
 
 @torch.inference_mode()
 def long_images(cfg, model, fam, tok, length: int, out: Path, device) -> Path:
-    settings = fam.settings(cfg, model)
+    settings = fam.sampling.settings(cfg, model)
     h, w = int(cfg.data.image_size), length * settings.column_width
     k = int(cfg.model.class_num)
     labels = torch.arange(k, device=device)

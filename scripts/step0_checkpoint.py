@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, rest)
     torch.manual_seed(int(cfg.seed))  # as engine.trainer.Trainer: the weights step 1 of a pretrain run starts from
     model, fam = build_model(cfg)
-    groups = fam.param_groups(model, cfg) if fam.param_groups is not None else None
+    groups = fam.training.param_groups(model, cfg) if fam.training.param_groups is not None else None
     opt = build_optimizer(model, cfg.train, groups)
     save_checkpoint(args.out, model, make_ema(model), opt, 0, fam.name, cfg)
     print(f"wrote {args.out} (step 0, family {fam.name}, flavour {cfg.model.flavour})")

@@ -208,6 +208,27 @@ def test_eqar_official_schedule_is_in_the_printed_and_checkpointed_config(world,
     assert logs[0]["lr"] == pytest.approx(1e-4 * 2 / 256 * 1 / 2)  # warm-up 2 steps: step 1 at half the LR
 
 
+def test_eqar_epochs_list_the_image_folder_once(world, tmp_path, monkeypatch):
+    """--epochs counts the training images while the config loads; the trainer gets that data set instead of
+    listing the folder again."""
+    from PIL import Image
+
+    import datasets.column_images as ci
+    folder = tmp_path / "images"
+    for c in range(2):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((16, 16, 3), 60 + 100 * c + i, np.uint8)).save(folder / f"class{c}" / f"{i}.png")
+    calls, real = [], ci.list_image_folder
+    monkeypatch.setattr(ci, "list_image_folder", lambda root: calls.append(root) or real(root))
+    out = tmp_path / "o"
+    assert train.main(["--config", EQAR, "--epochs", "1", "--batch_size", "2", "data.kind=imagefolder",
+                       f"data.path={folder}", f"tokenizer.ckpt={world['column']}", f"output_dir={out}",
+                       "device=cpu"]) == 0
+    assert calls == [str(folder)]
+    assert (out / "checkpoints" / "step_0000002.pt").exists()  # 4 images, 2 per step: one epoch is 2 steps
+
+
 @pytest.mark.parametrize("recipe", [NAT, AUTONAT, ENAT, EQAR, EQTOK, NIT, VQ])
 def test_batch_split_is_checked_once_for_every_family(recipe, tmp_path, capsys):
     assert train.main(["--config", recipe, "--mode", "pretrain", f"output_dir={tmp_path / 'o'}", "device=cpu",

@@ -38,18 +38,18 @@ def test_nothing_kept_is_sample_and_kept_latents_stay(name):
     model, st = _model(), SETTINGS[name]
     labels = torch.tensor([3, 7])
     known = _known(2, 32, 2, 3)
-    plain = FAM.sample(model, labels, _gens(), st)
-    free = FAM.edit(model, known, torch.zeros(2, 2, 3, dtype=torch.bool), labels, _gens(), st)
+    plain = FAM.sampling.sample(model, labels, _gens(), st)
+    free = FAM.sampling.edit(model, known, torch.zeros(2, 2, 3, dtype=torch.bool), labels, _gens(), st)
     assert torch.equal(free, plain)  # bit for bit: editing draws no extra random numbers
     keep = torch.zeros(2, 2, 3, dtype=torch.bool)
     keep[0, :, :2] = True
     keep[1, 1, 1] = True
-    out = FAM.edit(model, known, keep, labels, _gens(), st)
+    out = FAM.sampling.edit(model, known, keep, labels, _gens(), st)
     assert out.shape == known.shape
     m = keep[:, None].expand_as(known)
     assert torch.equal(out[m], known[m])
     assert not torch.allclose(out[~m], plain[~m])  # the free part sees the kept one
-    assert torch.equal(FAM.edit(model, known, torch.ones_like(keep), labels, _gens(), st), known)
+    assert torch.equal(FAM.sampling.edit(model, known, torch.ones_like(keep), labels, _gens(), st), known)
 
 
 @pytest.mark.parametrize("mode", ["ode", "sde"])
@@ -88,14 +88,14 @@ def test_outpainting_on_a_wider_canvas_and_rows_follow_their_generator():
     keep = torch.zeros(2, 2, 4, dtype=torch.bool)
     keep[..., :2] = True
     labels = torch.tensor([1, 4])
-    out = FAM.edit(model, canvas, keep, labels, _gens(), st, size=(64, 128))
+    out = FAM.sampling.edit(model, canvas, keep, labels, _gens(), st, size=(64, 128))
     assert out.shape == (2, 32, 2, 4) and torch.equal(out[..., :2], image) and torch.isfinite(out).all()
-    alone = FAM.edit(model, canvas[1:], keep[1:], labels[1:], _gens((11,)), st)
+    alone = FAM.sampling.edit(model, canvas[1:], keep[1:], labels[1:], _gens((11,)), st)
     torch.testing.assert_close(alone[0], out[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="disagrees with the known latents"):
-        FAM.edit(model, canvas, keep, labels, _gens(), st, size=(64, 96))
+        FAM.sampling.edit(model, canvas, keep, labels, _gens(), st, size=(64, 96))
     with pytest.raises(ValueError, match="keep row 0 must be Bool"):
-        FAM.edit(model, canvas, keep.float(), labels, _gens(), st)
+        FAM.sampling.edit(model, canvas, keep.float(), labels, _gens(), st)
 
 
 def test_several_canvas_sizes_in_one_batch_and_patches():
@@ -104,8 +104,8 @@ def test_several_canvas_sizes_in_one_batch_and_patches():
     keep = [torch.zeros(4, 4, dtype=torch.bool), torch.zeros(4, 8, dtype=torch.bool)]
     keep[1][:, :3] = True  # a kept region that cuts through 2x2 patches
     labels = torch.tensor([0, 9])
-    out = FAM.edit(model, known, keep, labels, _gens(), st, size=[(64, 64), (64, 128)])
-    plain = FAM.sample(model, labels, _gens(), st, size=[(64, 64), (64, 128)])
+    out = FAM.sampling.edit(model, known, keep, labels, _gens(), st, size=[(64, 64), (64, 128)])
+    plain = FAM.sampling.sample(model, labels, _gens(), st, size=[(64, 64), (64, 128)])
     assert torch.equal(out[0], plain[0])  # row 0 keeps nothing, row 1 does not touch it
     assert torch.equal(out[1][:, keep[1]], known[1][:, keep[1]]) and out[1].shape == (4, 4, 8)
 
@@ -114,14 +114,14 @@ def test_debug_recipe_edit_through_the_family_record():
     cfg = load_config(DEBUG)
     model, fam = build_model(cfg)
     model.eval()
-    st = fam.settings(cfg, model)
+    st = fam.sampling.settings(cfg, model)
     h, w = st.height // st.downsample, st.width // st.downsample
     known = _known(2, model.in_channels, h, w)
     keep = torch.zeros(2, h, w, dtype=torch.bool)
     keep[:, :, : w // 2] = True
     labels = torch.tensor([0, 1])
-    out = fam.edit(model, known, keep, labels, _gens(), st)
+    out = fam.sampling.edit(model, known, keep, labels, _gens(), st)
     assert out.shape == known.shape and torch.equal(out[:, :, :, : w // 2], known[:, :, :, : w // 2])
     with pytest.raises(ValueError, match="sample.rng must be per_row"):
         cfg2 = load_config(DEBUG, ["sample.rng=official"])
-        fam.edit(model, known, keep, labels, _gens(), fam.settings(cfg2, model))
+        fam.sampling.edit(model, known, keep, labels, _gens(), fam.sampling.settings(cfg2, model))

@@ -99,4 +99,4 @@ def test_loss_config_errors_and_family():
     with pytest.raises(ValueError, match="loss.per_sample_ratio"):
         loss_hparams({"loss": {"per_sample_ratio": "yes"}})
     assert loss_hparams(None)["reuse_prob"] == 0.5
-    assert FAMILY.loss is enat_training_loss and FAMILY.ddp_find_unused
+    assert FAMILY.loss is enat_training_loss and FAMILY.training.ddp_find_unused(None)

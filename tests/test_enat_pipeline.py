@@ -62,7 +62,7 @@ def tokens_of(cfg, reuse: bool, n: int):
     cfg.sample.reuse = reuse
     model, fam = build_generator(cfg, torch.device("cpu"))
     labels = torch.arange(n) % model.null_label
-    return generate(model, fam, fam.settings(cfg, model), labels, range(n), int(cfg.seed))[0]
+    return generate(model, fam, fam.sampling.settings(cfg, model), labels, range(n), int(cfg.seed))[0]
 
 
 def test_readme_eval_command_runs_on_debug_recipe(assets, tmp_path):

@@ -78,7 +78,7 @@ def test_official_schedule_from_per_gpu_batch_blr_and_epochs():
 def test_param_groups_and_flags():
     cfg = _cfg()
     model, fam = build_model(cfg)
-    groups = fam.param_groups(model, cfg)
+    groups = fam.training.param_groups(model, cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for p in groups[0]["params"]}
     decay = {names[id(p)] for p in groups[1]["params"]}

@@ -8,7 +8,7 @@ from core import dist
 from core.seeding import row_generators
 from engine.config import load_config
 from models import build_model
-from models.eqar.family import eqar_sample, eqar_sample_settings
+from models.eqar.family import eqar_replay, eqar_sample, eqar_sample_settings
 
 
 def _cfg(*over):
@@ -82,7 +82,7 @@ def test_official_rng_replays_release_eval_loop(cfg_scale, schedule, cache):
     for u, (ref_tokens, ref_labels) in enumerate(want):
         rows = min(bsz, n - u * bsz)
         balanced = torch.arange(u * bsz, u * bsz + rows) % 10  # what the engine hands in; replaced by the release's
-        out, labels = eqar_sample(model, balanced, None, st)
+        out, labels = eqar_replay(model, balanced, st)
         assert torch.equal(labels, ref_labels[:rows])
         assert torch.allclose(out * 0.5, ref_tokens[:rows], atol=1e-5), (u, (out * 0.5 - ref_tokens[:rows]).abs().max())
     assert st.stream.rows_done == n

@@ -115,7 +115,7 @@ def test_stage2_from_lightning_and_tokenizer_kinds(tmp_path):
     for (mod, name), s in ema.shadow.items():
         assert torch.equal(getattr(m2, mod).get_parameter(name), s)
     assert float(m2.loss.logvar) == 0.25
-    trainable = {n for g in fam.param_groups(m2, cfg) for n, p in m2.named_parameters() if any(p is q for q in g["params"])}
+    trainable = {n for g in fam.training.param_groups(m2, cfg) for n, p in m2.named_parameters() if any(p is q for q in g["params"])}
     assert not any(n.startswith(("encoder.", "quant_layer.")) for n in trainable) and "loss.logvar" not in trainable
     assert any(n.startswith("decoder.") for n in trainable) and any(n.startswith("post_quant_layer.") for n in trainable)
     assert any(n.startswith("loss.discriminator.") for n in trainable)

@@ -60,7 +60,7 @@ def _grads(model):
 def _engine_sets_lrs(opt, step, cfg):
     """What the engine's trainer does before every update (engine/trainer.py)."""
     fam = get_family("eqtok")
-    for g, lr in zip(opt.param_groups, fam.group_lrs(step, cfg, lr_at(step, cfg.train), opt.param_groups)):
+    for g, lr in zip(opt.param_groups, fam.training.group_lrs(step, cfg, lr_at(step, cfg.train), opt.param_groups)):
         g["lr"] = lr
 
 
@@ -111,7 +111,7 @@ def test_engine_schedule_is_the_default_and_untouched():
     model, _ = build_model(cfg)
     opt = build_optimizer(model, cfg.train, eqtok_param_groups(model, cfg))
     assert model.loss.logvar.requires_grad
-    assert get_family("eqtok").group_lrs(7, cfg, 0.123, opt.param_groups) == [0.123] * len(opt.param_groups)
+    assert get_family("eqtok").training.group_lrs(7, cfg, 0.123, opt.param_groups) == [0.123] * len(opt.param_groups)
 
 
 def test_release_schedule_through_train_py(tmp_path):

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from core.seeding import normal_rows
-from models.family import Family
+from models.family import Family, Sampling
 
 SHAPE = (3, 8, 8)
 
@@ -94,9 +94,8 @@ FAMILY = Family(
     batches=batches,
     loss=loss,
     config=os.path.join(os.path.dirname(os.path.abspath(__file__)), "toyflow.yaml"),
-    sample=sample,
-    sample_settings=lambda cfg, model: int(cfg.sample.steps),
-    num_classes=lambda model, cfg: 2,
+    sampling=Sampling(sample=sample, settings=lambda cfg, model: int(cfg.sample.steps),
+                      num_classes=lambda model, cfg: 2),
 )
 '''
 

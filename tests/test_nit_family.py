@@ -146,7 +146,7 @@ def test_one_pack_per_rank_and_micro_batch(packed):
         assert all(torch.equal(a["x"], b["x"]) for x, y in zip(per_rank, again) for a, b in zip(x, y))
         seen += ids
         b = per_rank[0][0]
-        assert get_family("nit").batch_rows(b) == len(b["label"]) == b["hw_list"].shape[0]
+        assert get_family("nit").training.batch_rows(b) == len(b["label"]) == b["hw_list"].shape[0]
         assert b["x"].shape[0] == int((b["hw_list"][:, 0] * b["hw_list"][:, 1]).sum())
     # the first epoch visits every pack once (steps_per_epoch = packs / (world x 2))
     epoch = len(packs) // 4

@@ -91,14 +91,14 @@ def _cfg(tmp_path, mode, steps, w, heun=False, *extra):
 @pytest.mark.parametrize("mode,steps,w,heun", [("sde", 5, 2.5, False), ("ode", 3, 3.0, True), ("sde", 3, 1.0, False)])
 def test_family_sample_replays_the_official_stream(assets, tmp_path, mode, steps, w, heun):
     """Three batches in order (the last one short: sampled as a full batch and cut), latents and labels."""
-    from models.nit.family import family_sample, sample_settings
+    from models.nit.family import family_replay, family_sample, sample_settings
     model = _model(assets[0]["state_dict"])
     cfg = _cfg(tmp_path, mode, steps, w, heun)
     st = sample_settings(cfg, model)
     assert st.sequential
     want = official_script(model, 5, 5, 2, mode, steps, w, 0.0, 0.7, heun)
     for rows, (lat, y) in zip((2, 2, 1), want):
-        got, labels = family_sample(model, torch.zeros(rows, dtype=torch.long), None, st)
+        got, labels = family_replay(model, torch.zeros(rows, dtype=torch.long), st)
         assert torch.equal(labels, y[:rows])
         torch.testing.assert_close(got, lat[:rows], rtol=0, atol=1e-5)
     # the per-row default does not follow this stream

@@ -191,7 +191,7 @@ def demo_vq_loss(model: nn.Module, images: torch.Tensor, l1_weight: float = 0.0)
 
 
 def demo_vq_training_loss(model: nn.Module, batch: dict, ctx=None):
-    """Family.training_loss signature: batch {'image': Float[B,1,32,32] in [-1,1], 'label': Long[B]}."""
+    """Family.loss signature: batch {'image': Float[B,1,32,32] in [-1,1], 'label': Long[B]}."""
     return demo_vq_loss(model, batch["image"])
 
 

@@ -7,7 +7,7 @@ import torch
 
 from core.images import save_grid, to_uint8
 from datasets.sampling import hflip_batch, row_batches
-from models.family import Family
+from models.family import Family, Training
 from tokenizer.demo_vq import FLAVOURS, demo_vq_training_loss
 
 
@@ -41,5 +41,5 @@ FAMILY = Family(
     batches=fmnist_batches,
     loss=demo_vq_training_loss,
     config="configs/family/demo_vq.yaml",
-    preview=reconstruction_preview,
+    training=Training(preview=reconstruction_preview),
 )

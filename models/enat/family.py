@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import token_family as tf
-from models.family import Family, TrainContext
+from models.family import Family, Sampling, Training, TrainContext, always
 from models.family_defaults import section_over_defaults
 from models.enat.model import FLAVOURS
 
@@ -97,6 +97,14 @@ def enat_sample(model: nn.Module, labels: torch.Tensor, generators, settings: tf
     return tf.mask_predict_grid(fn, model, labels, generators, settings, rule="exact", size=size)
 
 
+def enat_replay(model: nn.Module, labels: torch.Tensor, settings: tf.TokenSampling, size=None):
+    """(codes, the given labels) from the official ENAT eval's stream (sample.rng: official), which does not draw
+    the labels."""
+    from models.enat.reuse import ReuseModelFn
+    fn = ReuseModelFn(model) if settings.reuse else model
+    return tf.mask_predict_replay(fn, model, labels, settings, rule="exact", size=size)
+
+
 def enat_sample_settings(cfg, model) -> tf.TokenSampling:
     # the official ENAT eval makes eval_n / 1000 images of every class: its labels are not random draws
     return tf.sampling_from_config(cfg, "enat", reuse=bool(cfg.sample.reuse))
@@ -114,12 +122,11 @@ OFFICIAL_FLAGS = {
 FAMILY = Family(
     name="enat",
     flavours=FLAVOURS,
-    loss=enat_training_loss,
     config="configs/family/enat.yaml",
+    loss=enat_training_loss,
     official_flags=OFFICIAL_FLAGS,
-    sample=enat_sample,
-    sample_settings=enat_sample_settings,
     **tf.record_fields(),
     # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
-    ddp_find_unused=True,
+    training=Training(ddp_find_unused=always),
+    sampling=Sampling(sample=enat_sample, settings=enat_sample_settings, replay=enat_replay, **tf.sampling_fields()),
 )

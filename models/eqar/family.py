@@ -30,7 +30,7 @@ from core.released import read_released
 from datasets.sampling import drawing_row_batches
 from models.eqar import model as eqar
 from models.eqar.checks import check_config, check_model_kwargs, check_switch, check_value
-from models.family import Family
+from models.family import Family, Sampling, Training
 from models.eqar.condition import sample as column_ar_sample
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream
 from samplers.rng import one_process, sample_rng
@@ -164,7 +164,23 @@ class LatentFile:
         return {"mean": self.mean[idx, view].float(), "label": self.label[idx]}
 
 
+_COUNTED: dict = {}  # the training set official_schedule counted, kept for the trainer's dataset call
+
+
+def _data_key(cfg, split: str) -> tuple:
+    d = cfg.data
+    return (split, str(d.kind), str(d.path), crop_size(cfg), bool(d.hflip), str(OmegaConf.to_container(cfg.model)),
+            int(d.synthetic_n))
+
+
 def eqar_dataset(cfg, split: str = "train"):
+    """The data set of data.kind; the one `official_schedule` already built for its size (an image folder listed,
+    Fashion-MNIST read) is handed over instead of being built again."""
+    ds = _COUNTED.pop(_data_key(cfg, split), None)
+    return ds if ds is not None else _build_dataset(cfg, split)
+
+
+def _build_dataset(cfg, split: str):
     d = cfg.data
     h, w = crop_size(cfg)
     if d.kind not in DATA_KINDS:
@@ -216,7 +232,10 @@ def training_set_size(cfg) -> int:
             return len(obj["label"])
         except Exception:  # not a readable cache: the data set names the file and what it should hold
             pass
-    return len(eqar_dataset(cfg, "train"))
+    ds = eqar_dataset(cfg, "train")
+    _COUNTED.clear()
+    _COUNTED[_data_key(cfg, "train")] = ds
+    return len(ds)
 
 
 def apply_official_schedule(cfg, n: int, world: int) -> None:
@@ -317,20 +336,32 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
                         check_switch("data.hflip", cfg.data.hflip))
 
 
+def _tokens(settings: EqarSampling, size) -> int:
+    """Tokens of one sample: settings.num_tokens, or W / column_width for size=(H, W)."""
+    if size is None:
+        return settings.num_tokens
+    w = int(size[1])
+    if w % settings.column_width or w < settings.column_width:
+        raise ValueError(f"image width {w} is not a positive multiple of the column width {settings.column_width}")
+    return w // settings.column_width
+
+
 def eqar_sample(model: nn.Module, labels: torch.Tensor, generators, settings: EqarSampling, size=None):
-    """Unscaled latents (B, L, C) for the column tokenizer; size=(H, W) asks for W / column_width tokens. With an
-    official stream: (latents, the release's labels of this batch)."""
-    n = settings.num_tokens
-    if size is not None:
-        w = int(size[1])
-        if w % settings.column_width or w < settings.column_width:
-            raise ValueError(f"image width {w} is not a positive multiple of the column width {settings.column_width}")
-        n = w // settings.column_width
-    stream = settings.stream
-    if stream is not None:
-        labels = stream.labels(labels.shape[0], labels.device)
-    out = column_ar_sample(model, labels, generators, settings.sampler, num_tokens=n, stream=stream)
-    return (out / settings.vae_norm, labels) if stream is not None else out / settings.vae_norm
+    """Unscaled latents (B, L, C) for the column tokenizer, row i from generators[i]; size=(H, W) asks for
+    W / column_width tokens."""
+    if settings.stream is not None:
+        raise ValueError("these settings replay the release's stream (sample.rng=official): they go to eqar_replay, "
+                         "not to the per-row sample")
+    out = column_ar_sample(model, labels, generators, settings.sampler, num_tokens=_tokens(settings, size))
+    return out / settings.vae_norm
+
+
+def eqar_replay(model: nn.Module, labels: torch.Tensor, settings: EqarSampling, size=None):
+    """(latents, the release's labels of this batch) from its stream (sample.rng=official)."""
+    n, stream = _tokens(settings, size), settings.stream
+    labels = stream.labels(labels.shape[0], labels.device)
+    out = column_ar_sample(model, labels, None, settings.sampler, num_tokens=n, stream=stream)
+    return out / settings.vae_norm, labels
 
 
 def _kept_run(row: torch.Tensor) -> tuple[str, int]:
@@ -484,19 +515,23 @@ def sample_folder(cfg, size, weights) -> str:
 FAMILY = Family(
     name="eqar",
     flavours=FLAVOURS,
+    config="configs/family/eqar.yaml",
     dataset=eqar_dataset,
     batches=drawing_row_batches,
     loss=eqar_family_loss,
-    config="configs/family/eqar.yaml",
     official_flags=OFFICIAL_FLAGS,
-    sample=eqar_sample,
-    edit=eqar_edit,
-    sample_settings=eqar_sample_settings,
-    num_classes=lambda model, cfg: int(getattr(model, "module", model).class_num),
-    param_groups=eqar_param_groups,
     mode_flags=MODE_FLAGS,
-    sample_folder=sample_folder,
-    ref_stats_hint=REF_STATS_HINT,
     check_config=check_config,
     derive_config=official_schedule,
+    training=Training(param_groups=eqar_param_groups),
+    sampling=Sampling(
+        sample=eqar_sample,
+        settings=eqar_sample_settings,
+        replays=lambda settings: settings.sequential,
+        replay=eqar_replay,
+        num_classes=lambda model, cfg: int(getattr(model, "module", model).class_num),
+        sample_folder=sample_folder,
+        ref_stats_hint=REF_STATS_HINT,
+        edit=eqar_edit,
+    ),
 )

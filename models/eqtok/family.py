@@ -10,7 +10,7 @@ from torch import nn
 
 from core.images import save_grid, to_uint8
 from datasets.sampling import drawing_row_batches
-from models.family import Family
+from models.family import Family, Training, always
 from models.eqtok import losses as cl
 from models.eqtok.ema import warmup_decay
 from models.eqtok.checks import check_config
@@ -135,14 +135,17 @@ def reconstruction_preview(ema, cfg, device, path) -> None:
 FAMILY = Family(
     name="eqtok",
     flavours=FLAVOURS,
+    config="configs/family/eqtok.yaml",
     dataset=eqtok_dataset,
     batches=drawing_row_batches,
     loss=eqtok_loss,
-    config="configs/family/eqtok.yaml",
-    preview=reconstruction_preview,
-    param_groups=eqtok_param_groups,
-    group_lrs=group_lrs,
-    ema_decay=eqtok_ema_decay,
     check_config=check_config,
-    ddp_find_unused=True,  # the semantic decoder trains only with a teacher, the discriminator only after disc_start
+    training=Training(
+        param_groups=eqtok_param_groups,
+        group_lrs=group_lrs,
+        ema_decay=eqtok_ema_decay,
+        preview=reconstruction_preview,
+        # the semantic decoder trains only with a teacher, the discriminator only after disc_start
+        ddp_find_unused=always,
+    ),
 )

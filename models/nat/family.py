@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import token_family as tf
-from models.family import Family, TrainContext
+from models.family import Family, Sampling, TrainContext
 from models.family_defaults import section_over_defaults
 from models.nat.model import FLAVOURS
 
@@ -72,6 +72,11 @@ def nat_sample(model: nn.Module, labels: torch.Tensor, generators, settings, siz
     return tf.mask_predict_grid(model, model, labels, generators, settings, rule="ties", size=size)
 
 
+def nat_replay(model: nn.Module, labels: torch.Tensor, settings, size=None):
+    """(codes, labels) of the official AutoNAT eval's stream, which draws the labels too (sample.rng: official)."""
+    return tf.mask_predict_replay(model, model, labels, settings, rule="ties", size=size)
+
+
 def nat_sample_settings(cfg, model):
     # the official AutoNAT eval draws its labels from the same torch generator as the tokens
     return tf.sampling_from_config(cfg, "nat", stream_labels=True)
@@ -113,11 +118,15 @@ OFFICIAL_FLAGS = {
 FAMILY = Family(
     name="nat",
     flavours=FLAVOURS,
-    loss=nat_training_loss,
     config="configs/family/nat.yaml",
+    loss=nat_training_loss,
     official_flags=OFFICIAL_FLAGS,
-    sample=nat_sample,
-    sample_settings=nat_sample_settings,
-    search_space=nat_search_space,
     **tf.record_fields(),
+    sampling=Sampling(
+        sample=nat_sample,
+        settings=nat_sample_settings,
+        replay=nat_replay,
+        search_space=nat_search_space,
+        **tf.sampling_fields(),
+    ),
 )

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.family import Family, TrainContext
+from models.family import Family, Sampling, Training, TrainContext
 from models.nit.model import FLAVOURS, PACK_LEN
 from models.nit.loss import nit_loss
 
@@ -110,10 +110,8 @@ def pack_dataset(cfg, split: str = "train"):
 
 
 def packs_per_rank(cfg, world: int) -> int:
+    """Packs per rank and step; train.batch_size is divisible by world x grad_accum (the engine's preflight)."""
     bs, accum = int(cfg.train.batch_size), int(cfg.train.grad_accum)
-    if bs % world:
-        raise ValueError(f"train.batch_size {bs} counts packs per step (one per process and micro-batch); it is not "
-                         f"divisible by the {world} process(es)")
     k = bs // world
     if accum not in (1, k):
         raise ValueError(f"train.grad_accum {accum} does not fit train.batch_size {bs} packs over {world} "
@@ -267,7 +265,27 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
         raise ValueError(f"--guidance-low {low} must not exceed --guidance-high {high}")
     kind = cfg.tokenizer.kind
     dec = decoder_class(kind)
-    ds = s.downsample if s.downsample is not None else getattr(dec, "downsample", None)
+    ds = downsample(cfg)
+    heun = switch(s.heun, "sample.heun")
+    if heun and mode != "ode":
+        raise ValueError("--heun is a corrector of the ODE sampler; it has no effect with --mode sde")
+    out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds),
+                      official_stream(cfg))
+    if model is not None:
+        net = _net(model)
+        latent_size(out.height, out.width, out.downsample, net.patch_size)
+        want = cfg.tokenizer.get("channels") or getattr(dec, "latent_channels", None)  # channels: pixels only
+        if want is not None and net.in_channels != want:
+            raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
+                             f"({want} latent channels)")
+    return out
+
+
+def downsample(cfg) -> int:
+    """Image pixels per latent pixel: sample.downsample, or the tokenizer's (which a given value must match)."""
+    kind = cfg.tokenizer.kind
+    dec = decoder_class(kind)
+    ds = cfg.sample.downsample if cfg.sample.downsample is not None else getattr(dec, "downsample", None)
     if ds is None:
         known = {k: decoder_class(k).downsample for k in ("dcae", "pixels")}
         raise ValueError(f"sample.downsample is not set and tokenizer.kind {kind!r} has no known downsampling "
@@ -277,20 +295,7 @@ def sample_settings(cfg, model: nn.Module | None = None) -> NiTSampling:
                          f"pixel to {dec.downsample} x {dec.downsample} pixels; remove sample.downsample")
     if int(ds) < 1:
         raise ValueError(f"sample.downsample must be an integer >= 1, got {ds}")
-    heun = switch(s.heun, "sample.heun")
-    if heun and mode != "ode":
-        raise ValueError("--heun is a corrector of the ODE sampler; it has no effect with --mode sde")
-    out = NiTSampling(mode, steps, float(s.cfg_scale), low, high, heun, int(s.height), int(s.width), int(ds),
-                      official_stream(cfg))
-    if model is not None:
-        net = _net(model)
-        for h, w in {(out.height, out.width), *sample_sizes(cfg)}:
-            latent_size(h, w, out.downsample, net.patch_size)
-        want = cfg.tokenizer.get("channels") or getattr(dec, "latent_channels", None)  # channels: pixels only
-        if want is not None and net.in_channels != want:
-            raise ValueError(f"model.in_channels {net.in_channels} does not match tokenizer.kind {kind} "
-                             f"({want} latent channels)")
-    return out
+    return int(ds)
 
 
 def official_stream(cfg):
@@ -321,32 +326,47 @@ def parse_size(value, key: str = "sample.sizes") -> tuple[int, int]:
 
 def sample_sizes(cfg) -> list[tuple[int, int]]:
     """The image sizes an eval samples: eval.size when set, else sample.sizes (several sizes packed into one
-    sampling batch, each with its own FID), else sample.height x sample.width."""
+    sampling batch, each with its own FID), else sample.height x sample.width; each one a whole number of patches
+    of latent pixels."""
+    from samplers.flow import latent_size
     if cfg.eval.size is not None:
-        return [parse_size(cfg.eval.size, "eval.size")]
-    sizes = cfg.sample.get("sizes", None)
-    if sizes:
-        return [parse_size(v) for v in sizes]
-    return [(int(cfg.sample.height), int(cfg.sample.width))]
+        sizes = [parse_size(cfg.eval.size, "eval.size")]
+    elif cfg.sample.get("sizes", None):
+        sizes = [parse_size(v) for v in cfg.sample.sizes]
+    else:
+        sizes = [(int(cfg.sample.height), int(cfg.sample.width))]
+    ds, p = downsample(cfg), _patch_size(cfg)
+    for h, w in sizes:
+        latent_size(h, w, ds, p)
+    return sizes
+
+
+def _size_arg(settings: NiTSampling, size):
+    if size is None:
+        return (settings.height, settings.width)
+    if len(size) == 2 and all(isinstance(v, int) for v in size):
+        return (int(size[0]), int(size[1]))
+    return [parse_size(v, "size") for v in size]
 
 
 @torch.no_grad()
-def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: NiTSampling,
-                  size=None):
+def family_sample(model: nn.Module, labels: torch.Tensor, generators, settings: NiTSampling, size=None):
     """Scaled latents Float32 (B, C, H/downsample, W/downsample) at image size `size` (H, W), default the
     settings' height x width; row i from generators[i] alone. `size` a list of one (H, W) per row: the rows are
-    sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back. With the
-    official stream (sample.rng=official): (latents, labels), both from the stream, generators unused."""
-    from models.nit.sampling import sample_latents, sample_official
-    if size is None:
-        size = (settings.height, settings.width)
-    elif len(size) == 2 and all(isinstance(v, int) for v in size):
-        size = (int(size[0]), int(size[1]))
-    else:
-        size = [parse_size(v, "size") for v in size]
-    if settings.stream is not None:  # (latents, the stream's labels)
-        return sample_official(model, labels.shape[0], settings, size)
-    return sample_latents(model, labels, generators, settings, size)
+    sampled in one packed batch and a list of per-row latents (C, H/downsample, W/downsample) comes back."""
+    from models.nit.sampling import sample_latents
+    if settings.stream is not None:
+        raise ValueError("these settings replay the official sampler's stream (sample.rng=official): they go to "
+                         "family_replay, not to the per-row sample")
+    return sample_latents(model, labels, generators, settings, _size_arg(settings, size))
+
+
+@torch.no_grad()
+def family_replay(model: nn.Module, labels: torch.Tensor, settings: NiTSampling, size=None):
+    """(latents, labels) of the official stream's next batch (sample.rng=official): the script draws the noise, then
+    the labels, from one generator, so the given labels only say how many rows."""
+    from models.nit.sampling import sample_official
+    return sample_official(model, labels.shape[0], settings, _size_arg(settings, size))
 
 
 @torch.no_grad()
@@ -470,21 +490,23 @@ def sample_folder(cfg, size, weights) -> str:
 FAMILY = Family(
     name="nit",
     flavours=FLAVOURS,
+    config="configs/family/nit.yaml",
     dataset=pack_dataset,
     batches=pack_batches,
     loss=family_loss,
-    config="configs/family/nit.yaml",
     official_flags=OFFICIAL_FLAGS,
-    to_device=to_device,
-    batch_rows=batch_rows,
-    sample=family_sample,
-    edit=family_edit,
-    sample_settings=sample_settings,
-    sample_sizes=sample_sizes,
-    num_classes=num_classes,
-    param_groups=param_groups,
-    weights_file=weights_file,
     mode_flags=MODE_FLAGS,
-    sample_folder=sample_folder,
-    ref_stats_hint=REF_STATS_HINT,
+    training=Training(to_device=to_device, batch_rows=batch_rows, param_groups=param_groups),
+    sampling=Sampling(
+        sample=family_sample,
+        settings=sample_settings,
+        replays=lambda settings: settings.sequential,
+        replay=family_replay,
+        sizes=sample_sizes,
+        num_classes=num_classes,
+        weights_file=weights_file,
+        sample_folder=sample_folder,
+        ref_stats_hint=REF_STATS_HINT,
+        edit=family_edit,
+    ),
 )
