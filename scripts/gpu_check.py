@@ -287,8 +287,8 @@ SPECS = {
     "eqtok": Spec("configs/debug/eqtok_debug.yaml", "configs/eqtok_stage1.yaml", 12,
                   "column tokenizer: 12 per GPU (release config)",
                   debug_overrides=("loss.disc_start=0",),
-                  released_overrides=("model.discriminator=conv", "loss.perceptual=none", "loss.semantic_weight=0",
-                                      "loss.disc_start=0")),
+                  released_overrides=("data.kind=synthetic", "model.discriminator=conv", "loss.perceptual=none",
+                                      "loss.semantic_weight=0", "loss.disc_start=0")),
 }
 
 
@@ -519,7 +519,7 @@ def released_train(name, device, work, smoke: bool):
     model.to(device).train()
     groups = fam_get(fam, "param_groups")
     opt = build_optimizer(model, cfg.train, groups(model, cfg) if groups is not None else None)
-    precision = str(cfg.train.precision)
+    precision = resolved(cfg.train.precision, device)
     scaler = grad_scaler(device, precision)
     batch = fam_get(fam, "to_device")(train_batch(name, fam, cfg, model, 0), device)
     ctx = TrainContext(cfg=cfg, step=0, ema=None)
@@ -548,9 +548,21 @@ def released_train(name, device, work, smoke: bool):
     if device.type == "cuda":
         figs["peak_GiB"] = peak_gib(device, base)
         figs["gpu_GiB"] = total_gib(device)
-    figs["note"] = (f"debug flavour at batch 2 (cpu-smoke); released {SPECS[name].released} on CUDA" if smoke
-                    else f"per-GPU batch: {spec.per_gpu_source}")
+    if smoke:  # the released recipe still loads, builds (on `meta`) and makes its per-GPU batch
+        rcfg, rfam = family_setup(name, True, work, batch=spec.per_gpu if name != "nit" else None)
+        figs["released_params_M"] = _meta_params(rcfg, rfam) / 1e6
+        if name != "nit":
+            figs["released_batch"] = fam_get(rfam, "batch_rows")(train_batch(name, rfam, rcfg, None, 0))
+        figs["note"] = f"debug flavour at batch 2; {spec.released} loaded and built on meta (cpu-smoke)"
+    else:
+        figs["note"] = f"per-GPU batch: {spec.per_gpu_source}"
     return figs
+
+
+def resolved(word, device) -> str:
+    """The recipe's precision word as it runs here (`auto` -> bf16 or fp32)."""
+    from core.precision import resolve_precision
+    return resolve_precision(str(word), device, role="gpu_check")[0]
 
 
 def _meta_params(cfg, fam) -> int:
@@ -562,14 +574,12 @@ def _meta_params(cfg, fam) -> int:
 
 def released_sample(name, device, work, smoke: bool, cap: float):
     from models import build_model
-    if name == "eqtok":
-        raise Skip("the column tokenizer has no sampler: its reconstruction throughput is in 'eqtok released train'")
     cfg, fam = family_setup(name, not smoke, work)
     torch.manual_seed(0)
     with on_device(device):
         model, fam = build_model(cfg, fam)
     model.to(device).eval()
-    precision = str(cfg.eval.precision)
+    precision = resolved(cfg.eval.precision, device)
     want = 2 if smoke else int(cfg.eval.batch_size)
     call = lambda k: timed(lambda: run_sample(name, fam, cfg, model, k, device, precision), device)[1]  # noqa: E731
     n, notes, base = 2, [], reset_peak(device)
@@ -597,8 +607,15 @@ def released_sample(name, device, work, smoke: bool, cap: float):
             "images_per_s": n / t, "settings": _sampler_words(name, cfg)}
     if device.type == "cuda":
         figs["peak_GiB"] = peak_gib(device, base)
-    if smoke:
-        notes.append("debug flavour (cpu-smoke)")
+    if smoke:  # the released recipe's sampler settings still validate against its network (built on `meta`)
+        from models import build_model
+        rcfg, rfam = family_setup(name, True, work)
+        with torch.device("meta"):
+            rmodel, _ = build_model(rcfg, rfam)
+        if name != "eqtok":
+            settings_of(rfam, rcfg, rmodel)
+        figs["released_settings"] = _sampler_words(name, rcfg)
+        notes.append(f"debug flavour; {SPECS[name].released}'s sampler settings checked on meta (cpu-smoke)")
     figs["note"] = "; ".join(notes)
     return figs
 
@@ -611,14 +628,27 @@ def _sampler_words(name, cfg) -> str:
         return f"{s.gen_steps} steps strategy {Path(str(s.strategy)).name}"
     if name == "eqar":
         return f"{cfg.data.token_num} tokens x {s.num_sampling_steps} flow steps cfg {s.cfg} {s.cfg_schedule}"
+    if name == "eqtok":
+        return f"reconstruction (encode_mean, decode) {cfg.data.image_size}x{cfg.data.crop_width}"
     return ""
 
 
 # -------------------------------------------------------------------------------- tokenizers and the Inception
+_BUILT: dict = {}
+
+
+def built(key, make):
+    """One CPU copy per network and process (a random init of the Inception costs seconds on a CPU); rows get
+    copies, so that moving one to the device leaves the reference on the CPU."""
+    if key not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[key] = make()
+    return copy.deepcopy(_BUILT[key])
+
+
 def _vqgan(config: str):
     from tokenizer.vqgan import VQGANTokenizer, build_vqmodel
-    torch.manual_seed(0)
-    return VQGANTokenizer(build_vqmodel(config))
+    return built(("vqgan", config), lambda: VQGANTokenizer(build_vqmodel(config)))
 
 
 def _dcae(path: str | None):
@@ -629,13 +659,12 @@ def _dcae(path: str | None):
     except Exception as e:  # noqa: BLE001
         raise Skip(f"diffusers missing ({type(e).__name__}): DC-AE needs it") from None
     from tokenizer import build_tokenizer
-    return build_tokenizer("dcae", ckpt=path)
+    return built(("dcae", path), lambda: build_tokenizer("dcae", ckpt=path))
 
 
 def _inception():
     from metrics.inception import FIDInception
-    torch.manual_seed(0)
-    return FIDInception().eval()
+    return built(("inception",), lambda: FIDInception().eval())
 
 
 def _images(n, size, seed=0):
@@ -902,14 +931,16 @@ def losses(out: Path) -> dict[int, float]:
 
 
 def pngs(out: Path) -> dict[str, "object"]:
+    """The eval's PNGs by file name (the image's global index); the folder above them is named by a hash of the
+    settings, which differs between runs with e.g. sample.compile on and off."""
     import numpy as np
     from PIL import Image
     found = {}
-    for p in sorted(out.rglob("*.png")):
-        rel = str(p.relative_to(out))
-        if "/eval/" in "/" + rel or rel.endswith(".png") and p.parent.name == "png":
-            with Image.open(p) as im:
-                found[rel] = np.asarray(im).astype(np.int16)
+    for p in sorted((out / "eval").rglob("*.png")):
+        if p.name in found:
+            raise Disagree(f"two evals under {out / 'eval'} (image {p.name} twice)")
+        with Image.open(p) as im:
+            found[p.name] = np.asarray(im).astype(np.int16)
     return found
 
 

@@ -53,6 +53,12 @@ def test_smoke_passes_with_a_row_for_every_family(smoke):
             assert rows[f"{fam} {row}"]["status"] == "ok", rows[f"{fam} {row}"]
         assert rows[f"{fam} debug fp16"]["status"] == "skip"  # fp16 is CUDA only
     assert rows["nit released sample"]["figures"]["images_per_s"] > 0
+    # the released recipes load, build on `meta` and make their per-GPU batch and sampler settings
+    released = {f: rows[f"{f} released train"]["figures"] for f in ("nat", "enat", "nit", "eqar", "eqtok")}
+    assert round(released["nat"]["released_params_M"], 1) == 193.7 and released["nat"]["released_batch"] == 256
+    assert round(released["nit"]["released_params_M"]) == 684
+    assert released["eqar"]["released_batch"] == 32 and released["eqtok"]["released_batch"] == 12
+    assert rows["nit released sample"]["figures"]["released_settings"].startswith("sde 250 steps cfg 2.25")
     for name in ("attention varlen runs float32", "attention varlen dense float32", "attention dense sdpa",
                  "train.py pretrain + resume", "train.py eval vs cpu eval"):
         assert rows[name]["status"] == "ok", rows[name]
