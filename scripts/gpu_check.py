@@ -412,6 +412,19 @@ def forward_probe(name, model, batch, device):
 
 
 # ------------------------------------------------------------------------------------------------------ rows a
+def fill_zero_tensors(model) -> int:
+    """Seeded N(0, 0.02) into every all-zero floating parameter: adaLN-Zero gates and zero-initialised output layers
+    (NiT, the flow head) would make outputs and velocities exactly 0 on both devices, a comparison that cannot fail."""
+    g = torch.Generator().manual_seed(7)
+    n = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.numel() and not bool(p.any()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                n += 1
+    return n
+
+
 def row_precision(name, precision, device, work, steps: int = 3):
     from engine.optim import build_optimizer
     from engine.precision import autocast, grad_scaler
@@ -468,6 +481,7 @@ def row_cpu_vs_device(name, device, work, fault: bool):
     torch.manual_seed(0)
     ref, fam = build_model(cfg, fam)
     ref.eval()
+    zeros = fill_zero_tensors(ref)
     dev = copy.deepcopy(ref).to(device)
     batch = train_batch(name, fam, cfg, ref, 0)
     figs, errs = {}, {}
@@ -478,15 +492,18 @@ def row_cpu_vs_device(name, device, work, fault: bool):
             if fault:
                 b = b + 0.05 * b.abs().max()
             errs["forward"] = rel_err(b, a)
+            figs["max_abs_forward"] = float(a.abs().max())
         sa = run_sample(name, fam, cfg, ref, 3, torch.device("cpu"))
         sb = run_sample(name, fam, cfg, dev, 3, device)
     if sa.is_floating_point():
         if fault and a is None:
             sb = sb + 0.05 * sb.abs().max()
         errs["sample"] = rel_err(sb, sa)
+        figs["max_abs_sample"] = float(sa.abs().max())
     else:  # mask-predict tokens: an argmax tie can flip one; the logits above are the check
         figs["sample_tokens_equal"] = float((sa.cpu() == sb.cpu()).float().mean())
     figs.update({f"rel_err_{k}": v for k, v in errs.items()})
+    figs["zero_tensors_filled"] = zeros
     bad = {k: v for k, v in errs.items() if not v <= FP32_TOL}
     if bad:
         raise Disagree(f"fp32 {device.type} vs cpu beyond {FP32_TOL:g}: " +

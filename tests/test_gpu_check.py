@@ -53,6 +53,11 @@ def test_smoke_passes_with_a_row_for_every_family(smoke):
             assert rows[f"{fam} {row}"]["status"] == "ok", rows[f"{fam} {row}"]
         assert rows[f"{fam} debug fp16"]["status"] == "skip"  # fp16 is CUDA only
     assert rows["nit released sample"]["figures"]["images_per_s"] > 0
+    # the compared outputs are not all zero (adaLN-Zero / zero output layers are filled before comparing)
+    for fam in ("nat", "enat", "nit", "eqtok"):
+        assert rows[f"{fam} debug cpu-vs-device"]["figures"]["max_abs_forward"] > 1e-3, fam
+    for fam in ("nit", "eqar", "eqtok"):
+        assert rows[f"{fam} debug cpu-vs-device"]["figures"]["max_abs_sample"] > 1e-3, fam
     # the released recipes load, build on `meta` and make their per-GPU batch and sampler settings
     released = {f: rows[f"{f} released train"]["figures"] for f in ("nat", "enat", "nit", "eqar", "eqtok")}
     assert round(released["nat"]["released_params_M"], 1) == 193.7 and released["nat"]["released_batch"] == 256
