@@ -122,7 +122,8 @@ class Report:
             _free_cuda()
         row.seconds = time.perf_counter() - t
         self.rows.append(row)
-        print(_line(row), flush=True)
+        # progress on stderr (where a long row hangs); the one table goes to stdout at the end
+        print(f"[{len(self.rows)}] {row.name}: {row.status} ({row.seconds:.1f} s)", file=sys.stderr, flush=True)
         return out
 
     def write(self, header: dict) -> Path:
@@ -225,11 +226,22 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def on_device(device):
-    """Build modules directly on `device` (torch >= 2.0 has the device context manager; else build, then move)."""
-    if device.type == "cuda" and hasattr(torch, "device") and hasattr(torch.device(device), "__enter__"):
-        return torch.device(device)
-    return contextlib.nullcontext()
+def build_on(cfg, fam, device):
+    """models.build_model with the weights made on `device` (the released sizes take a while to initialise on a
+    CPU); where a constructor does not work under the device context manager (torch >= 2.0), built on the CPU and
+    moved."""
+    from models import build_model
+    torch.manual_seed(0)
+    if device.type == "cuda" and hasattr(torch.device(device), "__enter__"):
+        try:
+            with torch.device(device):
+                model, fam = build_model(cfg, fam)
+            return model.to(device), fam
+        except Exception as e:  # noqa: BLE001 - fall back to the plain path, which the row then checks
+            print(f"  (built on the CPU: {type(e).__name__} under the device context: {str(e)[:100]})")
+            torch.manual_seed(0)
+    model, fam = build_model(cfg, fam)
+    return model.to(device), fam
 
 
 def timed(fn, device):
@@ -516,7 +528,7 @@ def row_cpu_vs_device(name, device, work, fault: bool):
 def released_train(name, device, work, smoke: bool):
     from engine.optim import build_optimizer
     from engine.precision import autocast, grad_scaler
-    from models import TrainContext, build_model
+    from models import TrainContext
     spec = SPECS[name]
     batch_n = 2 if smoke else spec.per_gpu
     cfg, fam = family_setup(name, not smoke, work, batch=batch_n if name != "nit" else None)
@@ -530,10 +542,8 @@ def released_train(name, device, work, smoke: bool):
             raise Skip(f"too little memory: {params / 1e6:.0f}M params need about {need:.1f} GiB before activations, "
                        f"the GPU has {total_gib(device):.1f}")
     base = reset_peak(device)
-    torch.manual_seed(0)
-    with on_device(device):
-        model, fam = build_model(cfg, fam)
-    model.to(device).train()
+    model, fam = build_on(cfg, fam, device)
+    model.train()
     groups = fam_get(fam, "param_groups")
     opt = build_optimizer(model, cfg.train, groups(model, cfg) if groups is not None else None)
     precision = resolved(cfg.train.precision, device)
@@ -590,12 +600,9 @@ def _meta_params(cfg, fam) -> int:
 
 
 def released_sample(name, device, work, smoke: bool, cap: float):
-    from models import build_model
     cfg, fam = family_setup(name, not smoke, work)
-    torch.manual_seed(0)
-    with on_device(device):
-        model, fam = build_model(cfg, fam)
-    model.to(device).eval()
+    model, fam = build_on(cfg, fam, device)
+    model.eval()
     precision = resolved(cfg.eval.precision, device)
     want = 2 if smoke else int(cfg.eval.batch_size)
     call = lambda k: timed(lambda: run_sample(name, fam, cfg, model, k, device, precision), device)[1]  # noqa: E731
