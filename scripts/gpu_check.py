@@ -95,9 +95,14 @@ class Report:
     def __init__(self, out: Path, only: list[str] | None):
         self.rows: list[Row] = []
         self.out, self.only = out, only
+        self.header: dict = {}
 
     def wanted(self, name: str) -> bool:
         return not self.only or any(name.startswith(o) for o in self.only)
+
+    def group_wanted(self, group: str) -> bool:
+        """Some row of `group` (rows named '<group> ...') is wanted."""
+        return not self.only or any(o.startswith(group) or group.startswith(o) for o in self.only)
 
     def run(self, name: str, fn, *args, **kw):
         """Run one row: fn(...) returns its figures (a dict) and may add a note under figures['note']."""
@@ -124,13 +129,14 @@ class Report:
         self.rows.append(row)
         # progress on stderr (where a long row hangs); the one table goes to stdout at the end
         print(f"[{len(self.rows)}] {row.name}: {row.status} ({row.seconds:.1f} s)", file=sys.stderr, flush=True)
+        self.write()  # after every row: a run killed by a hung kernel or a time limit keeps what it found
         return out
 
-    def write(self, header: dict) -> Path:
+    def write(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / "gpu_check.json"
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**header, "rows": [vars(r) for r in self.rows]}, indent=1, default=str))
+        tmp.write_text(json.dumps({**self.header, "rows": [vars(r) for r in self.rows]}, indent=1, default=str))
         os.replace(tmp, path)
         return path
 
@@ -979,7 +985,7 @@ def compare_pngs(a: dict, b: dict, what: str, tol: int) -> dict:
 
 
 def train_py_rows(report: Report, work: Path, device, smoke: bool, fault: bool):
-    if not any(report.wanted(n) for n in ("train.py", "compile")):
+    if not any(report.group_wanted(n) for n in ("train.py", "compile")):
         return
     try:
         import omegaconf  # noqa: F401
@@ -1124,6 +1130,7 @@ def main(argv=None) -> int:
               "cpu_smoke": smoke, "packages": pk, "inject_fault": sorted(fault),
               "tolerances": {"fp32_cpu_vs_device": FP32_TOL, "png_max_diff_255": PNG_TOL, "compile": COMPILE_TOL,
                              "attention": {str(k).replace("torch.", ""): v for k, v in ATTN_TOL.items()}}}
+    report.header = header
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, device {header['device_name']}"
           f"{' (cpu-smoke)' if smoke else ''}")
     for name, st in pk.items():
@@ -1148,13 +1155,13 @@ def main(argv=None) -> int:
         report.run(f"{kind} released throughput", row_net_throughput, kind, full, full_size,
                    2 if smoke else batch, "bf16" if device.type == "cuda" else "fp32", device, args.row_cap)
 
-    if report.wanted("attention"):
+    if report.group_wanted("attention"):
         attention_rows(report, device, smoke)
     train_py_rows(report, work, device, smoke, "train.py" in fault)
 
     print("\n" + report.table())
     failed = [r.name for r in report.rows if r.status == "FAIL"]
-    path = report.write(header)
+    path = report.write()
     print(f"\n{len(report.rows)} rows: {sum(r.status == 'ok' for r in report.rows)} ok, {len(failed)} FAIL, "
           f"{sum(r.status == 'skip' for r in report.rows)} skip; {path}")
     if failed:
