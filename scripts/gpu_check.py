@@ -881,7 +881,8 @@ def dense_attention_rows(report, device, smoke):
             base = reset_peak(device)
             out = layers.attention(q, k, v, backend=name)
             if name == "xformers" and layers._xformers_ops is False:
-                raise Disagree("xformers imported but its kernel failed on the first call (fell back to SDPA)")
+                raise Skip("xformers imports but its kernel failed on the first call (a build for another torch or "
+                           "CUDA?): the dense families fall back to SDPA, as designed")
             mem = peak_gib(device, base)
             times = [timed(lambda: layers.attention(q, k, v, backend=name), device)[1] for _ in range(5)]
             err = rel_err(out, ref)
