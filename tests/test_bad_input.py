@@ -34,6 +34,7 @@ from tests.forkrun import ForkRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, EXTRACT = "train.py", "extract_imagenet_feature.py"
+GPU_CHECK = "scripts/gpu_check.py"
 TIMEOUT = 240
 WORKERS = int(os.environ.get("BAD_INPUT_WORKERS", "2"))  # processes at a time
 
@@ -743,6 +744,15 @@ CASES = [
          "train.batch_size (--batch_size) 3 (global) is not divisible by 2 process(es) x train.grad_accum 1", nproc=2),
     case("eqar-epochs-data-missing", TRAIN, EQAR + ["data.kind=imagefolder", "--data_path", "{t}/nowhere", "--epochs",
                                                     "1"], prior_eqar, "image folder {t}/nowhere not found"),
+    # ---- scripts/gpu_check.py: its arguments, checked before anything runs or is written
+    case("gpu-check-dcae-missing", GPU_CHECK, ["--cpu-smoke", "--out", "{t}/gc", "--dcae", "{t}/nowhere"], None,
+         "--dcae {t}/nowhere: not a diffusers DC-AE folder"),
+    case("gpu-check-row-cap-zero", GPU_CHECK, ["--cpu-smoke", "--out", "{t}/gc", "--row-cap", "0"], None,
+         "--row-cap must be a positive number"),
+    case("gpu-check-fault-unknown", GPU_CHECK, ["--cpu-smoke", "--out", "{t}/gc", "--inject-fault", "natt"], None,
+         "--inject-fault natt: expected names among"),
+    case("gpu-check-only-unknown", GPU_CHECK, ["--cpu-smoke", "--out", "{t}/gc", "--only", "bogus"], None,
+         "--only bogus: matches no row"),
 ]
 
 
