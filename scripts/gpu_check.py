@@ -54,22 +54,18 @@ OPTIONAL = ("omegaconf", "diffusers", "flash_attn", "xformers")
 
 # ------------------------------------------------------------------------------------------------- the record
 def fam_get(fam, name: str):
-    """The one place that reads a field of a family record (`sample`, `sample_settings`, `loss`, `dataset`, ...).
-    A record regrouped into capability objects (`fam.sampling.sample`, `fam.training.loss`) is read too."""
-    if hasattr(fam, name):
+    """The one place that reads a field of a family record: the core's (`dataset`, `batches`, `loss`), its
+    `training` capability's (`param_groups`, `to_device`, `batch_rows`) or its `sampling` capability's (`sample`,
+    `settings`, `num_classes`; None for a family that only trains)."""
+    if name in ("dataset", "batches", "loss"):
         return getattr(fam, name)
-    for group in ("sampling", "training"):
-        obj = getattr(fam, group, None)
-        if obj is not None and hasattr(obj, name):
-            return getattr(obj, name)
-        short = name.replace("sample_", "")
-        if obj is not None and hasattr(obj, short):
-            return getattr(obj, short)
-    return None
+    if name in ("param_groups", "to_device", "batch_rows"):
+        return getattr(fam.training, name)
+    return getattr(fam.sampling, name) if fam.sampling is not None else None
 
 
 def settings_of(fam, cfg, model):
-    make = fam_get(fam, "sample_settings")
+    make = fam_get(fam, "settings")
     return make(cfg, model) if make is not None else None
 
 
