@@ -28,7 +28,7 @@ def preflight(cfg, mode: str, fam) -> None:
         raise ConfigError(f"device={dev} but no CUDA device is available (torch.cuda.is_available() is False); "
                           f"use device=cpu or device=auto")
     on_cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
-    keys = {"pretrain": ("train.precision",), "eval": ("eval.precision",),
+    keys = {"pretrain": ("train.precision",), "eval": ("eval.precision",), "edit": ("eval.precision",),
             "search": ("search.precision", "eval.precision")}[mode]
     for key in keys:
         from omegaconf import OmegaConf
@@ -49,6 +49,12 @@ def preflight(cfg, mode: str, fam) -> None:
         elif mode == "pretrain" and int(cfg.train.sample_every) > 0 and fam.sample is not None and \
                 fam.preview is None:
             fam.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
+    if mode == "edit":
+        from engine.edit_mode import check
+        check(cfg, fam, model)
+        from engine.generate import weights_path
+        weights_path(cfg, prefer_ema=bool(cfg.eval.use_ema))
+        fam.settings(cfg, model)
     if mode == "eval":
         n, name = int(cfg.eval.n), key_name("eval.n", cfg)
         if n < world:
@@ -111,7 +117,10 @@ def run(cfg, mode: str, on_error=None) -> int:
     from models import get_family
     try:
         fam = get_family(cfg.family)
-        if mode not in fam.modes:
+        if mode == "edit" and getattr(fam, "edit", None) is None:
+            raise ConfigError(f"family {fam.name} has no editing (its record sets no `edit`): --mode edit needs a "
+                              f"family that can edit, e.g. nat or enat")
+        if mode not in fam.modes and not (mode == "edit" and "eval" in fam.modes):
             raise ConfigError(f"--mode {mode} is not supported for family '{fam.name}' (it supports: "
                               f"{', '.join(fam.modes)})")
         _declared(preflight, cfg, mode, fam)
@@ -126,6 +135,9 @@ def run(cfg, mode: str, on_error=None) -> int:
         elif mode == "eval":
             from engine.evaluate import evaluate
             _declared(evaluate, cfg)
+        elif mode == "edit":
+            from engine.edit_mode import edit
+            _declared(edit, cfg)
         else:
             from engine.search import search
             _declared(search, cfg)

@@ -130,6 +130,12 @@ class Family:
     # and the config is printed, so that the printed and checkpointed config is the one that runs. It may list a
     # data set, never read weights; raises ValueError naming the key or flag
     derive_config: Callable[[Any, str], None] | None = None
+    # edit: (model, known, keep, labels, generators, settings, size=None) -> the same type `sample` returns for these
+    # arguments. `known`: the tokenizer's encoding of the input images on the output canvas (the layout `sample`
+    # returns, e.g. tokens Long[B, h, w] or [B, L]; NiT latents [B, C, h, w]; eqar: its column latents); `keep`: Bool
+    # on the token/latent grid (known's shape without channel dims; True = keep known exactly, False = regenerate).
+    # keep all False == sample(...) with the same generators, bit-identical; keep all True returns known exactly.
+    edit: Callable[..., Any] | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:

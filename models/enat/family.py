@@ -97,6 +97,15 @@ def enat_sample(model: nn.Module, labels: torch.Tensor, generators, settings: tf
     return tf.mask_predict_grid(fn, model, labels, generators, settings, rule="exact", size=size)
 
 
+def enat_edit(model: nn.Module, known: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, generators,
+              settings: tf.TokenSampling, size=None) -> torch.Tensor:
+    """Family.edit: codes Long[B, h, w], the kept ones equal to `known` (MaskGIT editing with ENAT's rule; the kept
+    codes are visible from step 0, so feature reuse starts from their encoding)."""
+    from models.enat.reuse import ReuseModelFn
+    fn = ReuseModelFn(model) if settings.reuse else model
+    return tf.mask_predict_edit(fn, model, known, keep, labels, generators, settings, rule="exact", size=size)
+
+
 def enat_sample_settings(cfg, model) -> tf.TokenSampling:
     # the official ENAT eval makes eval_n / 1000 images of every class: its labels are not random draws
     return tf.sampling_from_config(cfg, "enat", reuse=bool(cfg.sample.reuse))
@@ -120,6 +129,7 @@ FAMILY = Family(
     sample=enat_sample,
     sample_settings=enat_sample_settings,
     **tf.record_fields(),
+    edit=enat_edit,
     # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
     ddp_find_unused=True,
 )

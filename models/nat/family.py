@@ -72,6 +72,12 @@ def nat_sample(model: nn.Module, labels: torch.Tensor, generators, settings, siz
     return tf.mask_predict_grid(model, model, labels, generators, settings, rule="ties", size=size)
 
 
+def nat_edit(model: nn.Module, known: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, generators, settings,
+             size=None):
+    """Family.edit: codes Long[B, h, w], the kept ones equal to `known` (MaskGIT editing, AutoNAT's rule)."""
+    return tf.mask_predict_edit(model, model, known, keep, labels, generators, settings, rule="ties", size=size)
+
+
 def nat_sample_settings(cfg, model):
     # the official AutoNAT eval draws its labels from the same torch generator as the tokens
     return tf.sampling_from_config(cfg, "nat", stream_labels=True)
@@ -120,4 +126,5 @@ FAMILY = Family(
     sample_settings=nat_sample_settings,
     search_space=nat_search_space,
     **tf.record_fields(),
+    edit=nat_edit,
 )
