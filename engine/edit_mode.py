@@ -76,6 +76,7 @@ def edit(cfg) -> dict:
     with torch.device("meta"):
         meta, _ = build_model(cfg, fam)
     x = inputs(cfg, fam, meta, tok.in_channels)
+    editing.edit_size(fam, meta, tok, x["size"])  # a canvas off the model's grid, refused before anything is written
     png_output.claim(folder, _settings_key(cfg, weights, x["files"]), cfg)  # refuses another run's PNGs
     dist.barrier()
     model, fam = build_generator(cfg, device)
