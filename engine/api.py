@@ -37,7 +37,8 @@ def recipe_path(config) -> str:
         q = ROOT / folder / f"{p.name}.yaml"
         if q.is_file():
             return str(q)
-    raise FileNotFoundError(f"no recipe named {config!r} in configs/, configs/demo/ or configs/debug/ (give a YAML path)")
+    raise FileNotFoundError(f"no recipe named {config!r} in configs/, configs/demo/ or configs/debug/ (give a YAML "
+                            f"path)")
 
 
 def resolve_device(device) -> torch.device:
