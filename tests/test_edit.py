@@ -109,6 +109,12 @@ def test_edit_keeps_codes_and_limits(world, name):
         none = fam.edit(model, known, torch.zeros_like(keep), lab, row_generators(9, range(3)), settings)
         every = fam.edit(model, known, torch.ones_like(keep), lab, row_generators(9, range(3)), settings)
     assert torch.equal(ref, none) and torch.equal(every, known)
+    # one mask per image (ragged editable counts in one batch: ENAT's encoder takes rows of other lengths)
+    ragged = torch.zeros(3, s, s, dtype=torch.bool)
+    ragged[0, :s // 2], ragged[1, :, :s // 4], ragged[2, -4:, -4:] = True, True, True
+    out, res = g.edit(imgs, ragged, labels=[1, 2, 3], seed=5, return_codes=True)
+    counts = (~res["keep"]).flatten(1).sum(1).tolist()
+    assert len(set(counts)) == 3 and torch.equal(res["codes"][res["keep"]], res["known"][res["keep"]])
 
 
 def test_mask_predict_schedule_counts_editable_tokens():
@@ -164,6 +170,28 @@ def test_mode_edit_one_and_two_processes(world, tmp_path, name):
     last = g.edit(imgs[2:], f"box:0,0,{s // 2},{s}", labels=3, seed=4, indices=[2])
     assert np.array_equal(last[0].numpy(), _png_rgb(tmp_path / "p1" / "edit" / "000002.png"))
     assert got.shape == (3, s, s, 3)
+
+
+def test_mode_edit_outpaint_canvas(world, tmp_path):
+    """--mode edit places 16x16 PNGs on the debug NAT's 32x32 canvas at edit.anchor: the border is generated, the
+    image's codes kept (pixels: the tokenizer's reconstruction of the canvas there)."""
+    _, ws = world
+    w = ws["nat"]
+    small = tmp_path / "small"
+    small.mkdir()
+    rng = np.random.default_rng(2)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(small / f"{k}.png")
+    out = tmp_path / "out"
+    run(torchrun_cmd(1, *_cli(w, out), "--mode", "edit", f"edit.images={small}", "edit.canvas=[32,32]",
+                     "edit.anchor=[8,8]", "edit.labels=2", "edit.seed=1"))
+    g = _api(w)
+    imgs = torch.stack([torch.from_numpy(np.array(Image.open(small / f"{k}.png"))) for k in range(2)])
+    want = g.edit(imgs, None, labels=2, seed=1, canvas=(32, 32), anchor=(8, 8))
+    for k in range(2):
+        assert np.array_equal(want[k].numpy(), _png_rgb(out / "edit" / f"{k:06d}.png"))
+    with Image.open(out / "edit_grid.png") as grid:
+        assert grid.size == (3 * 34, 2 * 34)  # rows: images; columns: input, mask, output (1-px borders)
 
 
 def test_outpaint_canvas_nat(world):
