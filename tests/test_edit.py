@@ -246,3 +246,22 @@ def test_api_sample_is_eval_png_latent_families(flow_world, tmp_path, name):
     # the tokenizer round trip through the API: decode(encode(x)) is the tokenizer's reconstruction
     rec = g.decode(g.encode(got))
     assert rec.shape == got.shape and rec.dtype == torch.uint8
+
+
+def test_grid_mask_any_pixel_regenerates_its_code():
+    """2-D tokenizers max-pool the pixel mask by their factor; a column token covers a full-height strip."""
+    from tokenizer.column import ColumnTokenizer, build_column_autoencoder
+    from tokenizer.demo_vq import DemoVQTokenizer, build_demo_vq
+    vq = DemoVQTokenizer(build_demo_vq("debug"))  # factor 4
+    m = torch.zeros(1, 16, 16, dtype=torch.bool)
+    m[0, 5, 9] = True  # one pixel: code (1, 2)
+    g = vq.grid_mask(m)
+    assert g.shape == (1, 4, 4) and g.sum() == 1 and g[0, 1, 2]
+    col = ColumnTokenizer(build_column_autoencoder("debug"))
+    d, h = col.downsample, col.height
+    m = torch.zeros(2, h, 4 * d, dtype=torch.bool)
+    m[0, h - 1, 2 * d] = True  # the bottom pixel of column 2
+    g = col.grid_mask(m)
+    assert g.shape == (2, 4) and g[0].tolist() == [False, False, True, False] and not g[1].any()
+    with pytest.raises(ValueError, match="divisible"):
+        vq.grid_mask(torch.zeros(1, 15, 16, dtype=torch.bool))
