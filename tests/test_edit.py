@@ -1,7 +1,6 @@
 """Editing and the Python API on debug NAT / ENAT with random weights: the API's samples are eval's PNGs, kept
 codes stay bit-identical, an empty mask is the tokenizer's reconstruction, a full mask is plain sampling, and
 --mode edit writes the same files with 1 and 2 processes."""
-import json
 
 import numpy as np
 import pytest
