@@ -99,7 +99,7 @@ def main() -> int:
     noisy = images.clone()
     noisy[:, :, 8:24, 8:24] = torch.randint(0, 256, noisy[:, :, 8:24, 8:24].shape, dtype=torch.uint8,
                                             generator=torch.Generator().manual_seed(0))
-    rows, inc = [], None
+    rows, inc, noise_fid = [], None, {}  # the noise-filled inputs' FID, once per reference file
     for name, f in families(root, args.data, args.fid_weights).items():
         if name not in args.families.split(","):
             continue
@@ -131,7 +131,10 @@ def main() -> int:
             inc = _inception(cfg, torch.device("cpu"))
         ref = ensure_ref_stats(cfg, torch.device("cpu"), size=f["size"], multi=f["size"] is not None, inception=inc)
         ev = build_evaluator(cfg, torch.device("cpu"), ref, inception=inc, quiet=True)
-        fid_edit, fid_noise = fid_of(ev, edited), fid_of(ev, noisy)
+        fid_edit = fid_of(ev, edited)
+        if str(ref) not in noise_fid:
+            noise_fid[str(ref)] = fid_of(ev, noisy)
+        fid_noise = noise_fid[str(ref)]
         try:
             res = latest_result(*f["uncond"][:1], "samples")
             fid_uncond = res["sizes"][f["uncond"][1]]["fid"] if f["uncond"][1] else res["fid"]
