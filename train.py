@@ -1,4 +1,4 @@
-"""One entry point: `[torchrun ...] train.py --config X.yaml --mode pretrain|eval|search [key=value ...]`.
+"""One entry point: `[torchrun ...] train.py --config X.yaml --mode pretrain|eval|search|edit [key=value ...]`.
 
 Official flags of each family's README (`--gen_steps 8`, `--enc_dec 22 2`, `--pretrained_path ...`) are accepted
 as aliases of config keys (shared ones in engine/config.py OFFICIAL_FLAGS, the rest in each family's record).
@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-MODES = ("pretrain", "eval", "search")
+MODES = ("pretrain", "eval", "search", "edit")
 
 
 def _flag_table() -> str:
@@ -58,8 +58,9 @@ def _parser(with_flags: bool) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="recipe YAML (configs/...)")
     p.add_argument("--mode", default=None,
-                   help="pretrain | eval | search; default: the mode the family's official flags select (flags "
-                        "only its eval script has: NiT's sampler flags, the equivariant AR's --eval_bsz --num_images "
+                   help="pretrain | eval | search | edit (inpaint/outpaint the PNGs of edit.images); default: the "
+                        "mode the family's official flags select (flags only its eval script has: NiT's sampler "
+                        "flags, the equivariant AR's --eval_bsz --num_images "
                         "--cfg --metrics), else eval when --pretrained_path is given (the ENAT README's eval commands "
                         "name no mode), else pretrain. Another value goes to the family's official "
                         "flags (NiT's --mode sde|ode names its solver) and the run mode is then eval")

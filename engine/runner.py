@@ -29,7 +29,7 @@ def preflight(cfg, mode: str, fam):
         raise ConfigError(f"device={dev} but no CUDA device is available (torch.cuda.is_available() is False); "
                           f"use device=cpu or device=auto")
     on_cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
-    keys = {"pretrain": ("train.precision",), "eval": ("eval.precision",),
+    keys = {"pretrain": ("train.precision",), "eval": ("eval.precision",), "edit": ("eval.precision",),
             "search": ("search.precision", "eval.precision")}[mode]
     for key in keys:
         from omegaconf import OmegaConf
@@ -54,6 +54,12 @@ def preflight(cfg, mode: str, fam):
                 raise ConfigError(f"{key_name('train.sample_every', cfg)} {cfg.train.sample_every}: family "
                                   f"'{fam.name}' has neither a preview nor a sampler to make one; set it to 0")
             fam.sampling.settings(cfg, model)  # the periodic sample grid's settings: refused now, not at its first step
+    if mode == "edit":
+        from engine.edit_mode import check
+        check(cfg, fam, model)
+        from engine.generate import weights_path
+        weights_path(cfg, prefer_ema=bool(cfg.eval.use_ema))
+        fam.sampling.settings(cfg, model)
     if mode == "eval":
         n, name = int(cfg.eval.n), key_name("eval.n", cfg)
         if n < world:
@@ -124,6 +130,9 @@ def _run(cfg, mode: str, on_error=None) -> int:
     from models import get_family
     try:
         fam = get_family(cfg.family)
+        if mode == "edit" and "edit" not in fam.modes:
+            raise ConfigError(f"family {fam.name} has no editing (its sampling sets no `edit`): --mode edit needs a "
+                              f"family that can edit: nat, enat, nit or eqar")
         if mode not in fam.modes:
             raise ConfigError(f"--mode {mode} is not supported for family '{fam.name}' (it supports: "
                               f"{', '.join(fam.modes)})")
@@ -139,6 +148,9 @@ def _run(cfg, mode: str, on_error=None) -> int:
         elif mode == "eval":
             from engine.evaluate import evaluate
             _declared(evaluate, cfg, plan)
+        elif mode == "edit":
+            from engine.edit_mode import edit
+            _declared(edit, cfg)
         else:
             from engine.search import search
             _declared(search, cfg)

@@ -12,6 +12,7 @@ trains, e.g. a tokenizer). The run modes follow from them:
   pretrain  always
   eval      needs `sampling` (its `sample`)
   search    needs `sampling.search_space`
+  edit      needs `sampling.edit`
 
 A new capability field goes at the end of the object it concerns, with a default that keeps the old behaviour, so
 that existing family records stay valid. README.md ("Adding a family") lists every field; tests/test_add_family.py
@@ -146,8 +147,9 @@ class Sampling:
     sample_folder: Callable[[Any, Any, str], str] | None = None
     # where the family's README gets the reference statistics of its metrics (named when they are missing)
     ref_stats_hint: str = ""
-    # (model, known, keep, labels, generators, settings, size=None) -> the same type `sample` returns for these
-    # arguments: images edited in the tokenizer's space. `known`: the tokenizer's encoding of the input images on
+    # (model, known, keep, labels, generators, settings, size=None, tokenizer=None) -> the same type `sample`
+    # returns for these arguments: images edited in the tokenizer's space (`tokenizer`: the one that made `known`,
+    # for a family that must re-encode, e.g. the column AR's mirrored extension to the left). `known`: the tokenizer's encoding of the input images on
     # the output canvas (the layout `sample` returns); `keep`: Bool on the token/latent grid (known's shape without
     # channel dims; True = keep known exactly, False = regenerate). keep all False == `sample` with the same
     # generators, bit for bit; keep all True returns known exactly. None: no --mode edit
@@ -203,4 +205,6 @@ class Family:
             out.append("eval")
             if self.sampling.search_space is not None:
                 out.append("search")
+            if self.sampling.edit is not None:
+                out.append("edit")
         return tuple(out)

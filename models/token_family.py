@@ -142,6 +142,34 @@ def mask_predict_replay(model_fn, model: nn.Module, labels: torch.Tensor, settin
     return _codes(model_fn, model, labels, None, settings.strategy, stream, rule, size), labels
 
 
+@torch.no_grad()
+def mask_predict_edit(model_fn, model: nn.Module, known: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor,
+                      generators, settings, rule: str, size=None) -> torch.Tensor:
+    """Family.edit of the mask-predict families: MaskGIT editing on the model's fixed token grid. `known` Long[B, h, w]
+    (the tokenizer's codes of the input on the model's canvas), `keep` Bool[B, h, w]: kept codes stay fixed from the
+    first step, the others are predicted with the schedule counting only them (samplers.mask_predict). The grid is
+    the model's, so outpainting means an image placed on a canvas of the model's size, never a larger grid."""
+    from samplers.mask_predict import sample
+    grid = token_grid(model)
+    if size is not None:
+        raise ValueError(f"family of {type(model).__name__} edits its fixed token grid {grid}; an image size "
+                         f"({size}) cannot be requested: place the image on a canvas of the model's size")
+    if isinstance(settings, Strategy):
+        settings = TokenSampling(settings)
+    if settings.stream is not None:
+        raise ValueError("editing draws from per-row generators: sample.rng=official (the official sampler's "
+                         "stream) cannot edit; use sample.rng=rows")
+    b = labels.shape[0]
+    if tuple(known.shape) != (b, *grid) or tuple(keep.shape) != (b, *grid):
+        raise ValueError(f"known codes and keep mask must be [{b}, {grid[0]}, {grid[1]}] (the model's token grid), "
+                         f"got {list(known.shape)} and {list(keep.shape)}")
+    strategy = settings.strategy
+    tokens = sample(model_fn, labels, generators, seq_len=model.seq_len, codebook_size=model.codebook_size,
+                    strategy=strategy, null_label=model.null_label if uses_guidance(strategy) else None, rule=rule,
+                    known=known.reshape(b, -1).long(), keep=keep.reshape(b, -1))
+    return tokens.reshape(b, *grid)
+
+
 def record_fields() -> dict:
     """The core Family fields the mask-predict families fill in alike."""
     from datasets.sampling import row_batches

@@ -35,6 +35,12 @@ The variant picks the official sampling logits: 'autonat' logits / max(τs, min_
 log_softmax(logits) / max(τs, min_temp). With rule='exact' and the ENAT cosine schedule the clamp of mask_len above
 is inactive whenever the targets fall by at least one token per step (e.g. T = 8 for L >= 16), so this replays the
 official ENAT loop, which masks floor(L·cos(π(s+1)/2T)) tokens unclamped.
+
+Editing (`known` Long[B, L], `keep` Bool[B, L]; MaskGIT inpainting): the kept positions hold their known ids from
+step 0 on and are never re-masked; only the E_b = #editable positions of row b are predicted, and the schedule
+counts those alone: the target after step t is floor(E_b·r_t) (mask_len = max(1, min(#masked_row − 1, ·)), 0 for a
+row with nothing to edit). The random draws are those of plain sampling (2·L uniforms per row and step), so
+keep all False is plain sampling bit for bit, and keep all True returns `known`.
 """
 from __future__ import annotations
 
@@ -76,7 +82,8 @@ def remask(confidence: torch.Tensor, mask_len: torch.Tensor, rule: str) -> torch
 def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], labels: torch.Tensor,
            generators: Sequence[torch.Generator] | None = None, *, seq_len: int, codebook_size: int,
            strategy: Strategy, null_label: int | None = None, rule: str = "ties", min_temp: float = 1e-4,
-           rng: OfficialStream | None = None) -> torch.Tensor:
+           rng: OfficialStream | None = None, known: torch.Tensor | None = None,
+           keep: torch.Tensor | None = None) -> torch.Tensor:
     """Generate Long[B, seq_len] token ids in [0, codebook_size) for `labels` Long[B] (on the model's device).
 
     null_label: None = no guidance (one forward per step, strategy.cfg unused); an int = classifier-free guidance
@@ -85,6 +92,7 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label
     min_temp: floor of the sampling temperature (AutoNAT 1e-4).
     generators / rng: exactly one — per-row generators (one CPU torch.Generator per row, the default) or an
     OfficialStream replaying the official single-process random stream (see the module doc).
+    known / keep: editing (see the module doc): Long[B, seq_len] ids and Bool[B, seq_len], True = keep known.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -106,8 +114,21 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label
     if callable(reset):
         reset()
 
-    targets = strategy.masked_after(seq_len)
     ids = torch.full((b, seq_len), mask_id, dtype=torch.long, device=device)
+    if (known is None) != (keep is None):
+        raise ValueError("editing needs both known (token ids) and keep (Bool mask), or neither")
+    if keep is None:
+        targets = torch.tensor(strategy.masked_after(seq_len), dtype=torch.long, device=device).expand(b, -1)
+    else:
+        if tuple(known.shape) != (b, seq_len) or tuple(keep.shape) != (b, seq_len) or keep.dtype != torch.bool:
+            raise ValueError(f"known must be Long[{b}, {seq_len}] and keep Bool[{b}, {seq_len}], got "
+                             f"{list(known.shape)} and {keep.dtype} {list(keep.shape)}")
+        known, keep = known.to(device), keep.to(device)
+        if bool(((known < 0) | (known >= codebook_size))[keep].any()):
+            raise ValueError(f"known ids at kept positions must lie in [0, {codebook_size})")
+        ids = torch.where(keep, known, ids)
+        editable = (~keep).sum(dim=1).tolist()  # the schedule counts the editable tokens of each row
+        targets = torch.tensor([strategy.masked_after(e) for e in editable], dtype=torch.long, device=device)
     last = strategy.steps - 1
     for t in range(strategy.steps):
         u = uniform_rows(generators, (2, seq_len), device) if rng is None else None
@@ -130,6 +151,9 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label
         conf = torch.where(unknown, conf, torch.full_like(conf, float("inf")))
         conf = conf + (strategy.mask_temp[t] * gumbel_from_uniform(u[:, 1]) if rng is None else noise)
         n_masked = unknown.sum(dim=1)
-        mask_len = torch.clamp(torch.minimum(n_masked - 1, torch.full_like(n_masked, targets[t])), min=1)
-        ids = torch.where(remask(conf, mask_len, rule), torch.full_like(sampled, mask_id), sampled)
+        mask_len = torch.clamp(torch.minimum(n_masked - 1, targets[:, t]), min=1)
+        again = remask(conf, mask_len, rule)
+        if keep is not None:  # a row with nothing left to predict re-masks nothing (its kept ids have conf +inf)
+            again = again & (n_masked > 0).unsqueeze(1)
+        ids = torch.where(again, torch.full_like(sampled, mask_id), sampled)
     return sampled

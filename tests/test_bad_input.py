@@ -133,7 +133,15 @@ def assets(tmp_path_factory) -> Path:
     (a / "interp.yaml").write_text("family: nit\nmodel:\n  flavour: debug\ntrain:\n  steps: ${train.nope}\n")
     _nit_assets(a)
     _column_assets(a)
+    _edit_assets(a)
     return a
+
+
+def _edit_assets(a: Path) -> None:
+    """--mode edit: two 16x16 grey PNGs (the debug AutoNAT's canvas) and a mask of the wrong size."""
+    for k in range(2):
+        _png(a / "edit16" / f"img{k}.png", 50 + k, size=(16, 16))
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(a / "edit_mask8.png")
 
 
 NIT_SHAPES = [(2, 2)] * 4 + [(2, 3)] * 2 + [(3, 2)] * 2  # latent grids: 8 images, 3 LPFHP packs of <= 16 tokens
@@ -234,6 +242,11 @@ def prior_eval(t: Path, a: Path) -> None:
     (t / "out" / "eval" / "samples_n4_0123456789").mkdir(parents=True)
     (t / "out" / "eval" / "samples_n4_0123456789" / "result.json").write_text(json.dumps({"fid": 12.5}))
     (t / "out" / "samples.png").write_bytes(b"\x89PNG prior grid")
+
+
+def edit_pngs(t: Path, a: Path) -> None:
+    """A PNG that this project did not write, where --mode edit writes its images."""
+    _png(t / "out" / "edit" / "000000.png", 7, size=(16, 16))
 
 
 def prior_tokens(t: Path, a: Path) -> None:
@@ -344,6 +357,9 @@ EQAR_EVAL = ["--config", "configs/debug/eqar_debug.yaml", "--mode", "eval", "out
              "tokenizer.ckpt={a}/eqtok_tok.pt", "eval.ref_stats={a}/stats_ok.npz",
              "eval.inception_weights={a}/inception.pth"]
 EQAR_W = [*EQAR_EVAL, "--pretrained_path", "{a}/eqar_step5.pt"]
+EDIT = ["--config", "configs/debug/autonat_debug.yaml", "--mode", "edit", "output_dir={t}/out", "device=cpu",
+        "--pretrained_path", "{a}/nnet_ema.pth", "tokenizer.ckpt={a}/demo_vq.pt", "edit.images={a}/edit16",
+        "edit.labels=1", "edit.mask=box:4,4,12,12"]
 EQTOK = ["--config", "configs/debug/eqtok_debug.yaml", "--mode", "pretrain", "output_dir={t}/out", "device=cpu"]
 
 
@@ -753,6 +769,31 @@ CASES = [
          "--inject-fault natt: expected names among"),
     case("gpu-check-only-unknown", GPU_CHECK, ["--cpu-smoke", "--out", "{t}/gc", "--only", "bogus"], None,
          "--only bogus: matches no row"),
+    # ---- --mode edit: the inputs (images, mask, labels, canvas), a family that cannot edit, earlier outputs
+    case("edit-images-missing", TRAIN, EDIT + ["edit.images={t}/nope.png"], prior_eval,
+         "edit.images {t}/nope.png not found"),
+    case("edit-images-unset", TRAIN, EDIT + ["edit.images=null"], prior_eval, "edit.images is not set"),
+    case("edit-box-outside", TRAIN, EDIT + ["edit.mask=box:0,0,40,8"], prior_eval,
+         "edit.mask 'box:0,0,40,8': the box must satisfy 0 <= x0 < x1 <= 16"),
+    case("edit-box-not-numbers", TRAIN, EDIT + ["edit.mask=box:a,b,c"], prior_eval, "expected box:x0,y0,x1,y1"),
+    case("edit-mask-size", TRAIN, EDIT + ["edit.mask={a}/edit_mask8.png"], prior_eval,
+         "edit_mask8.png is 8x8 pixels but the images are 16x16"),
+    case("edit-mask-missing", TRAIN, EDIT + ["edit.mask={t}/nomask.png"], prior_eval, "edit.mask {t}/nomask.png"),
+    case("edit-labels-count", TRAIN, EDIT + ["edit.labels=[1,2,3]"], prior_eval,
+         "edit.labels has 3 labels for 2 images"),
+    case("edit-labels-unset", TRAIN, EDIT + ["edit.labels=null"], prior_eval, "edit.labels is not set"),
+    case("edit-label-out-of-range", TRAIN, EDIT + ["edit.labels=12"], prior_eval,
+         "edit.labels 12 is not a class id of this model (0..9)"),
+    case("edit-anchor-outside", TRAIN, EDIT + ["edit.canvas=[16,16]", "edit.anchor=[4,4]"], prior_eval,
+         "edit.anchor [4, 4] puts the 16x16 image outside the canvas [16, 16]"),
+    case("edit-extend-and-canvas", TRAIN, EDIT + ["edit.canvas=[16,32]", "edit.extend_right=16"], prior_eval,
+         "edit.extend_left / edit.extend_right set the canvas themselves"),
+    case("edit-canvas-off-grid", TRAIN, EDIT + ["edit.canvas=[24,24]"], prior_eval,
+         "family 'nat' edits its fixed 4x4 token grid: the canvas must be 16x16 pixels"),
+    case("edit-official-stream", TRAIN, EDIT + ["sample.rng=official"], prior_eval, "sample.rng=official"),
+    case("edit-family-without-edit", TRAIN, ["--config", "configs/demo/vq_fmnist.yaml", "--mode", "edit",
+                                             "output_dir={t}/out"], prior_train, "family demo_vq has no editing"),
+    case("edit-foreign-pngs", TRAIN, EDIT, both(prior_eval, edit_pngs), "holds 1 numbered PNGs that this project"),
 ]
 
 

@@ -42,6 +42,18 @@ class Tokenizer(nn.Module, abc.ABC):
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.downsample, width // self.downsample
 
+    def grid_mask(self, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """Bool[B, H, W] pixels to regenerate -> Bool on the code grid [B, H/d, W/d] (d = downsample): a code is
+        regenerated when ANY of its pixels is (a kept code must not carry pixels that were asked to change)."""
+        if pixel_mask.dim() != 3:
+            raise ValueError(f"grid_mask expects a pixel mask [B, H, W], got shape {tuple(pixel_mask.shape)}")
+        b, h, w = pixel_mask.shape
+        d = self.downsample
+        if h % d or w % d:
+            raise ValueError(f"{type(self).__name__}: a mask of {h}x{w} pixels is not on the code grid (H and W "
+                             f"must be divisible by {d})")
+        return pixel_mask.bool().reshape(b, h // d, d, w // d, d).any(dim=4).any(dim=2)
+
     def _check_images(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__}.encode expects images [B, {self.in_channels}, H, W] in [-1, 1], "

@@ -436,6 +436,18 @@ class ColumnTokenizer(Tokenizer):
         """(tokens, channels): a column tokenizer makes one token per `downsample` pixels of width."""
         return width // self.downsample, self.latent_channels
 
+    def grid_mask(self, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """Bool[B, H, W] -> Bool[B, W/downsample]: a column token covers a full-height strip `downsample` pixels
+        wide, so it is regenerated when any pixel of its strip is."""
+        if pixel_mask.dim() != 3:
+            raise ValueError(f"grid_mask expects a pixel mask [B, H, W], got shape {tuple(pixel_mask.shape)}")
+        b, h, w = pixel_mask.shape
+        d = self.downsample
+        if w % d:
+            raise ValueError(f"ColumnTokenizer: a mask {w} pixels wide is not on the column grid (W must be "
+                             f"divisible by {d})")
+        return pixel_mask.bool().reshape(b, h, w // d, d).any(dim=3).any(dim=1)
+
     def _check_images(self, images):
         super()._check_images(images)
         if images.shape[-2] != self.height:

@@ -105,6 +105,15 @@ def enat_replay(model: nn.Module, labels: torch.Tensor, settings: tf.TokenSampli
     return tf.mask_predict_replay(fn, model, labels, settings, rule="exact", size=size)
 
 
+def enat_edit(model: nn.Module, known: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, generators,
+              settings: tf.TokenSampling, size=None, tokenizer=None) -> torch.Tensor:
+    """Family.edit: codes Long[B, h, w], the kept ones equal to `known` (MaskGIT editing with ENAT's rule; the kept
+    codes are visible from step 0, so feature reuse starts from their encoding)."""
+    from models.enat.reuse import ReuseModelFn
+    fn = ReuseModelFn(model) if settings.reuse else model
+    return tf.mask_predict_edit(fn, model, known, keep, labels, generators, settings, rule="exact", size=size)
+
+
 def enat_sample_settings(cfg, model) -> tf.TokenSampling:
     # the official ENAT eval makes eval_n / 1000 images of every class: its labels are not random draws
     return tf.sampling_from_config(cfg, "enat", reuse=bool(cfg.sample.reuse))
@@ -126,7 +135,9 @@ FAMILY = Family(
     loss=enat_training_loss,
     official_flags=OFFICIAL_FLAGS,
     **tf.record_fields(),
+    edit=enat_edit,
     # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
     training=Training(ddp_find_unused=always),
-    sampling=Sampling(sample=enat_sample, settings=enat_sample_settings, replay=enat_replay, **tf.sampling_fields()),
+    sampling=Sampling(sample=enat_sample, settings=enat_sample_settings, replay=enat_replay, edit=enat_edit,
+                      **tf.sampling_fields()),
 )

@@ -77,6 +77,12 @@ def nat_replay(model: nn.Module, labels: torch.Tensor, settings, size=None):
     return tf.mask_predict_replay(model, model, labels, settings, rule="ties", size=size)
 
 
+def nat_edit(model: nn.Module, known: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, generators, settings,
+             size=None, tokenizer=None):
+    """Family.edit: codes Long[B, h, w], the kept ones equal to `known` (MaskGIT editing, AutoNAT's rule)."""
+    return tf.mask_predict_edit(model, model, known, keep, labels, generators, settings, rule="ties", size=size)
+
+
 def nat_sample_settings(cfg, model):
     # the official AutoNAT eval draws its labels from the same torch generator as the tokens
     return tf.sampling_from_config(cfg, "nat", stream_labels=True)
@@ -127,6 +133,7 @@ FAMILY = Family(
         settings=nat_sample_settings,
         replay=nat_replay,
         search_space=nat_search_space,
+        edit=nat_edit,
         **tf.sampling_fields(),
     ),
 )

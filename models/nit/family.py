@@ -370,7 +370,8 @@ def family_replay(model: nn.Module, labels: torch.Tensor, settings: NiTSampling,
 
 
 @torch.no_grad()
-def family_edit(model: nn.Module, known, keep, labels: torch.Tensor, generators, settings: NiTSampling, size=None):
+def family_edit(model: nn.Module, known, keep, labels: torch.Tensor, generators, settings: NiTSampling, size=None,
+                tokenizer=None):
     """Inpainting / outpainting: `sample` where part of the latents is given (samplers.flow, editing).
 
     `known`: scaled latents Float (B, C, h, w) of one canvas, the layout `sample` returns for one size: the
