@@ -135,7 +135,6 @@ FAMILY = Family(
     loss=enat_training_loss,
     official_flags=OFFICIAL_FLAGS,
     **tf.record_fields(),
-    edit=enat_edit,
     # prev_embedder is never used and prev_proj only in reuse batches: DDP must tolerate unused parameters
     training=Training(ddp_find_unused=always),
     sampling=Sampling(sample=enat_sample, settings=enat_sample_settings, replay=enat_replay, edit=enat_edit,
