@@ -45,8 +45,17 @@ class ColumnARSettings:
     cfg_schedule: str = "linear"  # 'linear' (official default) or 'constant'
     temperature: float = 1.0      # accepted, unused (as released)
     use_cache: bool = True
+    # the model's own fused per-token loops where it has them (the equivariant AR: models/eqar/head_loop.py and
+    # kv_cache.py, bit-identical); False: the module path step by step (the reference the fast path is tested on)
+    fast_path: bool = True
+    # fast path only: the head's modulations of all Euler steps of a token in one matmul per block (faster; equal
+    # to the module path up to float reassociation, not bit for bit)
+    batched_head: bool = False
 
     def check(self) -> None:
+        if self.batched_head and not self.fast_path:
+            raise ValueError("batched_head (sample.batched_head) needs fast_path (sample.fast_path): it is a variant "
+                             "of the fast path's head loop")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.cfg_schedule not in SCHEDULES:
@@ -132,14 +141,18 @@ class OfficialColumnStream:
 
 
 ConditionFn = Callable[[int, "torch.Tensor | None"], torch.Tensor]
+FlowFn = Callable[[torch.Tensor, torch.Tensor, "float | None"], torch.Tensor]
 
 
 @torch.no_grad()
 def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
            generators: Sequence[torch.Generator] | None, settings: ColumnARSettings, *, rows: int, channels: int,
-           num_tokens: int = 16, device="cpu", stream: OfficialColumnStream | None = None) -> torch.Tensor:
+           num_tokens: int = 16, device="cpu", stream: OfficialColumnStream | None = None,
+           flow: FlowFn | None = None) -> torch.Tensor:
     """Latents Float32 (rows, num_tokens, channels) from the model functions (module doc); `condition` must be
-    built for guidance iff settings.cfg != 1. With `stream` the noise comes from it (generators are ignored)."""
+    built for guidance iff settings.cfg != 1. With `stream` the noise comes from it (generators are ignored).
+    `flow(z, noise, scale) -> token`, when given, replaces `euler_flow(head, z, noise, num_steps, scale)`: a
+    model's own integrator of the same Euler steps (e.g. models.eqar.head_loop.HeadEuler)."""
     if stream is None:
         check_generators(generators, rows)
     elif rows > stream.batch_size:
@@ -150,7 +163,7 @@ def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, t
     for i in range(num_tokens):
         scale = cfg_scale_at(i, num_tokens, settings.cfg, settings.cfg_schedule) if guided else None
         noise = _normal_rows(generators, channels, device) if stream is None else stream.noise(rows, channels, device)
-        token = euler_flow(head, z, noise, settings.num_steps, scale)
+        token = euler_flow(head, z, noise, settings.num_steps, scale) if flow is None else flow(z, noise, scale)
         out[:, i] = token
         if i + 1 < num_tokens:
             z = condition(i + 1, token)

@@ -743,6 +743,11 @@ CASES = [
          "train.batch_size (--batch_size) 3 (global) is not divisible by 2 process(es) x train.grad_accum 1", nproc=2),
     case("eqar-epochs-data-missing", TRAIN, EQAR + ["data.kind=imagefolder", "--data_path", "{t}/nowhere", "--epochs",
                                                     "1"], prior_eqar, "image folder {t}/nowhere not found"),
+    # ---- eqar fast sampling path: its switches
+    case("eqar-fast-path-text", TRAIN, EQAR_W + ["sample.fast_path=maybe"], prior_eval,
+         "config key 'sample.fast_path' must be true/false, got 'maybe'"),
+    case("eqar-batched-head-without-fast-path", TRAIN, EQAR_W + ["sample.batched_head=true", "sample.fast_path=false"],
+         prior_eval, "batched_head (sample.batched_head) needs fast_path (sample.fast_path)"),
 ]
 
 
