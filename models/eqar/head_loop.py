@@ -4,7 +4,8 @@ It computes what `euler_flow(model.diffloss.net, ...)` computes, with the work t
 taken out of it:
   - the time embeddings of all `num_steps` steps, once per run (t is the same for every token);
   - the condition projection `cond_embed(z)`, once per token (z is fixed while its token is integrated);
-  - SiLU(y) of the adaLN input, once per step for all blocks (each block's `adaLN_modulation` starts with it);
+  - SiLU(y) of the adaLN input, once per step for all blocks (each block's `adaLN_modulation` starts with it), and
+    the adaLN linears of all blocks and of the final layer as one matmul of the same rows;
   - module calls: the weights are read once and the loop calls torch.nn.functional directly.
 
 `batched=False` (exact) keeps every matmul at the shape the module path uses (rows x width per step), so results
@@ -35,36 +36,44 @@ class HeadEuler:
                      for k in range(self.num_steps, 0, -1)]
         if self.batched:
             self.time_all = torch.stack(self.time)
-        self.width = head.input_proj.out_features
+        self.width = w = head.input_proj.out_features
         self.cond = (head.cond_embed.weight, head.cond_embed.bias)
         self.inp = (head.input_proj.weight, head.input_proj.bias)
         self.blocks = [(b.in_ln.weight, b.in_ln.bias, b.in_ln.eps, b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight,
-                        b.mlp[2].bias, b.adaLN_modulation[1].weight, b.adaLN_modulation[1].bias)
-                       for b in head.res_blocks]
+                        b.mlp[2].bias) for b in head.res_blocks]
         fl = head.final_layer
-        self.final = (fl.norm_final.eps, fl.adaLN_modulation[1].weight, fl.adaLN_modulation[1].bias,
-                      fl.linear.weight, fl.linear.bias)
+        self.final = (fl.norm_final.eps, fl.linear.weight, fl.linear.bias)
+        # every adaLN_modulation linear (blocks, then the final layer) as one matmul, its output rows regrouped as
+        # [all scales | all shifts | all gates] so that 1 + scale is one op: each output column is the dot product
+        # it was in its own layer (same inputs, same reduction), only more columns share the call
+        mats = [b.adaLN_modulation[1] for b in head.res_blocks] + [fl.adaLN_modulation[1]]
+        groups = {"shift": [], "scale": [], "gate": []}
+        for i, lin in enumerate(mats):
+            names = ("shift", "scale", "gate") if i < len(self.blocks) else ("shift", "scale")
+            for j, name in enumerate(names):
+                groups[name].append((lin.weight[j * w:(j + 1) * w], lin.bias[j * w:(j + 1) * w]))
+        order = groups["scale"] + groups["shift"] + groups["gate"]
+        self.ada = (torch.cat([m for m, _ in order]), torch.cat([b for _, b in order]))
+        self.n_mod = len(mats)
 
-    # -- modulations: per block (shift, 1 + scale, gate), final (shift, 1 + scale), one tuple per step
+    def _split(self, mod: torch.Tensor):
+        """Per block (shift, 1 + scale, gate) and final (shift, 1 + scale) from one modulation row block."""
+        w, m, d = self.width, self.n_mod, len(self.blocks)
+        onep = (1 + mod[..., :m * w]).split(w, dim=-1)
+        shift = mod[..., m * w:2 * m * w].split(w, dim=-1)
+        gate = mod[..., 2 * m * w:].split(w, dim=-1)
+        return [(shift[i], onep[i], gate[i]) for i in range(d)], (shift[d], onep[d])
+
     def _modulations_exact(self, y: torch.Tensor):
-        s = F.silu(y)
-        mods = []
-        for *_, aw, ab in self.blocks:
-            shift, scale, gate = F.linear(s, aw, ab).chunk(3, dim=-1)
-            mods.append((shift, 1 + scale, gate))
-        shift, scale = F.linear(s, self.final[1], self.final[2]).chunk(2, dim=-1)
-        return mods, (shift, 1 + scale)
+        return self._split(F.linear(F.silu(y), *self.ada))
 
     def _modulations_batched(self, ce: torch.Tensor):
         n, r, w = self.time_all.shape
-        s = F.silu(self.time_all + ce).reshape(n * r, w)
-        per_block = []
-        for *_, aw, ab in self.blocks:
-            shift, scale, gate = F.linear(s, aw, ab).reshape(n, r, 3, w).unbind(2)
-            per_block.append(list(zip(shift.unbind(0), (1 + scale).unbind(0), gate.unbind(0))))
-        shift, scale = F.linear(s, self.final[1], self.final[2]).reshape(n, r, 2, w).unbind(2)
-        final = list(zip(shift.unbind(0), (1 + scale).unbind(0)))
-        return [([pb[k] for pb in per_block], final[k]) for k in range(n)]
+        mod = F.linear(F.silu(self.time_all + ce), *self.ada)  # (n, r, *): all steps' modulations, one matmul
+        blocks, final = self._split(mod)
+        blocks = [tuple(t.unbind(0) for t in blk) for blk in blocks]
+        final = tuple(t.unbind(0) for t in final)
+        return [([tuple(t[k] for t in blk) for blk in blocks], tuple(t[k] for t in final)) for k in range(n)]
 
     def __call__(self, z: torch.Tensor, noise: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         if (scale is not None) != self.guided:
@@ -72,12 +81,12 @@ class HeadEuler:
         n, b, w = self.num_steps, self.rows, self.width
         ce = F.linear(z, *self.cond)
         batched = self._modulations_batched(ce) if self.batched else None
-        eps_f, fw, fb = self.final[0], self.final[3], self.final[4]
+        eps_f, fw, fb = self.final
         x = noise
         for k in range(n):
             mods, (fshift, fscale) = batched[k] if batched is not None else self._modulations_exact(self.time[k] + ce)
             h = F.linear(torch.cat([x, x]) if self.guided else x, *self.inp)
-            for (lw, lb, eps, w1, b1, w2, b2, _, _), (shift, onep, gate) in zip(self.blocks, mods):
+            for (lw, lb, eps, w1, b1, w2, b2), (shift, onep, gate) in zip(self.blocks, mods):
                 u = F.layer_norm(h, (w,), lw, lb, eps) * onep + shift
                 h = h + gate * F.linear(F.silu(F.linear(u, w1, b1)), w2, b2)
             v = F.linear(F.layer_norm(h, (w,), None, None, eps_f) * fscale + fshift, fw, fb).float()
