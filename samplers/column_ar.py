@@ -14,6 +14,8 @@ Per token i = 0..N-1:
   3. with guidance the velocity is v_u + w_i (v_c - v_u) (`guided_velocity`, the one function every step calls,
      samplers.guidance's formula): the conditional and the unconditional rows run in one batched call on the same
      x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear' schedule (official default), cfg for 'constant'.
+A model may hand in its own integrator `flow(z, noise, scale) -> token` of the same Euler steps (the equivariant AR's
+fused head loop, models/eqar/head_loop.py); without it the sampler steps `head` through `euler_flow`.
 `temperature` is accepted for command-line parity but, as in the release, does not change anything: the ODE is
 deterministic given its initial noise.
 
