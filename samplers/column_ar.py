@@ -14,6 +14,8 @@ Per token i = 0..N-1:
   3. with guidance the velocity is v_u + w_i (v_c - v_u) (`guided_velocity`, the one function every step calls,
      samplers.guidance's formula): the conditional and the unconditional rows run in one batched call on the same
      x; w_i = 1 + (cfg - 1)(i + 1)/N for the 'linear' schedule (official default), cfg for 'constant'.
+A model may hand in its own integrator `flow(z, noise, scale) -> token` of the same Euler steps (the equivariant AR's
+fused head loop, models/eqar/head_loop.py); without it the sampler steps `head` through `euler_flow`.
 `temperature` is accepted for command-line parity but, as in the release, does not change anything: the ODE is
 deterministic given its initial noise.
 
@@ -45,8 +47,17 @@ class ColumnARSettings:
     cfg_schedule: str = "linear"  # 'linear' (official default) or 'constant'
     temperature: float = 1.0      # accepted, unused (as released)
     use_cache: bool = True
+    # the model's own fused per-token loops where it has them (the equivariant AR: models/eqar/head_loop.py and
+    # kv_cache.py, bit-identical); False: the module path step by step (the reference the fast path is tested on)
+    fast_path: bool = True
+    # fast path only: the head's modulations of all Euler steps of a token in one matmul per block (faster; equal
+    # to the module path up to float reassociation, not bit for bit)
+    batched_head: bool = False
 
     def check(self) -> None:
+        if self.batched_head and not self.fast_path:
+            raise ValueError("batched_head (sample.batched_head) needs fast_path (sample.fast_path): it is a variant "
+                             "of the fast path's head loop")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.cfg_schedule not in SCHEDULES:
@@ -132,14 +143,18 @@ class OfficialColumnStream:
 
 
 ConditionFn = Callable[[int, "torch.Tensor | None"], torch.Tensor]
+FlowFn = Callable[[torch.Tensor, torch.Tensor, "float | None"], torch.Tensor]
 
 
 @torch.no_grad()
 def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
            generators: Sequence[torch.Generator] | None, settings: ColumnARSettings, *, rows: int, channels: int,
-           num_tokens: int = 16, device="cpu", stream: OfficialColumnStream | None = None) -> torch.Tensor:
+           num_tokens: int = 16, device="cpu", stream: OfficialColumnStream | None = None,
+           flow: FlowFn | None = None) -> torch.Tensor:
     """Latents Float32 (rows, num_tokens, channels) from the model functions (module doc); `condition` must be
-    built for guidance iff settings.cfg != 1. With `stream` the noise comes from it (generators are ignored)."""
+    built for guidance iff settings.cfg != 1. With `stream` the noise comes from it (generators are ignored).
+    `flow(z, noise, scale) -> token`, when given, replaces `euler_flow(head, z, noise, num_steps, scale)`: a
+    model's own integrator of the same Euler steps (e.g. models.eqar.head_loop.HeadEuler)."""
     if stream is None:
         check_generators(generators, rows)
     elif rows > stream.batch_size:
@@ -150,7 +165,7 @@ def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, t
     for i in range(num_tokens):
         scale = cfg_scale_at(i, num_tokens, settings.cfg, settings.cfg_schedule) if guided else None
         noise = _normal_rows(generators, channels, device) if stream is None else stream.noise(rows, channels, device)
-        token = euler_flow(head, z, noise, settings.num_steps, scale)
+        token = euler_flow(head, z, noise, settings.num_steps, scale) if flow is None else flow(z, noise, scale)
         out[:, i] = token
         if i + 1 < num_tokens:
             z = condition(i + 1, token)
@@ -162,7 +177,7 @@ def sample(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, t
 @torch.no_grad()
 def extend(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
            generators: Sequence[torch.Generator], settings: ColumnARSettings, *, prefix: torch.Tensor,
-           kept: torch.Tensor, num_tokens: int, device="cpu") -> torch.Tensor:
+           kept: torch.Tensor, num_tokens: int, device="cpu", flow: FlowFn | None = None) -> torch.Tensor:
     """Continue given columns to the right: `sample` where row r's first kept[r] tokens are prefix[r, :kept[r]]
     (prefix (rows, >= max kept, channels) in the sampler's space), fed to `condition` as if sampled (teacher-forced
     into its KV cache), the rest sampled as `sample` samples them. Latents Float32 (rows, num_tokens, channels), the
@@ -188,7 +203,7 @@ def extend(condition: ConditionFn, head: Callable[[torch.Tensor, torch.Tensor, t
         if bool(forced.all()):
             token = prefix[:, i].to(out.dtype)
         else:
-            token = euler_flow(head, z, noise, settings.num_steps, scale)
+            token = euler_flow(head, z, noise, settings.num_steps, scale) if flow is None else flow(z, noise, scale)
             if bool(forced.any()):
                 token = torch.where(forced[:, None], prefix[:, min(i, prefix.shape[1] - 1)].to(token.dtype), token)
         out[:, i] = token

@@ -3,6 +3,10 @@ with full recomputation (the release's way), the flow head's share of it, fp32 v
 images/s (teacher-forced flow loss, backward, AdamW step).
 
     python scripts/bench_eqar.py [--flavour tiny] [--tokens 16 32 64 128] [--steps 10] [--batch 4] [--eval-batch 64] [--cfg 4]
+    python scripts/bench_eqar.py --fast-vs-module [--tokens 16 64] [--batches 4 64] [--reps 5] --threads 2
+The second form times the cached sampler's module path (fast_path=False, step by step through the modules) against
+the fast path (preallocated KV cache + fused head loop, bit-identical) and the fast path with the head's
+modulations batched over the Euler steps (batched_head), runs interleaved, and prints the medians and the ratios.
 Random weights; the default size is the release's `tiny_model` width (256, 8 blocks) with 256-d tokens. On a shared
 machine use --threads 1: two threads over-subscribed by other jobs made these small ops 20-30x slower here.
 """
@@ -74,6 +78,36 @@ def bench_sampling(model, timer, a, dtype, batch=None, tokens=None):
     return rows
 
 
+PATHS = {"module": dict(fast_path=False), "fast": dict(fast_path=True), "fast+batched_head": dict(batched_head=True)}
+
+
+def bench_fast_vs_module(model, a):
+    """Interleaved runs (module, fast, batched, module, ...) so that load changes hit every path alike; medians."""
+    import statistics
+    rows = []
+    for batch in a.batches:
+        labels = torch.arange(batch) % 1000
+        for n in a.tokens:
+            times = {k: [] for k in PATHS}
+            for _ in range(a.reps):
+                for name, kw in PATHS.items():
+                    t0 = time.perf_counter()
+                    sample(model, labels, row_generators(0, range(batch)), num_tokens=n, num_steps=a.steps,
+                           cfg=a.cfg, **kw)
+                    times[name].append(time.perf_counter() - t0)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {"tokens": n, "batch": batch, "dtype": "fp32", "threads": torch.get_num_threads(), "reps": a.reps,
+                   **{f"{k}_s": round(v, 4) for k, v in med.items()},
+                   "speedup_fast": round(med["module"] / med["fast"], 2),
+                   "speedup_fast_batched_head": round(med["module"] / med["fast+batched_head"], 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            print(f"   {n} tokens, batch {batch}: module {med['module']:.3f} s, fast {med['fast']:.3f} s "
+                  f"(x{row['speedup_fast']}), fast+batched_head {med['fast+batched_head']:.3f} s "
+                  f"(x{row['speedup_fast_batched_head']})", flush=True)
+    return rows
+
+
 def bench_training(model, a, dtype):
     model.train()
     opt = torch.optim.AdamW(param_groups(model), lr=1e-4, betas=(0.9, 0.95))
@@ -112,6 +146,10 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None, help="write all rows here")
+    ap.add_argument("--fast-vs-module", action="store_true",
+                    help="only time the module path against the fast path (fp32, cached; --tokens, --batches)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[4, 64], help="batches of --fast-vs-module")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of --fast-vs-module (medians)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -120,6 +158,12 @@ def main():
     print(f"model {a.flavour}: {n_params / 1e6:.2f}M params ({sum(p.numel() for p in model.diffloss.parameters()) / 1e6:.2f}M "
           f"flow head); threads {torch.get_num_threads()}; batch {a.batch}, cfg {a.cfg}, {a.steps} Euler steps",
           flush=True)
+    if a.fast_vs_module:
+        with torch.inference_mode():
+            rows = bench_fast_vs_module(model, a)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1))
+        return
     timer = HeadTimer(model.diffloss.net)
     rows = []
     with torch.inference_mode():

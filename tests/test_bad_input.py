@@ -794,6 +794,11 @@ CASES = [
     case("edit-family-without-edit", TRAIN, ["--config", "configs/demo/vq_fmnist.yaml", "--mode", "edit",
                                              "output_dir={t}/out"], prior_train, "family demo_vq has no editing"),
     case("edit-foreign-pngs", TRAIN, EDIT, both(prior_eval, edit_pngs), "holds 1 numbered PNGs that this project"),
+    # ---- eqar fast sampling path: its switches
+    case("eqar-fast-path-text", TRAIN, EQAR_W + ["sample.fast_path=maybe"], prior_eval,
+         "config key 'sample.fast_path' must be true/false, got 'maybe'"),
+    case("eqar-batched-head-without-fast-path", TRAIN, EQAR_W + ["sample.batched_head=true", "sample.fast_path=false"],
+         prior_eval, "batched_head (sample.batched_head) needs fast_path (sample.fast_path)"),
 ]
 
 

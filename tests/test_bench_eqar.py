@@ -20,3 +20,17 @@ def test_bench_eqar_tiny_run(tmp_path):
     assert all(0 <= r["flow_head_share"] <= 1 for r in rows if "seconds" in r)
     assert sum("train_images_per_s" in r for r in rows) == 1
     assert proc.stdout.count("cache speed-up at") == 3
+
+
+def test_bench_eqar_fast_vs_module(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "scripts/bench_eqar.py", "--fast-vs-module", "--tokens", "2", "3",
+                           "--batches", "1", "2", "--reps", "1", "--steps", "1", "--threads", "1", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["batch"], r["tokens"]) for r in rows] == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    for r in rows:
+        assert r["module_s"] > 0 and r["fast_s"] > 0 and r["fast+batched_head_s"] > 0
+        assert r["speedup_fast"] == round(r["module_s"] / r["fast_s"], 2)
+    assert proc.stdout.count("tokens, batch") == 4

@@ -180,8 +180,12 @@ def test_flow_head_guided_velocity_is_the_release_combination():
 def test_column_ar_sampler_steps_exactly_the_exposed_function(monkeypatch, cfg):
     model = _eqar(1)
     labels = torch.tensor([2, 5])
-    kw = dict(num_tokens=3, num_steps=4, cfg=cfg, cfg_schedule="linear")
+    # the module path (fast_path=False) steps the function; the fast path's fused loop equals it bit for bit
+    # (tests/test_eqar_fast_path.py)
+    kw = dict(num_tokens=3, num_steps=4, cfg=cfg, cfg_schedule="linear", fast_path=False)
     ref = eqar_condition.sample(model, labels, row_generators(0, range(2)), **kw)
+    assert torch.equal(ref, eqar_condition.sample(model, labels, row_generators(0, range(2)),
+                                                  **{**kw, "fast_path": True}))
     spy = Spy(column_ar.guided_velocity)
     monkeypatch.setattr(column_ar, "guided_velocity", spy)
     torch.testing.assert_close(eqar_condition.sample(model, labels, row_generators(0, range(2)), **kw), ref, rtol=0,

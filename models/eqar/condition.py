@@ -8,12 +8,18 @@ KV cache (`use_cache`): the band mask lets token i see only tokens i − cond_le
 keeps, per layer, the rotated keys/values of the last `cond_length` tokens, plus the buffer's cross-attention
 keys/values (the buffer never attends to image tokens, so its track through the blocks is computed once). Without
 it the whole zero-padded sequence of num_tokens is recomputed every step as the release does (O(N^2), same result).
+
+Fast path (`fast_path`, default): the cache is preallocated and written in place (models/eqar/kv_cache.py) and the
+flow head's Euler loop of a token runs as one function with its loop-invariant work hoisted (models/eqar/head_loop.py);
+both are bit-identical to the module path step by step (fast_path=False), which stays as the reference.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from models.eqar.head_loop import HeadEuler
+from models.eqar.kv_cache import PreallocatedStepper
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream, extend as column_ar_extend
 from samplers.column_ar import sample as column_ar_sample
 
@@ -55,7 +61,8 @@ class _CachedStepper:
 class EqarCondition:
     """condition(i, token) -> z_i of samplers.column_ar for `labels` Long[B]: z (B, Dz), or (2B, Dz) guided."""
 
-    def __init__(self, model: nn.Module, labels: torch.Tensor, guided: bool, use_cache: bool, num_tokens: int):
+    def __init__(self, model: nn.Module, labels: torch.Tensor, guided: bool, use_cache: bool, num_tokens: int,
+                 fast: bool = False):
         net = _unwrap(model)
         b, device = labels.shape[0], labels.device
         self.net, self.guided, self.use_cache = net, bool(guided), bool(use_cache)
@@ -67,7 +74,7 @@ class EqarCondition:
             rows, drop = labels, None
         self.buffer = net.buffer(rows, drop)
         if self.use_cache:
-            self.stepper = _CachedStepper(net, self.buffer)
+            self.stepper = PreallocatedStepper(net, self.buffer, num_tokens) if fast else _CachedStepper(net, self.buffer)
         else:
             self.seq = torch.zeros(rows.shape[0], num_tokens, net.token_embed_dim, device=device,
                                    dtype=self.buffer.dtype)
@@ -86,7 +93,8 @@ class EqarCondition:
 def sample(model: nn.Module, labels: torch.Tensor, generators, settings: ColumnARSettings | None = None,
            num_tokens: int = 16, stream: OfficialColumnStream | None = None, **overrides) -> torch.Tensor:
     """Latents (B, num_tokens, C) for `labels` Long[B] (on the model's device) from an eqar module; `overrides`
-    replace fields of `settings` (e.g. cfg=7.0, num_steps=100). With `stream` the noise comes from it."""
+    replace fields of `settings` (e.g. cfg=7.0, num_steps=100, fast_path=False). With `stream` the noise comes
+    from it."""
     from dataclasses import replace
     settings = replace(settings or ColumnARSettings(), **overrides)
     settings.check()
@@ -95,9 +103,20 @@ def sample(model: nn.Module, labels: torch.Tensor, generators, settings: ColumnA
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     net = _unwrap(model)
-    condition = EqarCondition(model, labels, settings.cfg != 1.0, settings.use_cache, num_tokens)
+    condition, flow = _condition_and_flow(model, net, labels, settings, num_tokens)
     return column_ar_sample(condition, net.diffloss.net, generators, settings, rows=labels.shape[0],
-                            channels=net.token_embed_dim, num_tokens=num_tokens, device=labels.device, stream=stream)
+                            channels=net.token_embed_dim, num_tokens=num_tokens, device=labels.device, stream=stream,
+                            flow=flow)
+
+
+
+def _condition_and_flow(model, net, labels, settings: ColumnARSettings, num_tokens: int):
+    """The condition function and (fast path) the fused flow-head integrator of one sampling call."""
+    guided, fast = settings.cfg != 1.0, settings.fast_path
+    condition = EqarCondition(model, labels, guided, settings.use_cache, num_tokens, fast)
+    flow = HeadEuler(net.diffloss.net, labels.shape[0], settings.num_steps, guided, labels.device,
+                     settings.batched_head) if fast else None
+    return condition, flow
 
 
 @torch.no_grad()
@@ -109,6 +128,6 @@ def extend(model: nn.Module, labels: torch.Tensor, generators, settings: ColumnA
     if labels.dim() != 1:
         raise ValueError(f"labels must be Long[B], got shape {list(labels.shape)}")
     net = _unwrap(model)
-    condition = EqarCondition(model, labels, settings.cfg != 1.0, settings.use_cache, num_tokens)
+    condition, flow = _condition_and_flow(model, net, labels, settings, num_tokens)
     return column_ar_extend(condition, net.diffloss.net, generators, settings, prefix=prefix, kept=kept,
-                            num_tokens=num_tokens, device=labels.device)
+                            num_tokens=num_tokens, device=labels.device, flow=flow)

@@ -318,7 +318,9 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
         raise ValueError(f"sample.temperature={s.temperature} (--temperature): the release's flow sampler ignores "
                          f"the temperature (its ODE is deterministic given the noise); leave it at 1.0")
     settings = ColumnARSettings(num_steps=int(s.num_sampling_steps), cfg=float(s.cfg),
-                                cfg_schedule=str(s.cfg_schedule), use_cache=bool(s.use_cache))
+                                cfg_schedule=str(s.cfg_schedule), use_cache=bool(s.use_cache),
+                                fast_path=check_switch("sample.fast_path", s.fast_path),
+                                batched_head=check_switch("sample.batched_head", s.batched_head))
     settings.check()
     n = int(s.num_iter) if s.num_iter is not None else int(cfg.data.token_num)
     if n < 1:
