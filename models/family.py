@@ -130,6 +130,9 @@ class Family:
     # and the config is printed, so that the printed and checkpointed config is the one that runs. It may list a
     # data set, never read weights; raises ValueError naming the key or flag
     derive_config: Callable[[Any, str], None] | None = None
+    # (model) -> [(name, owner, method name)]: the functions `sample` calls at every step, which sample.compile
+    # replaces on the owner by their compiled versions (engine/compile_sampling.py); None: the model's forward
+    compile_targets: Callable[[nn.Module], list] | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -396,6 +396,14 @@ def sample_folder(cfg, size, weights) -> str:
     return name + ("_ema" if cfg.eval.use_ema else "")
 
 
+def compile_targets(model: nn.Module) -> list:
+    """What the sampler calls per token (sample.compile): the flow head (num_sampling_steps times) and the
+    transformer's step, block by block with the KV cache, or the teacher-forced features without it."""
+    net = getattr(model, "module", model)
+    return [("flow_head", net.diffloss.net, "forward"), ("condition", net, "features"),
+            *((f"condition.block{i}", blk, "token_step") for i, blk in enumerate(net.encoder_blocks))]
+
+
 FAMILY = Family(
     name="eqar",
     flavours=FLAVOURS,
@@ -413,4 +421,5 @@ FAMILY = Family(
     ref_stats_hint=REF_STATS_HINT,
     check_config=check_config,
     derive_config=official_schedule,
+    compile_targets=compile_targets,
 )
