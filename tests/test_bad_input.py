@@ -743,6 +743,11 @@ CASES = [
          "train.batch_size (--batch_size) 3 (global) is not divisible by 2 process(es) x train.grad_accum 1", nproc=2),
     case("eqar-epochs-data-missing", TRAIN, EQAR + ["data.kind=imagefolder", "--data_path", "{t}/nowhere", "--epochs",
                                                     "1"], prior_eqar, "image folder {t}/nowhere not found"),
+    # ---- sample.compile: its values, and `true` where torch.compile cannot work (no C++ compiler for the CPU)
+    case("sample-compile-not-a-switch", TRAIN, EVAL + ["sample.compile=fast"], prior_eval,
+         "config key 'sample.compile' must be true, false or auto, got 'fast'"),
+    case("sample-compile-without-compiler", TRAIN, EVAL + ["sample.compile=true"], prior_eval,
+         "sample.compile=true cannot work on this cpu: no C++ compiler", env={"CXX": "/nonexistent/c++"}),
 ]
 
 
