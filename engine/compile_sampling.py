@@ -34,6 +34,16 @@ def policy(cfg):
     return cfg.sample.get("compile", False)
 
 
+def sample_key(cfg) -> dict | None:
+    """cfg.sample as the keys of cached eval units and PNG folders see it: sample.compile only when set (eager runs
+    keep the keys they had before the setting existed; compiled images are close to, not equal to, eager ones)."""
+    from engine.config import to_container
+    out = to_container(cfg.get("sample"))
+    if isinstance(out, dict) and out.get("compile", False) is False:
+        out.pop("compile", None)
+    return out
+
+
 def unavailable(device_type: str) -> str | None:
     """Why torch.compile cannot run on this device type here, or None."""
     if device_type == "cuda":

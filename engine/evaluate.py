@@ -59,8 +59,9 @@ def eval_labels(cfg, indices, num_classes: int, seed: int | None = None) -> torc
 def _tag(cfg, weights: str | None, collector) -> str:
     """Hash of everything that determines a unit's images and features: a cached unit is reused only when all agree
     (generator and its weights, sampling, tokenizer, the Inception weights, its dtype and the feature set)."""
+    from engine.compile_sampling import sample_key
     key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
-           "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
+           "sample": sample_key(cfg), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
            "tokenizer_weights": file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
            "fid_mode": cfg.eval.fid_mode, "precision": cfg.eval.precision,
            "decode_batch": int(cfg.eval.decode_batch), "weights": file_id(weights) or weights,

@@ -221,6 +221,7 @@ def main(argv=None) -> int:
                         continue
                     if r:
                         rows.append(r)
+                        print("  row " + json.dumps(r), file=sys.stderr, flush=True)  # a run cut short keeps its rows
                     print(f"  done {fam} {size} {mode} {dtype}: {r['img/s']:.3g} img/s", file=sys.stderr, flush=True)
     if args.profile:
         return 0
