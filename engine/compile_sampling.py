@@ -128,6 +128,8 @@ class CompiledSwitch:
         return self.compiled(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):
+        if self.mode is False:  # switched off by a caller (e.g. to count the eager path's FLOPs)
+            return self.eager(*args, **kwargs)
         if self.mode is True:
             return self.run_compiled(*args, **kwargs)
         if self.broken is not None:

@@ -18,7 +18,8 @@ CPU the process's peak resident set over the timed calls (reset through /proc/se
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_families.py [--families nat,enat,nit,eqar] [--sizes demo,released]
         [--modes eager,compiled] [--dtypes fp32,bf16] [--batch demo=16,released=1] [--steps nit=4] [--json out.json]
     .venv/bin/python scripts/bench_families.py --tiny      # debug flavours, a few seconds (the test suite's run)
-    ... --families nat --sizes released --modes eager --dtypes fp32 --profile 15   # top operators instead
+    ... --families nat --sizes released --modes eager --dtypes bf16 --profile 15 \
+        --set sample.strategy=cosine sample.gen_steps=1      # top operators of one step instead of the table
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def _sync(device) -> None:
 
 
 def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps: int | None, reps: int, device,
-              flops_cache: dict, profile: int = 0) -> dict:
+              flops_cache: dict, profile: int = 0, extra: tuple = ()) -> dict:
     from engine.compile_sampling import install
     from engine.config import load_config
     from engine.generate import generate
@@ -106,14 +107,14 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
     from models import build_model
     recipe = RECIPES[fam_name][size]
     official_cfg = load_config(os.path.join(ROOT, recipe), EXTRA.get((fam_name, size), []), mode="eval")
-    over = [*EXTRA.get((fam_name, size), []), f"sample.compile={'true' if mode == 'compiled' else 'false'}"]
+    over = [*EXTRA.get((fam_name, size), []), *extra, f"sample.compile={'true' if mode == 'compiled' else 'false'}"]
     if steps is not None:
         over.append(f"{STEP_KEY[fam_name]}={steps}")
     cfg = load_config(os.path.join(ROOT, recipe), over, mode="eval")
     torch.manual_seed(0)
     model, fam = build_model(cfg)  # random weights: speed and FLOPs do not depend on their values
-    model = model.to(device).eval().requires_grad_(False)  # FlopCounterMode's module hooks want no grad leaves
-    install(model, fam, cfg, device)
+    model = model.to(device).eval()  # parameters still require grad, as in an eval: autocast caches their casts
+    switches = install(model, fam, cfg, device)
     settings = fam.settings(cfg, model)
     classes = fam.num_classes(model, cfg) if fam.num_classes is not None else int(cfg.data.num_classes)
     labels = (torch.arange(batch) % classes).to(device)
@@ -132,15 +133,24 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
               f"{steps_text(fam_name, cfg)}")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
         return {}
-    key = (fam_name, size, batch, steps)
-    _sync(device)
-    t0 = time.perf_counter()
-    if mode == "eager" and key not in flops_cache:
-        flops_cache[key] = count_flops(call) / batch  # the warm-up call, counted
-    else:
-        call()
-    _sync(device)
-    first = time.perf_counter() - t0
+    key = (fam_name, size, batch, steps, extra)
+    counted = key not in flops_cache
+    if counted:  # on the eager path (FlopCounterMode sees no compiled kernels)
+        model.requires_grad_(False)  # its module hooks want no grad leaves under inference mode
+        modes = [sw.mode for sw in switches]
+        for sw in switches:
+            sw.mode = False
+        flops_cache[key] = count_flops(call) / batch
+        for sw, m in zip(switches, modes):
+            sw.mode = m
+        model.requires_grad_(True)
+    first = 0.0
+    if mode == "compiled" or not counted:  # the counted call was the eager warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        call()  # warm-up (compiled: the compile)
+        _sync(device)
+        first = time.perf_counter() - t0
     _peak_reset(device)
     best = math.inf
     for _ in range(reps):
@@ -150,8 +160,6 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     peak = _peak_mib(device)
-    if key not in flops_cache:
-        flops_cache[key] = count_flops(call) / batch
     ips = batch / best
     ran, official = step_count(fam_name, cfg), step_count(fam_name, official_cfg)
     gflop = flops_cache[key] / 1e9
@@ -192,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="also write the rows (and peaks) to this file")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every row (e.g. sample.strategy=cosine sample.gen_steps=1)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="instead of the table: torch.profiler's top N operators by self CPU time of one call per row")
     args = ap.parse_args(argv)
@@ -208,14 +218,14 @@ def main(argv=None) -> int:
     peak_n = 256 if args.tiny else 2048
     peaks = matmul_peaks(dtypes, n=peak_n)
     rows, flops_cache = [], {}
-    for fam in args.families.split(","):
-        for size in sizes:
-            for dtype in dtypes:
-                for mode in args.modes.split(","):
+    for mode in args.modes.split(","):  # every eager row first: a run cut short during a long compile keeps them
+        for fam in args.families.split(","):
+            for size in sizes:
+                for dtype in dtypes:
                     try:
                         r = bench_row(fam, size, mode, dtype, batches.get(size, 1),
                                       steps.get(fam) if size == "released" else None, reps, device, flops_cache,
-                                      args.profile)
+                                      args.profile, tuple(args.set))
                     except Exception as e:  # noqa: BLE001 - one failing row (e.g. a compile) must not lose the table
                         print(f"  FAILED {fam} {size} {mode} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
                         continue
