@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     reps = 1 if args.tiny else args.reps
     peak_n = 256 if args.tiny else 2048
     peaks = matmul_peaks(dtypes, n=peak_n)
+    print("  peaks at start (GFLOP/s) " + json.dumps(peaks), file=sys.stderr, flush=True)
     rows, flops_cache = [], {}
     for mode in args.modes.split(","):  # every eager row first: a run cut short during a long compile keeps them
         for fam in args.families.split(","):
