@@ -121,7 +121,7 @@ class ImageSource:
             self._settings = self.fam.settings(self.cfg, self.model)
         return self._settings
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: autocast's weight-cast cache works only outside it (engine.generate)
     def __call__(self, indices: list[int], settings=None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and labels of these sample indices; `settings`/`seed` override the config's (search)."""
         cfg = self.cfg
@@ -146,7 +146,7 @@ class ImageSource:
             img = decode(self.tok, toks.reshape(len(indices), h, w), self.decode_batch)
         return to_uint8(img).cpu(), labels.cpu()
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as __call__
     def at_sizes(self, indices: list[int], sizes: list) -> dict:
         """{size: (uint8 images, labels)} of these sample indices at every size of `sizes`. One size (None: the
         family's own) is a plain call. Several go in ONE call of the family's sampler (one packed batch): sample i

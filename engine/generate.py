@@ -95,7 +95,7 @@ def build_tokenizer(cfg, device):
     return _build(t.kind, ckpt=t.ckpt, **kw).to(device).eval()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: under it autocast re-casts every weight at every step (its cache is off)
 def generate(model, fam, settings, labels: torch.Tensor, indices, seed: int, size=None, generators=None):
     """(samples, labels) of these sample indices, row i from generator (seed, i) (or `generators`, one per row, when
     given: several sizes of the same indices in one batch); the labels are the given ones unless the family's
