@@ -263,6 +263,7 @@ CHOICES = {
     "train.lr_schedule": ("constant", "cosine"),
     "tokenizer.kind": None,  # the names in tokenizer.TOKENIZERS (filled in on first use: no import at start-up)
 }
+SWITCH_OR_AUTO = ("sample.compile",)  # true, false or the string auto
 RANGES = {
     "train.steps": _POS, "train.batch_size": _POS, "train.grad_accum": _POS, "train.log_every": _POS,
     "train.ckpt_every": _POS, "train.lr": _NONNEG, "train.warmup_steps": _NONNEG, "train.weight_decay": _NONNEG,
@@ -289,6 +290,10 @@ def _coerce(key: str, value, default):
     """The value in the type of the schema's default (int keys take integral floats such as 1e3); else an error."""
     if default is None or value is None:
         return value
+    if key in SWITCH_OR_AUTO:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ConfigError(f"config key '{key}' must be true, false or auto, got {value!r}")
     bad = ConfigError(f"config key '{key}' must be {_type_name(default)}, got {value!r}")
     if isinstance(default, bool):
         if not isinstance(value, bool):

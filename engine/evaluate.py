@@ -61,8 +61,9 @@ def eval_labels(cfg, indices, num_classes: int, seed: int | None = None) -> torc
 def _tag(cfg, weights: str | None, collector) -> str:
     """Hash of everything that determines a unit's images and features: a cached unit is reused only when all agree
     (generator and its weights, sampling, tokenizer, the Inception weights, its dtype and the feature set)."""
+    from engine.compile_sampling import sample_key
     key = {"source": cfg.eval.source, "n": int(cfg.eval.n), "bs": int(cfg.eval.batch_size), "seed": int(cfg.seed),
-           "sample": to_container(cfg.sample), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
+           "sample": sample_key(cfg), "labels": cfg.eval.labels, "tokenizer": to_container(cfg.tokenizer),
            "tokenizer_weights": file_id(cfg.tokenizer.ckpt), "model": to_container(cfg.model),
            "fid_mode": cfg.eval.fid_mode, "precision": cfg.eval.precision,
            "decode_batch": int(cfg.eval.decode_batch), "weights": file_id(weights) or weights,
@@ -136,7 +137,7 @@ class ImageSource:
             self._settings = self.fam.sampling.settings(self.cfg, self.model)
         return self._settings
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: autocast's weight-cast cache works only outside it (engine.generate)
     def __call__(self, indices: list[int], settings=None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and labels of these sample indices; `settings`/`seed` override the config's (search)."""
         cfg = self.cfg
@@ -161,7 +162,7 @@ class ImageSource:
             img = decode(self.tok, toks.reshape(len(indices), h, w), self.decode_batch)
         return to_uint8(img).cpu(), labels.cpu()
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as __call__
     def at_sizes(self, indices: list[int], sizes: list) -> dict:
         """{size: (uint8 images, labels)} of these sample indices at every size of `sizes`. One size (None: the
         family's own) is a plain call. Several go in ONE call of the family's sampler (one packed batch): sample i

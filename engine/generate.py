@@ -71,10 +71,14 @@ def load_weights(model, cfg, fam_name: str, source=None, prefer_ema: bool = True
 
 
 def build_generator(cfg, device, source=None):
+    """The sampling model (weights loaded, in eval, sample.compile's switches in place) and its family."""
+    from engine.compile_sampling import install
     model, fam = build_model(cfg)
     where = load_weights(model, cfg, fam.name, source, prefer_ema=bool(cfg.eval.use_ema))
     logger.info(f"generator weights: {where}")
-    return model.to(device).eval(), fam
+    model = model.to(device).eval()
+    install(model, fam, cfg, device)
+    return model, fam
 
 
 def build_tokenizer(cfg, device):
@@ -91,7 +95,7 @@ def build_tokenizer(cfg, device):
     return _build(t.kind, ckpt=t.ckpt, **kw).to(device).eval()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: under it autocast re-casts every weight at every step (its cache is off)
 def generate(model, fam, settings, labels: torch.Tensor, indices, seed: int, size=None, generators=None):
     """(samples, labels) of these sample indices, row i from generator (seed, i) (or `generators`, one per row, when
     given: several sizes of the same indices in one batch), for the given labels. Settings that replay an official

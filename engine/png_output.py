@@ -42,9 +42,10 @@ def png_folder(cfg, udir: Path, size=None, several: bool = False, weights=None) 
 def image_settings(cfg, weights, size) -> dict:
     """What decides the pixels of image i (not how many images, nor how they are scored)."""
     from engine.config import to_container
+    from engine.compile_sampling import sample_key
     from engine.generate import file_id
     return {"family": cfg.family, "source": cfg.eval.source, "seed": int(cfg.seed),
-            "sample": to_container(cfg.get("sample")), "labels": cfg.eval.labels,
+            "sample": sample_key(cfg), "labels": cfg.eval.labels,
             "tokenizer": to_container(cfg.tokenizer), "tokenizer_weights": file_id(cfg.tokenizer.ckpt),
             "model": to_container(cfg.model), "precision": cfg.eval.precision,
             "weights": file_id(weights) or (str(weights) if weights else None),

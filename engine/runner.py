@@ -40,6 +40,9 @@ def preflight(cfg, mode: str, fam):
     if mode == "pretrain" and int(cfg.train.batch_size) % (world * accum):  # the one check of the batch split
         raise ConfigError(f"{key_name('train.batch_size', cfg)} {cfg.train.batch_size} (global) is not divisible "
                           f"by {world} process(es) x train.grad_accum {accum}")
+    if mode in ("eval", "search") and (mode == "search" or cfg.eval.source == "samples"):
+        from engine.compile_sampling import check
+        check(cfg, "cpu" if on_cpu else "cuda")
     if fam.check_config is not None:
         fam.check_config(cfg, mode)
     plan = None

@@ -154,6 +154,9 @@ class Sampling:
     # channel dims; True = keep known exactly, False = regenerate). keep all False == `sample` with the same
     # generators, bit for bit; keep all True returns known exactly. None: no --mode edit
     edit: Callable[..., Any] | None = None
+    # (model) -> [(name, owner, method name)]: the functions `sample` calls at every step, which sample.compile
+    # replaces on the owner by their compiled versions (engine/compile_sampling.py); None: the model's forward
+    compile_targets: Callable[[nn.Module], list] | None = None
 
     def __post_init__(self):
         if (self.replay is None) != (self.replays is never):

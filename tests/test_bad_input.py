@@ -799,6 +799,11 @@ CASES = [
          "config key 'sample.fast_path' must be true/false, got 'maybe'"),
     case("eqar-batched-head-without-fast-path", TRAIN, EQAR_W + ["sample.batched_head=true", "sample.fast_path=false"],
          prior_eval, "batched_head (sample.batched_head) needs fast_path (sample.fast_path)"),
+    # ---- sample.compile: its values, and `true` where torch.compile cannot work (no C++ compiler for the CPU)
+    case("sample-compile-not-a-switch", TRAIN, EVAL + ["sample.compile=fast"], prior_eval,
+         "config key 'sample.compile' must be true, false or auto, got 'fast'"),
+    case("sample-compile-without-compiler", TRAIN, EVAL + ["sample.compile=true"], prior_eval,
+         "sample.compile=true cannot work on this cpu: no C++ compiler", env={"CXX": "/nonexistent/c++"}),
 ]
 
 

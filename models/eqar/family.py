@@ -317,10 +317,19 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
     if float(s.temperature) != 1.0:
         raise ValueError(f"sample.temperature={s.temperature} (--temperature): the release's flow sampler ignores "
                          f"the temperature (its ODE is deterministic given the noise); leave it at 1.0")
+    fast = check_switch("sample.fast_path", s.fast_path)
+    if fast and str(s.compile).lower() not in ("false", "0", "none"):
+        # sample.compile compiles the module path's functions (compile_targets), which the fused fast path does
+        # not call; both paths give the same latents bit for bit
+        if check_switch("sample.batched_head", s.batched_head):
+            raise ValueError(f"sample.batched_head is a variant of the fused fast path, but sample.compile={s.compile} "
+                             f"samples through the module path: set sample.batched_head=false or sample.compile=false")
+        log.info(f"sample.compile={s.compile}: eqar samples through its module path (sample.fast_path off), "
+                 f"whose flow head and per-token step are what gets compiled")
+        fast = False
     settings = ColumnARSettings(num_steps=int(s.num_sampling_steps), cfg=float(s.cfg),
                                 cfg_schedule=str(s.cfg_schedule), use_cache=bool(s.use_cache),
-                                fast_path=check_switch("sample.fast_path", s.fast_path),
-                                batched_head=check_switch("sample.batched_head", s.batched_head))
+                                fast_path=fast, batched_head=check_switch("sample.batched_head", s.batched_head))
     settings.check()
     n = int(s.num_iter) if s.num_iter is not None else int(cfg.data.token_num)
     if n < 1:
@@ -514,6 +523,14 @@ def sample_folder(cfg, size, weights) -> str:
     return name + ("_ema" if cfg.eval.use_ema else "")
 
 
+def compile_targets(model: nn.Module) -> list:
+    """What the sampler calls per token (sample.compile): the flow head (num_sampling_steps times) and the
+    transformer's step, block by block with the KV cache, or the teacher-forced features without it."""
+    net = getattr(model, "module", model)
+    return [("flow_head", net.diffloss.net, "forward"), ("condition", net, "features"),
+            *((f"condition.block{i}", blk, "token_step") for i, blk in enumerate(net.encoder_blocks))]
+
+
 FAMILY = Family(
     name="eqar",
     flavours=FLAVOURS,
@@ -535,5 +552,6 @@ FAMILY = Family(
         sample_folder=sample_folder,
         ref_stats_hint=REF_STATS_HINT,
         edit=eqar_edit,
+        compile_targets=compile_targets,
     ),
 )
