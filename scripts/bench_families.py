@@ -116,7 +116,7 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
     model = model.to(device).eval()  # parameters still require grad, as in an eval: autocast caches their casts
     switches = install(model, fam, cfg, device)
     settings = fam.sampling.settings(cfg, model)
-    classes = fam.num_classes(model, cfg) if fam.num_classes is not None else int(cfg.data.num_classes)
+    classes = fam.sampling.num_classes(model, cfg) if fam.sampling.num_classes is not None else int(cfg.data.num_classes)
     labels = (torch.arange(batch) % classes).to(device)
     prec = "fp32" if dtype == "fp32" else dtype
 
