@@ -64,7 +64,7 @@ def test_small_sizes():
     assert sizes["ENAT_S"] == 50_384_219   # paper: 50.4M
     assert sizes["ENAT_B"] == 219_646_721  # paper: 219M
     assert 2_000_000 <= sizes["demo"] <= 4_000_000
-    assert FAMILY.flavours is FLAVOURS and FAMILY.modes == ("pretrain", "eval")
+    assert FAMILY.flavours is FLAVOURS and FAMILY.modes == ("pretrain", "eval", "edit")
 
 
 def test_debug_keys_follow_official_pattern_and_round_trip():
