@@ -264,3 +264,26 @@ def test_grid_mask_any_pixel_regenerates_its_code():
     assert g.shape == (2, 4) and g[0].tolist() == [False, False, True, False] and not g[1].any()
     with pytest.raises(ValueError, match="divisible"):
         vq.grid_mask(torch.zeros(1, 15, 16, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", ["nit", "eqar"])
+def test_mode_edit_latent_families_one_and_two_processes(flow_world, tmp_path, name):
+    """--mode edit of the latent families (NiT inpainting, the column AR's extension to the right: both regenerate
+    the right half): the same files for 1 and 2 processes."""
+    w = flow_world[name]
+    g = _api(w)
+    imgs = g.sample(indices=[0, 1, 2], seed=5).numpy()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(imgs[k]).save(folder / f"img{k}.png")
+    h, wd = imgs.shape[1:3]
+    common = [f"edit.images={folder}", f"edit.mask=box:{wd // 2},0,{wd},{h}", "edit.labels=[1,2,3]",
+              "edit.seed=4", "edit.batch_size=2"]
+    files = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"p{nproc}"
+        run(torchrun_cmd(nproc, *_cli(w, out), "--mode", "edit", *common))
+        files[nproc] = {p.name: p.read_bytes() for p in sorted((out / "edit").glob("*.png"))}
+    assert sorted(files[1]) == ["000000.png", "000001.png", "000002.png"]
+    assert files[1] == files[2]
