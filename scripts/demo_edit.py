@@ -135,6 +135,11 @@ def main() -> int:
         mask[:, :, y0:y1, x0:x1] = 255
         save_grid(torch.stack([t for k in range(8) for t in (images[k], mask[k], edited[k])]), 8,
                   out / f"{name}_grid.png")
+        if name == "eqar":  # one test image per class continued to 4x its width (by eye: outputs/demo_edit)
+            first = [int((labels == c).nonzero()[0]) for c in range(10) if bool((labels == c).any())]
+            long = g.edit(test["image"][first], None, labels=labels[first].tolist(), seed=0,
+                          extend_right=3 * images.shape[-1])
+            save_grid(long.permute(0, 3, 1, 2)[:, :images.shape[1]], len(first), out / "eqar_extend_x4.png")
         cfg = g.cfg
         if inc is None:
             inc = _inception(cfg, torch.device("cpu"))
