@@ -212,7 +212,7 @@ def _column_assets(a: Path) -> None:
     from engine.trainer import save_checkpoint
     from models import build_model
     from tokenizer.column import build_column_autoencoder
-    from models.eqtok.ema import ColumnEMA
+    from tests.column_ema import ColumnEMA
     ae = build_column_autoencoder("debug")
     sd = ae.state_dict()
     box = {"family": "eqtok", "config": {"model": {"flavour": "debug"}}, "step": 1}

@@ -204,7 +204,7 @@ def test_trains_through_train_py_and_heads_resume_a_gan(tmp_path):
     m2, _ = build_model(cfg)
     assert all(torch.equal(m2.state_dict()[k], v) for k, v in heads.items())
     # the same heads inside a Lightning state_dict (live + ema_* + loss.*, plus loss tensors we do not model)
-    from models.eqtok.ema import ColumnEMA
+    from tests.column_ema import ColumnEMA
     m1, _ = build_model(_cfg(path))
     light = {k: v for k, v in m1.state_dict().items() if not k.startswith("loss.")}
     light.update(ColumnEMA(m1).state_dict())

@@ -12,7 +12,7 @@ from models.eqtok.family import eqtok_ema_decay, loss_weights, perceptual_metric
 from tokenizer import build_tokenizer
 from models.eqtok import losses as cl
 from tokenizer.column import gaussian_sample
-from models.eqtok.ema import ColumnEMA
+from tests.column_ema import ColumnEMA
 
 RECIPE = "configs/debug/eqtok_debug.yaml"
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tokenizer.column import ColumnTokenizer, build_column_autoencoder, module_state_from_lightning
-from models.eqtok.ema import ColumnEMA, warmup_decay
+from models.eqtok.ema import warmup_decay
+from tests.column_ema import ColumnEMA
 from models.eqtok.losses import (adaptive_weight, autoencoder_loss, discriminator_hinge, discriminator_loss,
                                      reconstruction_nll)
 
