@@ -3,10 +3,12 @@ with full recomputation (the release's way), the flow head's share of it, fp32 v
 images/s (teacher-forced flow loss, backward, AdamW step).
 
     python scripts/bench_eqar.py [--flavour tiny] [--tokens 16 32 64 128] [--steps 10] [--batch 4] [--eval-batch 64] [--cfg 4]
-    python scripts/bench_eqar.py --fast-vs-module [--tokens 16 64] [--batches 4 64] [--reps 5] --threads 2
+    python scripts/bench_eqar.py --fast-vs-module [--tokens 16 64] [--batches 4 64] [--reps 5] --threads 2 [--compiled]
 The second form times the cached sampler's module path (fast_path=False, step by step through the modules) against
 the fast path (preallocated KV cache + fused head loop, bit-identical) and the fast path with the head's
-modulations batched over the Euler steps (batched_head), runs interleaved, and prints the medians and the ratios.
+modulations batched over the Euler steps (batched_head), and with --compiled both fast variants under
+sample.compile=true (the per-token step and the Euler loop compiled whole; compile time apart), runs interleaved,
+and prints the medians, the ratios and each path's max |difference| from the module path's latents.
 Random weights; the default size is the release's `tiny_model` width (256, 8 blocks) with 256-d tokens. On a shared
 machine use --threads 1: two threads over-subscribed by other jobs made these small ops 20-30x slower here.
 """
@@ -50,7 +52,11 @@ def build(a):
     base = "small" if a.flavour == "tiny" else a.flavour
     kw = {**SIZES.get(a.flavour, {}), "class_num": 1000}
     torch.manual_seed(0)
-    return FLAVOURS[base](**kw).eval()
+    model = FLAVOURS[base](**kw).eval()
+    with torch.no_grad():  # the head starts with zero outputs: perturbed, so paths' latents differ if they can
+        for p in model.diffloss.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
 
 
 def bench_sampling(model, timer, a, dtype, batch=None, tokens=None):
@@ -79,32 +85,61 @@ def bench_sampling(model, timer, a, dtype, batch=None, tokens=None):
 
 
 PATHS = {"module": dict(fast_path=False), "fast": dict(fast_path=True), "fast+batched_head": dict(batched_head=True)}
+COMPILED = {"fast+compiled": dict(fast_path=True), "fast+batched_head+compiled": dict(batched_head=True)}
+
+
+def compile_switches(model):
+    """sample.compile=true's switches (engine.compile_sampling) on the family's targets, switched off (eager)."""
+    from engine.compile_sampling import CompiledSwitch
+    from models.eqar.family import compile_targets
+    switches = []
+    for name, owner, attr in compile_targets(model):
+        sw = CompiledSwitch(name, getattr(owner, attr), False, "cpu")
+        setattr(owner, attr, sw)
+        switches.append(sw)
+    return switches
 
 
 def bench_fast_vs_module(model, a):
-    """Interleaved runs (module, fast, batched, module, ...) so that load changes hit every path alike; medians."""
+    """Interleaved runs (module, fast, batched, [compiled ...], module, ...) so that load changes hit every path
+    alike; medians. Compiled paths (--compiled) compile before the timed runs; their compile time is printed."""
     import statistics
+    switches = compile_switches(model) if a.compiled else []
+    paths = {**PATHS, **(COMPILED if a.compiled else {})}
     rows = []
     for batch in a.batches:
         labels = torch.arange(batch) % 1000
         for n in a.tokens:
-            times = {k: [] for k in PATHS}
+            def run(name):
+                for sw in switches:
+                    sw.mode = name in COMPILED
+                return sample(model, labels, row_generators(0, range(batch)), num_tokens=n, num_steps=a.steps,
+                              cfg=a.cfg, **paths[name])
+            ref = run("module")
+            compile_s, diff = {}, {}
+            for name in paths:  # warm-up; for compiled paths the compile
+                t0 = time.perf_counter()
+                out = run(name)
+                compile_s[name] = time.perf_counter() - t0
+                diff[name] = (out - ref).abs().max().item()
+            times = {k: [] for k in paths}
             for _ in range(a.reps):
-                for name, kw in PATHS.items():
+                for name in paths:
                     t0 = time.perf_counter()
-                    sample(model, labels, row_generators(0, range(batch)), num_tokens=n, num_steps=a.steps,
-                           cfg=a.cfg, **kw)
+                    run(name)
                     times[name].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {"tokens": n, "batch": batch, "dtype": "fp32", "threads": torch.get_num_threads(), "reps": a.reps,
                    **{f"{k}_s": round(v, 4) for k, v in med.items()},
-                   "speedup_fast": round(med["module"] / med["fast"], 2),
-                   "speedup_fast_batched_head": round(med["module"] / med["fast+batched_head"], 2)}
+                   **{f"speedup_{k}": round(med["module"] / med[k], 2) for k in paths if k != "module"},
+                   **{f"max_abs_diff_{k}": diff[k] for k in paths if k != "module"},
+                   **{f"compile_s_{k}": round(compile_s[k] - med[k], 1) for k in COMPILED if k in paths}}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            print(f"   {n} tokens, batch {batch}: module {med['module']:.3f} s, fast {med['fast']:.3f} s "
-                  f"(x{row['speedup_fast']}), fast+batched_head {med['fast+batched_head']:.3f} s "
-                  f"(x{row['speedup_fast_batched_head']})", flush=True)
+            print(f"   {n} tokens, batch {batch}: module {med['module']:.4f} s, " + ", ".join(
+                f"{k} {med[k]:.4f} s (x{med['module'] / med[k]:.2f})" for k in paths if k != "module"), flush=True)
+    for sw in switches:
+        sw.mode = False
     return rows
 
 
@@ -150,6 +185,8 @@ def main():
                     help="only time the module path against the fast path (fp32, cached; --tokens, --batches)")
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 64], help="batches of --fast-vs-module")
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of --fast-vs-module (medians)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="--fast-vs-module also times the fast path under sample.compile=true (compile time apart)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -115,7 +115,7 @@ def _condition_and_flow(model, net, labels, settings: ColumnARSettings, num_toke
     guided, fast = settings.cfg != 1.0, settings.fast_path
     condition = EqarCondition(model, labels, guided, settings.use_cache, num_tokens, fast)
     flow = HeadEuler(net.diffloss.net, labels.shape[0], settings.num_steps, guided, labels.device,
-                     settings.batched_head) if fast else None
+                     settings.batched_head, loop=net.fused_flow) if fast else None
     return condition, flow
 
 

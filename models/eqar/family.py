@@ -318,15 +318,6 @@ def eqar_sample_settings(cfg, model) -> EqarSampling:
         raise ValueError(f"sample.temperature={s.temperature} (--temperature): the release's flow sampler ignores "
                          f"the temperature (its ODE is deterministic given the noise); leave it at 1.0")
     fast = check_switch("sample.fast_path", s.fast_path)
-    if fast and str(s.compile).lower() not in ("false", "0", "none"):
-        # sample.compile compiles the module path's functions (compile_targets), which the fused fast path does
-        # not call; both paths give the same latents bit for bit
-        if check_switch("sample.batched_head", s.batched_head):
-            raise ValueError(f"sample.batched_head is a variant of the fused fast path, but sample.compile={s.compile} "
-                             f"samples through the module path: set sample.batched_head=false or sample.compile=false")
-        log.info(f"sample.compile={s.compile}: eqar samples through its module path (sample.fast_path off), "
-                 f"whose flow head and per-token step are what gets compiled")
-        fast = False
     settings = ColumnARSettings(num_steps=int(s.num_sampling_steps), cfg=float(s.cfg),
                                 cfg_schedule=str(s.cfg_schedule), use_cache=bool(s.use_cache),
                                 fast_path=fast, batched_head=check_switch("sample.batched_head", s.batched_head))
@@ -524,10 +515,13 @@ def sample_folder(cfg, size, weights) -> str:
 
 
 def compile_targets(model: nn.Module) -> list:
-    """What the sampler calls per token (sample.compile): the flow head (num_sampling_steps times) and the
-    transformer's step, block by block with the KV cache, or the teacher-forced features without it."""
+    """What the sampler calls per token (sample.compile). Fast path: the per-token step (kv_cache.token_step, all
+    blocks with the window's keys) and the flow head's whole Euler loop (head_loop.integrate); module path
+    (sample.fast_path=false): the flow head (num_sampling_steps times) and the transformer's step, block by block
+    with the KV cache, or the teacher-forced features without it. Only what a run calls gets compiled."""
     net = getattr(model, "module", model)
-    return [("flow_head", net.diffloss.net, "forward"), ("condition", net, "features"),
+    return [("token_step", net, "fused_step"), ("flow_loop", net, "fused_flow"),
+            ("flow_head", net.diffloss.net, "forward"), ("condition", net, "features"),
             *((f"condition.block{i}", blk, "token_step") for i, blk in enumerate(net.encoder_blocks))]
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.eqar import head_loop, kv_cache
 from models.eqar.flow_head import DiffLoss
 from models.layers import attention
 
@@ -235,6 +236,16 @@ class EquivariantAR(nn.Module):
             else:
                 cond, x = blk(cond, x, cos, sin, mask)
         return self.encoder_norm(torch.cat([cond, x], dim=1))[:, s - 1:-1]
+
+    # the fast sampling path's two per-token functions (models/eqar/condition.py), methods so that sample.compile
+    # can put its switch on them (engine/compile_sampling.py, Family.sampling.compile_targets)
+    def fused_step(self, weights, token, c, s, past_k, past_v, cross):
+        """kv_cache.token_step: one new token through every block given its window's past keys/values."""
+        return kv_cache.token_step(weights, token, c, s, past_k, past_v, cross)
+
+    def fused_flow(self, prep, z, noise, scale=None):
+        """head_loop.integrate: the flow head's whole Euler loop for one token."""
+        return head_loop.integrate(prep, z, noise, scale)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor, draws: dict) -> torch.Tensor:
         """Training objective (scalar) given the step's random draws (see `training_draws`)."""
