@@ -1,6 +1,7 @@
 """Sampling speed of every family in one table: images/s, GFLOPs per image, achieved TFLOP/s and its share of this
-machine's matmul peak (measured in the same run, per dtype), peak memory; eager and compiled (sample.compile=true)
-side by side.
+machine's matmul peak (measured in the same run, per dtype), peak memory; eager, compiled (sample.compile=true) and
+auto (sample.compile=auto: which path it kept, and whether that was the faster of the eager and compiled rows of the
+same run) side by side.
 
 Each family runs at its demo size (configs/demo/*) and at one released size on random weights (AutoNAT-L T8,
 ENAT-L-256 8 steps, NiT-XL 256 px, eqar large with the release's 100 flow steps per token), through the public
@@ -52,7 +53,7 @@ STEP_KEY = {"nat": "sample.gen_steps", "enat": "sample.gen_steps", "nit": "sampl
             "eqar": "sample.num_sampling_steps"}
 EXTRA = {("nit", "debug"): ["sample.height=32", "sample.width=32"]}  # a 1 x 1 latent grid is no picture
 COLUMNS = ["family", "size", "flavour", "batch", "steps", "official", "mode", "dtype", "img/s", "img/s@official",
-           "GFLOP/img", "TFLOP/s", "% peak", "peak MiB", "compile s"]
+           "GFLOP/img", "TFLOP/s", "% peak", "peak MiB", "compile s", "auto pick"]
 
 
 def steps_text(fam: str, cfg) -> str:
@@ -107,7 +108,8 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
     from models import build_model
     recipe = RECIPES[fam_name][size]
     official_cfg = load_config(os.path.join(ROOT, recipe), EXTRA.get((fam_name, size), []), mode="eval")
-    over = [*EXTRA.get((fam_name, size), []), *extra, f"sample.compile={'true' if mode == 'compiled' else 'false'}"]
+    policy = {"compiled": "true", "auto": "auto"}.get(mode, "false")
+    over = [*EXTRA.get((fam_name, size), []), *extra, f"sample.compile={policy}"]
     if steps is not None:
         over.append(f"{STEP_KEY[fam_name]}={steps}")
     cfg = load_config(os.path.join(ROOT, recipe), over, mode="eval")
@@ -145,7 +147,7 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
             sw.mode = m
         model.requires_grad_(True)
     first = 0.0
-    if mode == "compiled" or not counted:  # the counted call was the eager warm-up
+    if mode != "eager" or not counted:  # the counted call was the eager warm-up
         _sync(device)
         t0 = time.perf_counter()
         call()  # warm-up (compiled: the compile)
@@ -163,11 +165,13 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
     ips = batch / best
     ran, official = step_count(fam_name, cfg), step_count(fam_name, official_cfg)
     gflop = flops_cache[key] / 1e9
+    picks = {v for sw in switches for v in sw.chosen.values()}
+    pick = "" if mode != "auto" else "eager" if picks <= {False} else "compiled" if picks == {True} else "mixed"
     return {"family": fam_name, "size": size, "flavour": str(cfg.model.flavour), "batch": batch,
             "steps": steps_text(fam_name, cfg), "official": steps_text(fam_name, official_cfg), "mode": mode,
             "dtype": dtype, "img/s": ips, "img/s@official": ips * ran / official, "GFLOP/img": gflop,
             "TFLOP/s": gflop * ips / 1e3, "peak MiB": peak,
-            "compile s": max(first - best, 0.0) if mode == "compiled" else 0.0}
+            "compile s": max(first - best, 0.0) if mode != "eager" else 0.0, "auto pick": pick}
 
 
 def _fmt(v) -> str:
@@ -182,6 +186,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def auto_verdicts(rows: list[dict]) -> list[str]:
+    """Per auto row: did it keep the path that was faster in the same run's eager and compiled rows?"""
+    out = []
+    for r in rows:
+        if r["mode"] != "auto":
+            continue
+        same = {o["mode"]: o["img/s"] for o in rows if o["mode"] in ("eager", "compiled") and
+                all(o[k] == r[k] for k in ("family", "size", "batch", "steps", "dtype"))}
+        if len(same) < 2:
+            continue
+        faster = max(same, key=same.get)
+        ok = r["auto pick"] == faster or r["auto pick"] == "mixed"
+        out.append(f"auto {r['family']} {r['size']} {r['dtype']}: picked {r['auto pick']}, faster here {faster} "
+                   f"(eager {same['eager']:.3g}, compiled {same['compiled']:.3g}, auto {r['img/s']:.3g} img/s): "
+                   + ("ok" if ok else "SLOWER PATH"))
+    return out
+
+
 def _pairs(text: str | None, cast=int) -> dict:
     return {k: cast(v) for k, v in (p.split("=") for p in text.split(","))} if text else {}
 
@@ -192,7 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="debug flavours, batch 4, fp32 unless --dtypes (tests)")
     ap.add_argument("--families", default="nat,enat,nit,eqar")
     ap.add_argument("--sizes", default="demo,released")
-    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--modes", default="eager,compiled,auto", help="eager, compiled (sample.compile=true), auto")
     ap.add_argument("--dtypes", default=None, help="fp32[,bf16]; default fp32, and bf16 where native")
     ap.add_argument("--batch", default="demo=16,released=1,debug=4", help="batch per size")
     ap.add_argument("--steps", default=None, help="family=steps for the released size (e.g. nit=4): fewer steps "
@@ -243,6 +265,8 @@ def main(argv=None) -> int:
           ", ".join(f"{w} {g / 1e3:.3f} TFLOP/s" for w, g in peaks.items()))
     print(f"threads: {torch.get_num_threads()}, device: {device}")
     print(table(rows))
+    for line in auto_verdicts(rows):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"columns": COLUMNS, "rows": rows, "peak_gflops": peaks,

@@ -1,5 +1,6 @@
-"""scripts/bench_families.py --tiny (debug flavours of every sampling family, eager and compiled) as a user runs it:
-one table whose rows carry every column with sane values (no time is asserted)."""
+"""scripts/bench_families.py --tiny (debug flavours of every sampling family, eager, compiled and auto) as a user runs
+it: one table whose rows carry every column with sane values, and a verdict line per auto row (no time is
+asserted)."""
 from __future__ import annotations
 
 import json
@@ -23,8 +24,11 @@ def test_tiny_table(tmp_path):
     assert {"img/s", "img/s@official", "GFLOP/img", "TFLOP/s", "% peak", "peak MiB", "compile s"} <= set(cols)
     header = "| " + " | ".join(cols) + " |"
     assert header in p.stdout  # the printed table
+    verdicts = [l for l in p.stdout.splitlines() if l.startswith("auto ")]
+    assert len(verdicts) == len(FAMILIES), p.stdout[-3000:]
+    assert all(": picked " in l and (l.endswith(": ok") or l.endswith(": SLOWER PATH")) for l in verdicts), verdicts
     rows = res["rows"]
-    assert {(r["family"], r["mode"]) for r in rows} == {(f, m) for f in FAMILIES for m in ("eager", "compiled")}
+    assert {(r["family"], r["mode"]) for r in rows} == {(f, m) for f in FAMILIES for m in ("eager", "compiled", "auto")}
     assert res["peak_gflops"]["fp32"] > 0
     gflop = {}
     for r in rows:
@@ -33,7 +37,8 @@ def test_tiny_table(tmp_path):
         assert r["steps"] == r["official"] and r["img/s@official"] == r["img/s"]  # the recipe's own steps
         for c in ("img/s", "GFLOP/img", "TFLOP/s", "% peak", "peak MiB"):
             assert math.isfinite(r[c]) and r[c] > 0, (c, r)
-        assert r["compile s"] >= 0 and (r["mode"] == "compiled" or r["compile s"] == 0), r
+        assert r["compile s"] >= 0 and (r["mode"] != "eager" or r["compile s"] == 0), r
+        assert (r["auto pick"] in ("eager", "compiled", "mixed")) == (r["mode"] == "auto"), r
         assert math.isclose(r["TFLOP/s"], r["GFLOP/img"] * r["img/s"] / 1e3, rel_tol=1e-9)
         assert math.isclose(r["% peak"], 100 * r["TFLOP/s"] * 1e3 / res["peak_gflops"]["fp32"], rel_tol=1e-9)
         gflop.setdefault(r["family"], r["GFLOP/img"])
