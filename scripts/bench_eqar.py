@@ -130,7 +130,7 @@ def bench_fast_vs_module(model, a):
                     times[name].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {"tokens": n, "batch": batch, "dtype": "fp32", "threads": torch.get_num_threads(), "reps": a.reps,
-                   **{f"{k}_s": round(v, 4) for k, v in med.items()},
+                   **{f"{k}_s": round(v, 6) for k, v in med.items()},
                    **{f"speedup_{k}": round(med["module"] / med[k], 2) for k in paths if k != "module"},
                    **{f"max_abs_diff_{k}": diff[k] for k in paths if k != "module"},
                    **{f"compile_s_{k}": round(compile_s[k] - med[k], 1) for k in COMPILED if k in paths}}

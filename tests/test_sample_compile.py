@@ -111,3 +111,19 @@ def test_auto_without_a_compiler_samples_eagerly(world, tmp_path):
     auto, log = _eval("nat", world, tmp_path / "auto", "sample.compile=auto", environ=e)
     assert "sample.compile=auto: eager sampling: no C++ compiler" in log, log[-3000:]
     assert np.array_equal(eager, auto)
+
+
+def test_eqar_compiles_its_fast_path_whole(world, tmp_path):
+    """The column AR's fast path (the default) is what gets compiled: its per-token step (once the window is full:
+    6 tokens, window 3) and the flow head's whole Euler loop, each measured once by auto; the module path's
+    functions are never called. Images within the tolerance of eager ones, with and without batched_head."""
+    extra = ("sample.num_iter=6",)
+    eager, _ = _eval("eqar", world, tmp_path / "eager", *extra)
+    auto, log = _eval("eqar", world, tmp_path / "auto", *extra, "sample.compile=auto")
+    lines = [line.split("sample.compile=auto: ", 1)[1] for line in log.splitlines()
+             if "sample.compile=auto: " in line and "]: " in line]
+    assert sorted(line.split(" [")[0] for line in lines) == ["flow_loop", "token_step"], log[-3000:]
+    _close(eager, auto)
+    batched, log = _eval("eqar", world, tmp_path / "batched", *extra, "sample.compile=true", "sample.batched_head=true")
+    assert "sample.compile=true: token_step, flow_loop" in log
+    _close(eager, batched)
