@@ -16,7 +16,6 @@ the model builder reads them (model.args_from, = eval.pretrained_path), sample_s
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from models.eqar.condition import sample as column_ar_sample
 from samplers.column_ar import ColumnARSettings, OfficialColumnStream
 from samplers.rng import one_process, sample_rng
 
-log = logging.getLogger(__name__)
 
 # the release's checkpoints pickle their argparse.Namespace: allow exactly that class in weights-only loads
 torch.serialization.add_safe_globals([argparse.Namespace])
