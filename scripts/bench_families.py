@@ -100,7 +100,7 @@ def _sync(device) -> None:
 
 
 def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps: int | None, reps: int, device,
-              flops_cache: dict, profile: int = 0, extra: tuple = ()) -> dict:
+              flops_cache: dict, profile: int = 0, extra: tuple = (), peak_gflops: dict | None = None) -> dict:
     from engine.compile_sampling import install
     from engine.config import load_config
     from engine.generate import generate
@@ -134,6 +134,8 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
         print(f"top operators by self CPU time: {fam_name} {size} {mode} {dtype}, batch {batch}, "
               f"{steps_text(fam_name, cfg)}")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
+        if mode == "eager":
+            print(gemm_share(prof, call, peak_gflops.get(dtype) if peak_gflops else None))
         return {}
     key = (fam_name, size, batch, steps, extra)
     counted = key not in flops_cache
@@ -172,6 +174,30 @@ def bench_row(fam_name: str, size: str, mode: str, dtype: str, batch: int, steps
             "dtype": dtype, "img/s": ips, "img/s@official": ips * ran / official, "GFLOP/img": gflop,
             "TFLOP/s": gflop * ips / 1e3, "peak MiB": peak,
             "compile s": max(first - best, 0.0) if mode != "eager" else 0.0, "auto pick": pick}
+
+
+GEMM_OPS = ("addmm", "mm", "bmm", "baddbmm")  # aten ops whose FLOPs are matrix multiplies
+
+
+def gemm_share(prof, call, peak: float | None) -> str:
+    """What bounds an eager row: the matrix multiplies' share of self CPU time and their own rate (their FLOPs, from
+    FlopCounterMode over one more call, over their self time), against the matmul peak of the dtype."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from bench_flops import register_cpu_sdpa_flops
+    register_cpu_sdpa_flops()
+    with FlopCounterMode(display=False) as counter:
+        call()
+    by_op = {str(k).split(".")[-1]: v for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    gemm_flops, total_flops = sum(by_op.get(o, 0) for o in GEMM_OPS), sum(by_op.values())
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    gemm_us = sum(e.self_cpu_time_total for e in events if e.key in {f"aten::{o}" for o in GEMM_OPS})
+    rate = gemm_flops / max(gemm_us, 1e-9) / 1e3  # GFLOP/s
+    text = (f"GEMMs ({'/'.join(GEMM_OPS)}): {100 * gemm_flops / max(total_flops, 1):.1f}% of the FLOPs, "
+            f"{100 * gemm_us / max(total_us, 1e-9):.1f}% of self CPU time, {rate:.1f} GFLOP/s while running")
+    if peak:
+        text += f" ({100 * rate / peak:.1f}% of the {peak:.0f} GFLOP/s matmul peak)"
+    return text
 
 
 def _fmt(v) -> str:
@@ -248,7 +274,7 @@ def main(argv=None) -> int:
                     try:
                         r = bench_row(fam, size, mode, dtype, batches.get(size, 1),
                                       steps.get(fam) if size == "released" else None, reps, device, flops_cache,
-                                      args.profile, tuple(args.set))
+                                      args.profile, tuple(args.set), peaks)
                     except Exception as e:  # noqa: BLE001 - one failing row (e.g. a compile) must not lose the table
                         print(f"  FAILED {fam} {size} {mode} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
                         continue

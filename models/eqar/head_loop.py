@@ -27,9 +27,21 @@ from models.eqar.flow_head import SimpleMLPAdaLN
 from samplers.guidance import combine
 
 
+def autocast_cast(device) -> callable:
+    """t -> t in the autocast dtype when autocast is on for `device` (else t): a linear's weights cast once per run.
+    Autocast would cast them at every call (its cache keeps only the casts of leaf tensors that require grad, and
+    the regrouped/transposed copies here are neither); the values are the same, so results do not move."""
+    kind = torch.device(device).type
+    if not torch.is_autocast_enabled(kind):
+        return lambda t: t
+    dtype = torch.get_autocast_dtype(kind)
+    return lambda t: t.to(dtype)
+
+
 def prepare(head: SimpleMLPAdaLN, rows: int, num_steps: int, guided: bool, device, batched: bool = False) -> tuple:
     """Everything `integrate` reads that does not depend on the token: weights, regrouped, and the time embeddings."""
     r = 2 * rows if guided else rows
+    lp = autocast_cast(device)
     # same shape and values as guided_velocity's t (one float per row): same embedding as the module path
     time = tuple(head.time_embed(torch.full((r,), k / num_steps, device=device, dtype=torch.float32))
                  for k in range(num_steps, 0, -1))
@@ -38,9 +50,9 @@ def prepare(head: SimpleMLPAdaLN, rows: int, num_steps: int, guided: bool, devic
     w = head.input_proj.out_features
     # batched: the loop's weights also transposed once per run, (in, out) contiguous: torch.addmm on a few rows reads
     # them faster than linear's (out, in) (20-35% per matmul on the CPU here), rounding not bit for bit the same
-    mat = (lambda t: t.t().contiguous()) if batched else (lambda t: t)
-    blocks = tuple((b.in_ln.weight, b.in_ln.bias, b.in_ln.eps, mat(b.mlp[0].weight), b.mlp[0].bias,
-                    mat(b.mlp[2].weight), b.mlp[2].bias) for b in head.res_blocks)
+    mat = (lambda t: lp(t).t().contiguous()) if batched else lp
+    blocks = tuple((b.in_ln.weight, b.in_ln.bias, b.in_ln.eps, mat(b.mlp[0].weight), lp(b.mlp[0].bias),
+                    mat(b.mlp[2].weight), lp(b.mlp[2].bias)) for b in head.res_blocks)
     fl = head.final_layer
     # every adaLN_modulation linear (blocks, then the final layer) as one matmul, its output rows regrouped as
     # [all scales | all shifts | all gates] so that 1 + scale is one op: each output column is the dot product
@@ -52,10 +64,10 @@ def prepare(head: SimpleMLPAdaLN, rows: int, num_steps: int, guided: bool, devic
         for j, name in enumerate(names):
             groups[name].append((lin.weight[j * w:(j + 1) * w], lin.bias[j * w:(j + 1) * w]))
     order = groups["scale"] + groups["shift"] + groups["gate"]
-    ada = (torch.cat([m for m, _ in order]), torch.cat([b for _, b in order]))
-    return (int(rows), bool(guided), bool(batched), w, time, (head.cond_embed.weight, head.cond_embed.bias),
-            (mat(head.input_proj.weight), head.input_proj.bias), blocks, ada,
-            (fl.norm_final.eps, mat(fl.linear.weight), fl.linear.bias))
+    ada = (lp(torch.cat([m for m, _ in order])), lp(torch.cat([b for _, b in order])))
+    return (int(rows), bool(guided), bool(batched), w, time, (lp(head.cond_embed.weight), lp(head.cond_embed.bias)),
+            (mat(head.input_proj.weight), lp(head.input_proj.bias)), blocks, ada,
+            (fl.norm_final.eps, mat(fl.linear.weight), lp(fl.linear.bias)))
 
 
 def _split(mod: torch.Tensor, w: int, d: int):
@@ -113,4 +125,4 @@ class HeadEuler:
         return self.loop(self.prep, z, noise, scale)
 
 
-__all__ = ["HeadEuler", "prepare", "integrate"]
+__all__ = ["HeadEuler", "prepare", "integrate", "autocast_cast"]

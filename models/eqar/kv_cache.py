@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.eqar.head_loop import autocast_cast
 from models.layers import attention
 
 SPARE_SLOTS = 64  # slots past the window before entries move to the front
@@ -35,19 +36,23 @@ def rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (xf * c + xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * s).to(x.dtype)
 
 
-def step_weights(net) -> tuple:
-    """The tensors (and constants) `token_step` reads, gathered once per sampling call."""
+def step_weights(net, device) -> tuple:
+    """The tensors (and constants) `token_step` reads, gathered once per sampling call (linears' weights in the
+    autocast dtype when autocast is on: cast once, not at every token)."""
+    lp = autocast_cast(device)
+
     def ln(m):
         return (m.weight, m.bias, m.eps)
+
+    def lin(m):
+        return (lp(m.weight), lp(m.bias))
 
     layers = []
     for blk in net.encoder_blocks:
         a, c, m = blk.attn, blk.attn2, blk.mlp
-        layers.append((ln(blk.norm1), (a.qkv.weight, a.qkv.bias), (a.proj.weight, a.proj.bias), ln(blk.cross_norm),
-                       (c.qkv.weight, c.qkv.bias), (c.proj.weight, c.proj.bias), ln(blk.norm2),
-                       (m.fc1.weight, m.fc1.bias), (m.fc2.weight, m.fc2.bias), m.act.approximate))
-    return ((net.z_proj.weight, net.z_proj.bias), ln(net.z_proj_ln), ln(net.encoder_norm), tuple(layers),
-            net.num_heads)
+        layers.append((ln(blk.norm1), lin(a.qkv), lin(a.proj), ln(blk.cross_norm), lin(c.qkv), lin(c.proj),
+                       ln(blk.norm2), lin(m.fc1), lin(m.fc2), m.act.approximate))
+    return (lin(net.z_proj), ln(net.z_proj_ln), ln(net.encoder_norm), tuple(layers), net.num_heads)
 
 
 def token_step(weights: tuple, token: torch.Tensor, c: torch.Tensor, s: torch.Tensor, past_k: torch.Tensor,
@@ -91,7 +96,7 @@ class PreallocatedStepper:
         self.capacity = max(1, min(int(num_tokens), 2 * self.window + SPARE_SLOTS))
         self.keys = self.values = None
         self.filled = 0  # slots in use
-        self.weights = step_weights(net)
+        self.weights = step_weights(net, buffer.device)
 
     def _slot(self) -> int:
         """Index of the next free slot (moving the window to the front when the slots have run out)."""
