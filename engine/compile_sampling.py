@@ -10,7 +10,7 @@ and `torch.compile` of it:
          the graph's buffers, since a sampler keeps a step's output across the next call); CPU: inductor's default.
   auto   per target and input signature (shapes, dtypes, autocast), the first call measures eager and compiled (one
          warm-up call each, then the best of a few timed calls; the compile time apart) and keeps the faster for the
-         rest of the run, in one INFO line; compiled is kept only when it measured faster. Where compiling cannot
+         rest of the run, in one INFO line; compiled is kept only when it measured at least 5% faster. Where compiling cannot
          work (no C++ compiler for the CPU backend, no Triton for CUDA, or the compile itself fails) it stays eager
          and says why.
 
@@ -27,6 +27,9 @@ import torch
 from engine.logging import logger
 
 TIMED_CALLS = 3  # per side, after the warm-up call; the best one counts (the least disturbed by other processes)
+# auto keeps compiled only when it measured at least this much faster: a closer call is within what whole runs vary
+# by, and eager then gives the images of a run without compile
+AUTO_MARGIN = 0.95
 
 
 def policy(cfg):
@@ -168,7 +171,7 @@ class CompiledSwitch:
             self.broken = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             logger.info(f"sample.compile=auto: {self.name} stays eager: compiling failed ({self.broken})")
             return out
-        use = t_comp < t_eager
+        use = t_comp < AUTO_MARGIN * t_eager
         self.chosen[key] = use
         logger.info(f"sample.compile=auto: {self.name} [{shape}]: {'compiled' if use else 'eager'} "
                     f"(eager {t_eager * 1e3:.2f} ms, compiled {t_comp * 1e3:.2f} ms per call; compile {compile_s:.1f} s)")

@@ -212,8 +212,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+AUTO_SLACK = 0.9  # auto within 10% of the faster path counts as keeping it: rows of one run differ by that much
+
+
 def auto_verdicts(rows: list[dict]) -> list[str]:
-    """Per auto row: did it keep the path that was faster in the same run's eager and compiled rows?"""
+    """Per auto row: did it run at the rate of the faster of the same run's eager and compiled rows? (Its picks are
+    made per input shape inside the run, so a row is the fair comparison, not the pick alone: with few steps an
+    eager row also pays its one cast of the weights to bf16 per call, which a long run spreads over every step.)"""
     out = []
     for r in rows:
         if r["mode"] != "auto":
@@ -223,10 +228,10 @@ def auto_verdicts(rows: list[dict]) -> list[str]:
         if len(same) < 2:
             continue
         faster = max(same, key=same.get)
-        ok = r["auto pick"] == faster or r["auto pick"] == "mixed"
-        out.append(f"auto {r['family']} {r['size']} {r['dtype']}: picked {r['auto pick']}, faster here {faster} "
+        ok = r["img/s"] >= AUTO_SLACK * same[faster]
+        out.append(f"auto {r['family']} {r['size']} {r['dtype']}: picked {r['auto pick']}, faster row {faster} "
                    f"(eager {same['eager']:.3g}, compiled {same['compiled']:.3g}, auto {r['img/s']:.3g} img/s): "
-                   + ("ok" if ok else "SLOWER PATH"))
+                   + ("ok" if ok else f"SLOWER than {faster}"))
     return out
 
 
