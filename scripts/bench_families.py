@@ -283,10 +283,11 @@ def main(argv=None) -> int:
                     except Exception as e:  # noqa: BLE001 - one failing row (e.g. a compile) must not lose the table
                         print(f"  FAILED {fam} {size} {mode} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
                         continue
-                    if r:
+                    if r:  # (a --profile row prints its tables instead)
                         rows.append(r)
                         print("  row " + json.dumps(r), file=sys.stderr, flush=True)  # a run cut short keeps its rows
-                    print(f"  done {fam} {size} {mode} {dtype}: {r['img/s']:.3g} img/s", file=sys.stderr, flush=True)
+                        print(f"  done {fam} {size} {mode} {dtype}: {r['img/s']:.3g} img/s", file=sys.stderr,
+                              flush=True)
     if args.profile:
         return 0
     peaks = matmul_peaks(dtypes, n=peak_n, before=peaks)  # a loaded moment can only understate the peak
