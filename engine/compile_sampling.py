@@ -26,7 +26,7 @@ import torch
 
 from engine.logging import logger
 
-TIMED_CALLS = 3  # per side, after the warm-up call; the best one counts (the least disturbed by other processes)
+TIMED_CALLS = 5  # per side, after the warm-up call; the best one counts (the least disturbed by other processes)
 # auto keeps compiled only when it measured at least this much faster: a closer call is within what whole runs vary
 # by, and eager then gives the images of a run without compile
 AUTO_MARGIN = 0.95

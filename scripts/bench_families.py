@@ -25,6 +25,7 @@ CPU the process's peak resident set over the timed calls (reset through /proc/se
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -272,22 +273,22 @@ def main(argv=None) -> int:
     peaks = matmul_peaks(dtypes, n=peak_n)
     print("  peaks at start (GFLOP/s) " + json.dumps(peaks), file=sys.stderr, flush=True)
     rows, flops_cache = [], {}
-    for mode in args.modes.split(","):  # every eager row first: a run cut short during a long compile keeps them
-        for fam in args.families.split(","):
-            for size in sizes:
-                for dtype in dtypes:
-                    try:
-                        r = bench_row(fam, size, mode, dtype, batches.get(size, 1),
-                                      steps.get(fam) if size == "released" else None, reps, device, flops_cache,
-                                      args.profile, tuple(args.set), peaks)
-                    except Exception as e:  # noqa: BLE001 - one failing row (e.g. a compile) must not lose the table
-                        print(f"  FAILED {fam} {size} {mode} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
-                        continue
-                    if r:  # (a --profile row prints its tables instead)
-                        rows.append(r)
-                        print("  row " + json.dumps(r), file=sys.stderr, flush=True)  # a run cut short keeps its rows
-                        print(f"  done {fam} {size} {mode} {dtype}: {r['img/s']:.3g} img/s", file=sys.stderr,
-                              flush=True)
+    modes = args.modes.split(",")
+    # the modes of one family, size and dtype run back to back, so that what changes on the machine over a long run
+    # hits the rows that are compared with each other alike (the table groups them by mode)
+    for fam, size, dtype, mode in itertools.product(args.families.split(","), sizes, dtypes, modes):
+        try:
+            r = bench_row(fam, size, mode, dtype, batches.get(size, 1),
+                          steps.get(fam) if size == "released" else None, reps, device, flops_cache,
+                          args.profile, tuple(args.set), peaks)
+        except Exception as e:  # noqa: BLE001 - one failing row (e.g. a compile) must not lose the table
+            print(f"  FAILED {fam} {size} {mode} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        if r:  # (a --profile row prints its tables instead)
+            rows.append(r)
+            print("  row " + json.dumps(r), file=sys.stderr, flush=True)  # a run cut short keeps its rows
+            print(f"  done {fam} {size} {mode} {dtype}: {r['img/s']:.3g} img/s", file=sys.stderr,
+                  flush=True)
     if args.profile:
         return 0
     peaks = matmul_peaks(dtypes, n=peak_n, before=peaks)  # a loaded moment can only understate the peak
@@ -296,6 +297,7 @@ def main(argv=None) -> int:
     print(f"matmul peak ({peak_n}^3 torch.mm, best of start and end): " +
           ", ".join(f"{w} {g / 1e3:.3f} TFLOP/s" for w, g in peaks.items()))
     print(f"threads: {torch.get_num_threads()}, device: {device}")
+    rows.sort(key=lambda r: modes.index(r["mode"]))  # stable: within a mode, the order they ran in
     print(table(rows))
     for line in auto_verdicts(rows):
         print(line)

@@ -43,3 +43,15 @@ def test_tiny_table(tmp_path):
         assert math.isclose(r["% peak"], 100 * r["TFLOP/s"] * 1e3 / res["peak_gflops"]["fp32"], rel_tol=1e-9)
         gflop.setdefault(r["family"], r["GFLOP/img"])
         assert r["GFLOP/img"] == gflop[r["family"]]  # one count per family and size, whatever the mode
+
+
+def test_profile_prints_the_gemm_share():
+    """--profile N: the top operators of one call and what bounds it (the GEMMs' share of FLOPs and time, their rate
+    against the matmul peak)."""
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_families.py"), "--tiny", "--families", "nat",
+                        "--modes", "eager", "--profile", "5"], cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "top operators by self CPU time: nat debug eager fp32" in p.stdout
+    line = next(l for l in p.stdout.splitlines() if l.startswith("GEMMs ("))
+    assert "% of the FLOPs" in line and "% of self CPU time" in line and "GFLOP/s matmul peak)" in line, line
