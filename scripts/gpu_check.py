@@ -1068,6 +1068,48 @@ def train_py_rows(report: Report, work: Path, device, smoke: bool, fault: bool):
 
     report.run("compile sample.compile=true", sample_compile)
 
+    def eqar_fast_path_compiled():
+        """The column AR's fast path compiled whole (token step + Euler loop, CUDA graphs) against it eagerly, on the
+        debug generator with a perturbed head (its zero-initialised output would make every path agree)."""
+        if dev != "cuda":
+            raise Skip("cpu-smoke: torch.compile is checked on CUDA only")
+        from core.seeding import row_generators
+        from engine.compile_sampling import CompiledSwitch
+        from models.eqar.condition import sample
+        from models.eqar.family import compile_targets
+        cfg, fam = family_setup("eqar", False, work)
+        model, _ = build_on(cfg, fam, device)
+        model.eval()
+        with torch.no_grad():
+            for p in model.diffloss.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        switches = []
+        for name, owner, attr in compile_targets(model):
+            switches.append(CompiledSwitch(name, getattr(owner, attr), False, "cuda"))
+            setattr(owner, attr, switches[-1])
+        labels = torch.arange(4, device=device) % int(model.class_num)
+
+        def run(compiled: bool, batched: bool):
+            for sw in switches:
+                sw.mode = compiled
+            with torch.no_grad():
+                return sample(model, labels, row_generators(0, range(4)), num_tokens=8, num_steps=10, cfg=3.0,
+                              batched_head=batched)
+        run(False, False)  # warm-up
+        eager, secs = timed(lambda: run(False, False), device)
+        figs = {"eager_s": secs}
+        for batched in (False, True):
+            run(True, batched)  # the compile and the graphs' recording
+            got, secs = timed(lambda: run(True, batched), device)
+            diff = (got - eager).abs().max().item()
+            if not diff <= COMPILE_TOL * max(1.0, eager.abs().max().item()):
+                raise Disagree(f"compiled eqar fast path (batched_head={batched}) differs from eager: {diff:.3g}")
+            key = "compiled_batched" if batched else "compiled"
+            figs[f"{key}_s"], figs[f"{key}_max_abs_diff"] = secs, diff
+        return figs
+
+    report.run("compile eqar fast path", eqar_fast_path_compiled)
+
 
 # ------------------------------------------------------------------------------------------------------- main
 FAMILY_ORDER = ("nat", "enat", "nit", "eqar", "eqtok")
