@@ -146,21 +146,27 @@ def test_mask_predict_schedule_counts_editable_tokens():
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(gens, ref))
 
 
-@pytest.mark.parametrize("name", ["nat", "enat"])
-def test_mode_edit_one_and_two_processes(world, tmp_path, name):
-    _, ws = world
-    w = ws[name]
-    s = SIZE[name]
-    common = [f"edit.images={w['images']}", f"edit.mask=box:0,0,{s // 2},{s}", "edit.labels=[1,2,3]",
-              "edit.seed=4", "edit.batch_size=2"]
+def _same_edits_for_one_and_two_processes(w, tmp_path, images, mask: str, grid: bool = False) -> None:
+    """--mode edit of 3 images (labels 1, 2, 3, seed 4, batches of 2) under 1 and 2 processes: the same PNG files."""
+    common = [f"edit.images={images}", f"edit.mask={mask}", "edit.labels=[1,2,3]", "edit.seed=4",
+              "edit.batch_size=2"]
     files = {}
     for nproc in (1, 2):
         out = tmp_path / f"p{nproc}"
         run(torchrun_cmd(nproc, *_cli(w, out), "--mode", "edit", *common))
         files[nproc] = {p.name: p.read_bytes() for p in sorted((out / "edit").glob("*.png"))}
-        assert (out / "edit_grid.png").is_file()
+        if grid:
+            assert (out / "edit_grid.png").is_file()
     assert sorted(files[1]) == ["000000.png", "000001.png", "000002.png"]
     assert files[1] == files[2]
+
+
+@pytest.mark.parametrize("name", ["nat", "enat"])
+def test_mode_edit_one_and_two_processes(world, tmp_path, name):
+    _, ws = world
+    w = ws[name]
+    s = SIZE[name]
+    _same_edits_for_one_and_two_processes(w, tmp_path, w["images"], f"box:0,0,{s // 2},{s}", grid=True)
     # the API's edit of the same PNGs (same seed, indices = the folder's order) is the same image
     g = _api(w)
     imgs = torch.stack([torch.from_numpy(np.array(Image.open(w["images"] / f"img{k}.png"))) for k in range(3)])
@@ -278,12 +284,4 @@ def test_mode_edit_latent_families_one_and_two_processes(flow_world, tmp_path, n
     for k in range(3):
         Image.fromarray(imgs[k]).save(folder / f"img{k}.png")
     h, wd = imgs.shape[1:3]
-    common = [f"edit.images={folder}", f"edit.mask=box:{wd // 2},0,{wd},{h}", "edit.labels=[1,2,3]",
-              "edit.seed=4", "edit.batch_size=2"]
-    files = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"p{nproc}"
-        run(torchrun_cmd(nproc, *_cli(w, out), "--mode", "edit", *common))
-        files[nproc] = {p.name: p.read_bytes() for p in sorted((out / "edit").glob("*.png"))}
-    assert sorted(files[1]) == ["000000.png", "000001.png", "000002.png"]
-    assert files[1] == files[2]
+    _same_edits_for_one_and_two_processes(w, tmp_path, folder, f"box:{wd // 2},0,{wd},{h}")
