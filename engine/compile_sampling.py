@@ -185,6 +185,16 @@ def targets(model, fam) -> list[tuple[str, object, str]]:
     return [("model", getattr(model, "module", model), "forward")]
 
 
+def put_switches(model, fam, mode, device_type: str) -> list[CompiledSwitch]:
+    """A switch in place of every target (`mode` True, False or 'auto'; a caller may flip `.mode` later)."""
+    switches = []
+    for name, owner, attr in targets(model, fam):
+        sw = CompiledSwitch(name, getattr(owner, attr), mode, device_type)
+        setattr(owner, attr, sw)  # an instance attribute: nn.Module calls reach it through self.forward
+        switches.append(sw)
+    return switches
+
+
 def install(model, fam, cfg, device) -> list[CompiledSwitch]:
     """Put the sample.compile switches in place on `model` (in eval); [] when sample.compile is false."""
     mode = policy(cfg)
@@ -197,11 +207,7 @@ def install(model, fam, cfg, device) -> list[CompiledSwitch]:
             check(cfg, device_type)
         logger.info(f"sample.compile=auto: eager sampling: {why}")
         return []
-    switches = []
-    for name, owner, attr in targets(model, fam):
-        sw = CompiledSwitch(name, getattr(owner, attr), mode, device_type)
-        setattr(owner, attr, sw)  # an instance attribute: nn.Module calls reach it through self.forward
-        switches.append(sw)
+    switches = put_switches(model, fam, mode, device_type)
     logger.info(f"sample.compile={'auto' if mode == 'auto' else 'true'}: "
                 f"{', '.join(s.name for s in switches)} on {device_type}")
     return switches

@@ -90,14 +90,9 @@ COMPILED = {"fast+compiled": dict(fast_path=True), "fast+batched_head+compiled":
 
 def compile_switches(model):
     """sample.compile=true's switches (engine.compile_sampling) on the family's targets, switched off (eager)."""
-    from engine.compile_sampling import CompiledSwitch
-    from models.eqar.family import compile_targets
-    switches = []
-    for name, owner, attr in compile_targets(model):
-        sw = CompiledSwitch(name, getattr(owner, attr), False, "cpu")
-        setattr(owner, attr, sw)
-        switches.append(sw)
-    return switches
+    from engine.compile_sampling import put_switches
+    from models.eqar.family import FAMILY
+    return put_switches(model, FAMILY, False, "cpu")
 
 
 def bench_fast_vs_module(model, a):

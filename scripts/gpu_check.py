@@ -1074,19 +1074,15 @@ def train_py_rows(report: Report, work: Path, device, smoke: bool, fault: bool):
         if dev != "cuda":
             raise Skip("cpu-smoke: torch.compile is checked on CUDA only")
         from core.seeding import row_generators
-        from engine.compile_sampling import CompiledSwitch
+        from engine.compile_sampling import put_switches
         from models.eqar.condition import sample
-        from models.eqar.family import compile_targets
         cfg, fam = family_setup("eqar", False, work)
         model, _ = build_on(cfg, fam, device)
         model.eval()
         with torch.no_grad():
             for p in model.diffloss.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-        switches = []
-        for name, owner, attr in compile_targets(model):
-            switches.append(CompiledSwitch(name, getattr(owner, attr), False, "cuda"))
-            setattr(owner, attr, switches[-1])
+        switches = put_switches(model, fam, False, "cuda")
         labels = torch.arange(4, device=device) % int(model.class_num)
 
         def run(compiled: bool, batched: bool):

@@ -116,12 +116,13 @@ class HeadEuler:
 
     def __init__(self, head: SimpleMLPAdaLN, rows: int, num_steps: int, guided: bool, device,
                  batched: bool = False, loop=integrate):
-        self.guided, self.loop = bool(guided), loop
+        self.loop = loop
         self.prep = prepare(head, rows, num_steps, guided, device, batched)
 
     def __call__(self, z: torch.Tensor, noise: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        if (scale is not None) != self.guided:
-            raise ValueError("HeadEuler was built for " + ("guided" if self.guided else "unguided") + " sampling")
+        guided = self.prep[1]
+        if (scale is not None) != guided:
+            raise ValueError("HeadEuler was built for " + ("guided" if guided else "unguided") + " sampling")
         return self.loop(self.prep, z, noise, scale)
 
 
